@@ -1,0 +1,57 @@
+//! What a delivery backend must provide to the generic [`crate::Instance`].
+
+use std::future::Future;
+
+/// The result of one delivery attempt, as the backend classifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The server took the event.
+    Delivered,
+    /// Worth another attempt (5xx, 429, connection error, nack, timeout...).
+    Retry(String),
+    /// Trying again cannot help (4xx, malformed event...).
+    Fatal(String),
+}
+
+/// What one attempt looked like from the wire, for metrics (MongooseIM reports every
+/// HTTP response, whatever its status, and every attempt that got no response).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The server answered with this status code.
+    Response(u16),
+    /// No answer came; the reason says why.
+    NoResponse(String),
+}
+
+/// One attempt's verdict plus what the wire saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub verdict: Verdict,
+    pub outcome: AttemptOutcome,
+}
+
+impl Attempt {
+    pub fn no_response(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Attempt {
+            verdict: Verdict::Retry(reason.clone()),
+            outcome: AttemptOutcome::NoResponse(reason),
+        }
+    }
+
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Attempt {
+            verdict: Verdict::Fatal(reason.clone()),
+            outcome: AttemptOutcome::NoResponse(reason),
+        }
+    }
+}
+
+/// A delivery backend: owns its connections, knows how to send one event.
+pub trait Backend: Send + Sync + 'static {
+    type Event: Send + Sync + 'static;
+
+    /// Sends one event once. Retrying is the instance's business, not the backend's.
+    fn deliver(&self, event: &Self::Event) -> impl Future<Output = Attempt> + Send;
+}

@@ -1,0 +1,277 @@
+//! A backend instance: bounded queue + worker tasks + retries + drain.
+//!
+//! `push` is what the hook path pays for: a mutex-protected deque push, a few atomic
+//! increments and a wakeup, never I/O and never a wait.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Attempt, Backend, Verdict};
+use crate::queue::{BoundedQueue, Envelope, Offer, QueueLimits};
+use crate::report::{AttemptReport, FailureReport, ReportItem, ReportSink, Reporter};
+use crate::retry::RetryPolicy;
+use crate::stats::{Stats, StatsSnapshot};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub queue: QueueLimits,
+    pub retry: RetryPolicy,
+    /// Events delivered at the same time (worker tasks).
+    pub concurrency: usize,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            queue: QueueLimits::default(),
+            retry: RetryPolicy::default(),
+            concurrency: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("queue_full")]
+    QueueFull,
+    #[error("stopped")]
+    Stopped,
+}
+
+/// What a stop achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopSummary {
+    /// Events still queued or in flight when the drain deadline passed (counted failed).
+    pub lost: u64,
+    pub stats: StatsSnapshot,
+}
+
+struct Shared<B: Backend> {
+    backend: B,
+    queue: BoundedQueue<B::Event>,
+    stats: Arc<Stats>,
+    retry: RetryPolicy,
+    wakeup: Notify,
+    stopping: AtomicBool,
+    reporter: Reporter,
+}
+
+pub struct Instance<B: Backend> {
+    shared: Arc<Shared<B>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    reporter_task: JoinHandle<()>,
+}
+
+impl<B: Backend> Instance<B> {
+    /// Starts the workers and the reporter on `runtime`. Callable from any thread.
+    pub fn start(
+        runtime: &Handle,
+        backend: B,
+        config: InstanceConfig,
+        sink: Arc<dyn ReportSink>,
+    ) -> Self {
+        let stats = Arc::new(Stats::default());
+        let (reporter, reporter_task) = Reporter::spawn(runtime, sink, stats.clone());
+        let shared = Arc::new(Shared {
+            backend,
+            queue: BoundedQueue::new(config.queue),
+            stats,
+            retry: config.retry,
+            wakeup: Notify::new(),
+            stopping: AtomicBool::new(false),
+            reporter,
+        });
+        let workers = (0..config.concurrency.max(1))
+            .map(|_| runtime.spawn(work(shared.clone())))
+            .collect();
+        Instance {
+            shared,
+            workers: Mutex::new(workers),
+            reporter_task,
+        }
+    }
+
+    /// Enqueues without waiting. Every well-formed event counts as accepted; a refused
+    /// or evicted one also counts as dropped.
+    pub fn push(&self, envelope: Envelope<B::Event>) -> Result<(), PushError> {
+        let shared = &*self.shared;
+        let stats = &shared.stats;
+        stats.accepted.fetch_add(1, Relaxed);
+        if shared.stopping.load(Relaxed) {
+            stats.dropped.fetch_add(1, Relaxed);
+            return Err(PushError::Stopped);
+        }
+        match shared.queue.offer(envelope) {
+            Offer::Queued { evicted } => {
+                if !evicted.is_empty() {
+                    stats.dropped.fetch_add(evicted.len() as u64, Relaxed);
+                    for old in evicted {
+                        shared.fail(old.tag, "evicted_by_overflow".into(), 0);
+                    }
+                }
+                shared.wakeup.notify_one();
+                Ok(())
+            }
+            Offer::Refused(_) => {
+                stats.dropped.fetch_add(1, Relaxed);
+                Err(PushError::QueueFull)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut snapshot = self.shared.stats.snapshot();
+        snapshot.queued = self.shared.queue.len() as u64;
+        snapshot.queued_bytes = self.shared.queue.bytes() as u64;
+        snapshot
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.shared.queue.limits()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Relaxed)
+    }
+
+    /// Refuses new events, delivers what is pending until `drain` has passed, then
+    /// counts whatever is left as failed (`lost`). Idempotent.
+    pub async fn stop(&self, drain: Duration) -> StopSummary {
+        let shared = &*self.shared;
+        shared.stopping.store(true, Relaxed);
+        shared.wakeup.notify_waiters();
+        let mut workers = std::mem::take(&mut *lock(&self.workers));
+        let all_done = futures_util::future::join_all(workers.iter_mut());
+        let mut lost = 0;
+        if tokio::time::timeout(drain, all_done).await.is_err() {
+            for worker in &workers {
+                worker.abort();
+            }
+            for worker in workers {
+                let _ = worker.await;
+            }
+            // Aborted workers never decrement in_flight: what they held is lost too.
+            let in_flight = shared.stats.in_flight.swap(0, Relaxed);
+            shared.stats.failed.fetch_add(in_flight, Relaxed);
+            lost += in_flight;
+            for envelope in shared.queue.take_all() {
+                shared.fail(envelope.tag, "drain_timeout".into(), 0);
+                lost += 1;
+            }
+        }
+        shared.reporter.flush().await;
+        StopSummary {
+            lost,
+            stats: self.stats(),
+        }
+    }
+}
+
+impl<B: Backend> Drop for Instance<B> {
+    fn drop(&mut self) {
+        // The last handle is gone (module stopped, code purged): stop the tasks, or
+        // they would keep the queue and connections alive forever.
+        self.shared.stopping.store(true, Relaxed);
+        for worker in lock(&self.workers).iter() {
+            worker.abort();
+        }
+        self.reporter_task.abort();
+        let abandoned = self.shared.queue.take_all().len() as u64;
+        self.shared.stats.dropped.fetch_add(abandoned, Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<B: Backend> Shared<B> {
+    fn fail(&self, tag: Box<[u8]>, reason: String, attempts: u32) {
+        self.stats.failed.fetch_add(1, Relaxed);
+        self.reporter.report(ReportItem::Failure(FailureReport {
+            tag,
+            reason,
+            attempts,
+        }));
+    }
+
+    async fn next(&self) -> Option<Envelope<B::Event>> {
+        loop {
+            // Registered before looking, so neither a push nor a stop can slip between
+            // the look and the wait.
+            let mut notified = pin!(self.wakeup.notified());
+            notified.as_mut().enable();
+            if let Some(envelope) = self.queue.pop() {
+                return Some(envelope);
+            }
+            if self.stopping.load(Relaxed) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    async fn attempt(&self, event: &B::Event) -> Attempt {
+        match AssertUnwindSafe(self.backend.deliver(event))
+            .catch_unwind()
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt::rejected("backend_panicked"),
+        }
+    }
+
+    async fn deliver(&self, envelope: Envelope<B::Event>) {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            let attempt = self.attempt(&envelope.event).await;
+            self.reporter.report(ReportItem::Attempt(AttemptReport {
+                tag: envelope.tag.clone(),
+                outcome: attempt.outcome,
+                elapsed: started.elapsed(),
+            }));
+            let reason = match attempt.verdict {
+                Verdict::Delivered => {
+                    self.stats.delivered.fetch_add(1, Relaxed);
+                    self.stats.latency.record(envelope.enqueued_at.elapsed());
+                    return;
+                }
+                Verdict::Fatal(reason) => return self.fail(envelope.tag, reason, attempts),
+                Verdict::Retry(reason) => reason,
+            };
+            if attempts >= self.retry.max_attempts {
+                return self.fail(envelope.tag, reason, attempts);
+            }
+            let pause = self.retry.backoff(attempts, rand::random::<f64>());
+            if envelope.enqueued_at.elapsed() + pause > self.retry.deadline {
+                let reason = format!("{reason} (retry deadline passed)");
+                return self.fail(envelope.tag, reason, attempts);
+            }
+            self.stats.retried.fetch_add(1, Relaxed);
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn work<B: Backend>(shared: Arc<Shared<B>>) -> impl Future<Output = ()> + Send {
+    async move {
+        while let Some(envelope) = shared.next().await {
+            shared.stats.in_flight.fetch_add(1, Relaxed);
+            shared.deliver(envelope).await;
+            shared.stats.in_flight.fetch_sub(1, Relaxed);
+        }
+    }
+}

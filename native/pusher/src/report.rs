@@ -1,0 +1,159 @@
+//! Outcomes travel back to the host in batches: one message per flush, not per event.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::AttemptOutcome;
+use crate::stats::{Stats, StatsSnapshot};
+
+/// One delivery attempt, as MongooseIM's metrics want it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptReport {
+    pub tag: Box<[u8]>,
+    pub outcome: AttemptOutcome,
+    pub elapsed: Duration,
+}
+
+/// An event given up on (final failure, or lost at stop), for the host's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureReport {
+    pub tag: Box<[u8]>,
+    pub reason: String,
+    pub attempts: u32,
+}
+
+/// Counter increments since the previous batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterDelta {
+    pub delivered: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+impl CounterDelta {
+    fn between(before: &StatsSnapshot, now: &StatsSnapshot) -> Self {
+        CounterDelta {
+            delivered: now.delivered - before.delivered,
+            retried: now.retried - before.retried,
+            failed: now.failed - before.failed,
+            dropped: now.dropped - before.dropped,
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == CounterDelta::default()
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReportBatch {
+    pub attempts: Vec<AttemptReport>,
+    pub failures: Vec<FailureReport>,
+    pub counters: CounterDelta,
+    /// Reports that could not be queued because the report channel was full.
+    pub reports_lost: u64,
+}
+
+/// Where batches go (the NIF sends them to an Erlang process).
+pub trait ReportSink: Send + Sync + 'static {
+    fn send(&self, batch: ReportBatch);
+}
+
+/// A sink that discards everything (pure-Rust users and tests that only read stats).
+pub struct NoReports;
+
+impl ReportSink for NoReports {
+    fn send(&self, _batch: ReportBatch) {}
+}
+
+pub(crate) enum ReportItem {
+    Attempt(AttemptReport),
+    Failure(FailureReport),
+    Flush(oneshot::Sender<()>),
+}
+
+const REPORT_CHANNEL: usize = 65_536;
+const MAX_BATCH: usize = 2_000;
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The workers' side of the report channel; never blocks.
+pub(crate) struct Reporter {
+    tx: mpsc::Sender<ReportItem>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Reporter {
+    pub(crate) fn spawn(
+        runtime: &tokio::runtime::Handle,
+        sink: Arc<dyn ReportSink>,
+        stats: Arc<Stats>,
+    ) -> (Reporter, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(REPORT_CHANNEL);
+        let lost = Arc::new(AtomicU64::new(0));
+        let task = runtime.spawn(run(rx, sink, stats, lost.clone()));
+        (Reporter { tx, lost }, task)
+    }
+
+    pub(crate) fn report(&self, item: ReportItem) {
+        if self.tx.try_send(item).is_err() {
+            self.lost.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Resolves once everything reported so far has been handed to the sink.
+    pub(crate) async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(ReportItem::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<ReportItem>,
+    sink: Arc<dyn ReportSink>,
+    stats: Arc<Stats>,
+    lost: Arc<AtomicU64>,
+) {
+    let mut batch = ReportBatch::default();
+    let mut last = stats.snapshot();
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut send = |batch: &mut ReportBatch| {
+        let now = stats.snapshot();
+        batch.counters = CounterDelta::between(&last, &now);
+        batch.reports_lost = lost.swap(0, Relaxed);
+        last = now;
+        let nothing_new = batch.attempts.is_empty()
+            && batch.failures.is_empty()
+            && batch.counters.is_zero()
+            && batch.reports_lost == 0;
+        if !nothing_new {
+            sink.send(std::mem::take(batch));
+        }
+    };
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(ReportItem::Attempt(a)) => batch.attempts.push(a),
+                Some(ReportItem::Failure(f)) => batch.failures.push(f),
+                Some(ReportItem::Flush(done)) => {
+                    send(&mut batch);
+                    let _ = done.send(());
+                }
+                None => {
+                    send(&mut batch);
+                    return;
+                }
+            },
+            _ = tick.tick() => send(&mut batch),
+        }
+        if batch.attempts.len() + batch.failures.len() >= MAX_BATCH {
+            send(&mut batch);
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The core against a real HTTP server started by the test.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use pusher::backend::{Attempt, AttemptOutcome, Backend};
+use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig};
+use pusher::report::{ReportBatch, ReportSink};
+use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A server that records requests and answers with scripted statuses (then 200).
+struct Sink {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn start_sink(script: Vec<u16>, delay: Duration) -> Sink {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let script = Arc::new(Mutex::new(script.into_iter()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let script = script.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    let script = script.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let content_type = req
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        let body = body.map(|b| b.to_vec()).unwrap_or_default();
+                        tokio::time::sleep(delay).await;
+                        log.lock().expect("log").push(Received {
+                            path,
+                            content_type,
+                            body,
+                        });
+                        let status = script.lock().expect("script").next().unwrap_or(200);
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        *response.status_mut() =
+                            hyper::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    Sink { addr, received }
+}
+
+#[derive(Default)]
+struct CollectedReports(Mutex<Vec<ReportBatch>>);
+
+impl ReportSink for CollectedReports {
+    fn send(&self, batch: ReportBatch) {
+        self.0.lock().expect("reports").push(batch);
+    }
+}
+
+impl CollectedReports {
+    fn statuses(&self) -> Vec<AttemptOutcome> {
+        let batches = self.0.lock().expect("reports");
+        batches
+            .iter()
+            .flat_map(|b| b.attempts.iter().map(|a| a.outcome.clone()))
+            .collect()
+    }
+}
+
+fn http_backend(host: String) -> HttpBackend {
+    HttpBackend::new(&HttpConfig {
+        host,
+        path_prefix: "/hooks".into(),
+        request_timeout: Duration::from_millis(500),
+        max_idle_connections: 4,
+        tls: TlsConfig::default(),
+    })
+    .expect("backend")
+}
+
+fn config(max_attempts: u32, max_events: usize) -> InstanceConfig {
+    InstanceConfig {
+        queue: QueueLimits {
+            max_events,
+            max_bytes: 1 << 20,
+            overflow: Overflow::DropNewest,
+        },
+        retry: RetryPolicy {
+            max_attempts,
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            deadline: Duration::from_secs(10),
+        },
+        concurrency: 4,
+    }
+}
+
+fn event(n: usize) -> Envelope<HttpEvent> {
+    let body = Bytes::from(format!("message={n}"));
+    let event = HttpEvent {
+        path: "events".into(),
+        headers: vec![(
+            b"content-type".to_vec().into(),
+            b"application/x-www-form-urlencoded".to_vec().into(),
+        )],
+        body,
+    };
+    let size = event.size();
+    Envelope::new(event, b"alice".to_vec(), size)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_event_to_a_real_server() {
+    let sink = start_sink(vec![], Duration::ZERO).await;
+    let reports = Arc::new(CollectedReports::default());
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        config(3, 1000),
+        reports.clone(),
+    );
+    for n in 0..200 {
+        instance.push(event(n)).expect("push");
+    }
+    let summary = instance.stop(Duration::from_secs(10)).await;
+    assert_eq!(summary.lost, 0);
+    assert_eq!(summary.stats.delivered, 200);
+    assert_eq!(summary.stats.accepted, 200);
+    let received = sink.received.lock().expect("log").clone();
+    assert_eq!(received.len(), 200);
+    assert!(received.iter().all(|r| r.path == "/hooks/events"));
+    assert_eq!(
+        received[0].content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    let mut bodies: Vec<String> = received
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    bodies.sort();
+    assert!(bodies.contains(&"message=199".to_string()));
+    assert_eq!(reports.statuses().len(), 200);
+    assert!(summary.stats.latency_p50_us.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_5xx_until_success_and_reports_every_response() {
+    let sink = start_sink(vec![500, 503], Duration::ZERO).await;
+    let reports = Arc::new(CollectedReports::default());
+    let mut cfg = config(5, 10);
+    cfg.concurrency = 1;
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        cfg,
+        reports.clone(),
+    );
+    instance.push(event(1)).expect("push");
+    let summary = instance.stop(Duration::from_secs(10)).await;
+    assert_eq!(summary.stats.delivered, 1);
+    assert_eq!(summary.stats.retried, 2);
+    assert_eq!(summary.stats.failed, 0);
+    assert_eq!(
+        reports.statuses(),
+        vec![
+            AttemptOutcome::Response(500),
+            AttemptOutcome::Response(503),
+            AttemptOutcome::Response(200)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_final() {
+    let sink = start_sink(vec![404], Duration::ZERO).await;
+    let reports = Arc::new(CollectedReports::default());
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        config(5, 10),
+        reports.clone(),
+    );
+    instance.push(event(1)).expect("push");
+    let summary = instance.stop(Duration::from_secs(10)).await;
+    assert_eq!(summary.stats.failed, 1);
+    assert_eq!(summary.stats.retried, 0);
+    assert_eq!(sink.received.lock().expect("log").len(), 1);
+    let batches = reports.0.lock().expect("reports");
+    let failures: Vec<_> = batches.iter().flat_map(|b| b.failures.clone()).collect();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].reason, "http_status_404");
+    assert_eq!(&*failures[0].tag, b"alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_retried_then_failed() {
+    // Bind then drop: nothing listens on this port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let reports = Arc::new(CollectedReports::default());
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://127.0.0.1:{port}")),
+        config(3, 10),
+        reports.clone(),
+    );
+    instance.push(event(1)).expect("push");
+    let summary = instance.stop(Duration::from_secs(10)).await;
+    assert_eq!(summary.stats.failed, 1);
+    assert_eq!(summary.stats.retried, 2);
+    let statuses = reports.statuses();
+    assert_eq!(statuses.len(), 3);
+    assert!(statuses
+        .iter()
+        .all(|s| matches!(s, AttemptOutcome::NoResponse(r) if r == "connection_failed")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_is_counted_and_the_books_balance() {
+    // Each request takes 300 ms, so after the pushes the 4 workers are busy and the
+    // queue is full: a state that holds still long enough to check the books exactly.
+    let sink = start_sink(vec![], Duration::from_millis(300)).await;
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        config(1, 8),
+        Arc::new(pusher::report::NoReports),
+    );
+    let mut refused = 0;
+    for n in 0..4 {
+        instance.push(event(n)).expect("push");
+    }
+    eventually("4 events in flight", || instance.stats().in_flight == 4).await;
+    for n in 4..1000 {
+        match instance.push(event(n)) {
+            Ok(()) => {}
+            Err(PushError::QueueFull) => refused += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    let s = instance.stats();
+    assert_eq!((s.accepted, s.queued, s.in_flight), (1000, 8, 4), "{s:?}");
+    assert_eq!(s.dropped, refused);
+    assert_eq!(refused, 1000 - 12);
+    assert_eq!(
+        s.accepted,
+        s.delivered + s.failed + s.dropped + s.queued + s.in_flight
+    );
+    let summary = instance.stop(Duration::from_secs(10)).await;
+    let s = summary.stats;
+    assert_eq!(s.delivered, 12);
+    assert_eq!(s.accepted, s.delivered + s.failed + s.dropped);
+    assert_eq!(sink.received.lock().expect("log").len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_with_a_short_deadline_counts_what_it_could_not_deliver() {
+    let sink = start_sink(vec![], Duration::from_millis(300)).await;
+    let mut cfg = config(1, 100);
+    cfg.concurrency = 1;
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        cfg,
+        Arc::new(pusher::report::NoReports),
+    );
+    for n in 0..10 {
+        instance.push(event(n)).expect("push");
+    }
+    let summary = instance.stop(Duration::from_millis(450)).await;
+    assert!(summary.lost >= 8, "lost {}", summary.lost);
+    let s = summary.stats;
+    assert_eq!(
+        s.accepted,
+        s.delivered + s.failed + s.dropped + s.queued + s.in_flight
+    );
+    assert_eq!(s.queued, 0);
+    assert_eq!(instance.push(event(99)), Err(PushError::Stopped));
+}
+
+struct Flagged {
+    dropped: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Drop for Flagged {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Backend for Flagged {
+    type Event = ();
+    async fn deliver(&self, _: &()) -> Attempt {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Attempt::no_response("unreachable")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_instance_stops_its_tasks() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let backend = Flagged {
+        dropped: dropped.clone(),
+        calls: calls.clone(),
+    };
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        backend,
+        config(1, 10),
+        Arc::new(pusher::report::NoReports),
+    );
+    instance
+        .push(Envelope::new((), Vec::new(), 1))
+        .expect("push");
+    eventually("a delivery in progress", || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(instance);
+    eventually("the backend to be released", || {
+        dropped.load(Ordering::SeqCst)
+    })
+    .await;
+}
