@@ -128,6 +128,14 @@ impl<B: Backend> Instance<B> {
         }
     }
 
+    /// Counts an event refused before it was even built (larger than the byte cap), so
+    /// the caller can skip copying a payload that could never be queued.
+    pub fn refuse_oversized(&self) -> PushError {
+        self.shared.stats.accepted.fetch_add(1, Relaxed);
+        self.shared.stats.dropped.fetch_add(1, Relaxed);
+        PushError::QueueFull
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         let mut snapshot = self.shared.stats.snapshot();
         snapshot.queued = self.shared.queue.len() as u64;

@@ -1,1 +1,384 @@
+//! Rustler glue for `mod_event_pusher_nif`: Erlang terms <-> the `pusher` core.
+//!
+//! Every function takes raw terms and decodes them itself, so a wrong term gives
+//! `{error, badarg}` instead of an exception, and nothing here can panic across the
+//! boundary on bad input.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
+use pusher::report::{ReportBatch, ReportSink};
+use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
+use pusher::{StatsSnapshot, StopSummary};
+use rustler::types::ListIterator;
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, badarg, queue_full, stopped, undefined, no_runtime,
+        peer, none, drop_newest, drop_oldest,
+        mod_event_pusher_nif, report,
+        worker_threads,
+        accepted, delivered, retried, failed, dropped, queued, queued_bytes, in_flight,
+        latency_p50_us, latency_p99_us, lost,
+        attempts, failures, counters, reports_lost,
+    }
+}
+
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The runtime is built here, at load, never lazily inside a NIF call.
+fn load(_env: Env, info: Term) -> bool {
+    let threads = info
+        .map_get(atoms::worker_threads())
+        .and_then(|t| t.decode::<usize>())
+        .unwrap_or(2)
+        .clamp(1, 64);
+    if RUNTIME.get().is_some() {
+        return true;
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("event_pusher")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => RUNTIME.set(runtime).is_ok() || RUNTIME.get().is_some(),
+        Err(_) => false,
+    }
+}
+
+enum Pusher {
+    Http(Instance<HttpBackend>),
+}
+
+/// One backend instance as Erlang holds it; dropping the last reference drops the
+/// instance, which aborts its tasks.
+struct InstanceResource {
+    pusher: Pusher,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for InstanceResource {}
+
+fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
+    (atoms::error(), reason).encode(env)
+}
+
+fn badarg(env: Env) -> Term {
+    error(env, atoms::badarg())
+}
+
+/// Sends report batches to the Erlang reporter process.
+struct PidSink {
+    pid: LocalPid,
+}
+
+fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
+    let attempts: Vec<Term> = batch
+        .attempts
+        .iter()
+        .map(|a| {
+            let outcome = match &a.outcome {
+                pusher::backend::AttemptOutcome::Response(code) => code.encode(env),
+                pusher::backend::AttemptOutcome::NoResponse(reason) => {
+                    (atoms::error(), reason.as_str()).encode(env)
+                }
+            };
+            let elapsed = u64::try_from(a.elapsed.as_micros()).unwrap_or(u64::MAX);
+            (bytes_term(env, &a.tag), outcome, elapsed).encode(env)
+        })
+        .collect();
+    let failures: Vec<Term> = batch
+        .failures
+        .iter()
+        .map(|f| (bytes_term(env, &f.tag), f.reason.as_str(), f.attempts).encode(env))
+        .collect();
+    let c = &batch.counters;
+    let counters = Term::map_from_arrays(
+        env,
+        &[
+            atoms::delivered(),
+            atoms::retried(),
+            atoms::failed(),
+            atoms::dropped(),
+        ],
+        &[c.delivered, c.retried, c.failed, c.dropped],
+    )?;
+    Term::map_from_term_arrays(
+        env,
+        &[
+            atoms::attempts().encode(env),
+            atoms::failures().encode(env),
+            atoms::counters().encode(env),
+            atoms::reports_lost().encode(env),
+        ],
+        &[
+            attempts.encode(env),
+            failures.encode(env),
+            counters,
+            batch.reports_lost.encode(env),
+        ],
+    )
+}
+
+fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut binary = rustler::NewBinary::new(env, bytes.len());
+    binary.as_mut_slice().copy_from_slice(bytes);
+    binary.into()
+}
+
+impl ReportSink for PidSink {
+    fn send(&self, batch: ReportBatch) {
+        let mut owned = OwnedEnv::new();
+        // A dead reporter only means nobody listens any more: nothing to do.
+        let _ = owned.send_and_clear(&self.pid, |env| {
+            let body = encode_batch(env, &batch).unwrap_or_else(|_| badarg(env));
+            (atoms::mod_event_pusher_nif(), atoms::report(), body).encode(env)
+        });
+    }
+}
+
+fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> Option<T> {
+    let key = Atom::from_str(map.get_env(), key).ok()?;
+    map.map_get(key).ok()?.decode().ok()
+}
+
+fn get_string(map: Term, key: &str) -> Option<String> {
+    let binary: Binary = get(map, key)?;
+    String::from_utf8(binary.as_slice().to_vec()).ok()
+}
+
+/// An empty binary means "not set".
+fn get_optional_path(map: Term, key: &str) -> Option<Option<String>> {
+    let path = get_string(map, key)?;
+    Some((!path.is_empty()).then_some(path))
+}
+
+fn millis(map: Term, key: &str) -> Option<Duration> {
+    get::<u64>(map, key).map(Duration::from_millis)
+}
+
+fn instance_config(map: Term) -> Option<InstanceConfig> {
+    let overflow: Atom = get(map, "overflow")?;
+    let overflow = if overflow == atoms::drop_newest() {
+        Overflow::DropNewest
+    } else if overflow == atoms::drop_oldest() {
+        Overflow::DropOldest
+    } else {
+        return None;
+    };
+    Some(InstanceConfig {
+        queue: QueueLimits {
+            max_events: get(map, "max_events")?,
+            max_bytes: get(map, "max_bytes")?,
+            overflow,
+        },
+        retry: RetryPolicy {
+            max_attempts: get::<u32>(map, "max_attempts")?.max(1),
+            base_backoff: millis(map, "base_backoff_ms")?,
+            max_backoff: millis(map, "max_backoff_ms")?,
+            deadline: millis(map, "retry_deadline_ms")?,
+        },
+        concurrency: get::<usize>(map, "concurrency")?.clamp(1, 4096),
+    })
+}
+
+fn http_config(map: Term) -> Option<HttpConfig> {
+    let verify: Atom = get(map, "verify_mode")?;
+    let verify_mode = if verify == atoms::peer() {
+        VerifyMode::Peer
+    } else if verify == atoms::none() {
+        VerifyMode::None
+    } else {
+        return None;
+    };
+    Some(HttpConfig {
+        host: get_string(map, "host")?,
+        path_prefix: get_string(map, "path_prefix")?,
+        request_timeout: millis(map, "request_timeout")?,
+        max_idle_connections: get(map, "concurrency")?,
+        tls: TlsConfig {
+            verify_mode,
+            cacertfile: get_optional_path(map, "cacertfile")?,
+            certfile: get_optional_path(map, "certfile")?,
+            keyfile: get_optional_path(map, "keyfile")?,
+            server_name_indication: get(map, "server_name_indication")?,
+        },
+    })
+}
+
+/// `start_http(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, Reason}`.
+/// Dirty: building a TLS client reads certificates.
+#[rustler::nif(schedule = "DirtyIo")]
+fn start_http<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
+    let Some(runtime) = RUNTIME.get() else {
+        return error(env, atoms::no_runtime());
+    };
+    let (Ok(pid), Some(http), Some(instance)) = (
+        reporter.decode::<LocalPid>(),
+        http_config(config),
+        instance_config(config),
+    ) else {
+        return badarg(env);
+    };
+    let backend = match HttpBackend::new(&http) {
+        Ok(backend) => backend,
+        Err(e) => return error(env, e.0.as_str()),
+    };
+    let sink = Arc::new(PidSink { pid });
+    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let resource = ResourceArc::new(InstanceResource {
+        pusher: Pusher::Http(instance),
+    });
+    (atoms::ok(), resource).encode(env)
+}
+
+fn push_error(env: Env, e: PushError) -> Term {
+    match e {
+        PushError::QueueFull => error(env, atoms::queue_full()),
+        PushError::Stopped => error(env, atoms::stopped()),
+    }
+}
+
+/// `{Path, [{Name, Value}], Body, Tag}`, all binaries; the path must be UTF-8.
+/// `Err(None)` is a malformed term, `Err(Some(_))` an event too big to ever queue.
+fn decode_http_event<'a>(
+    term: Term<'a>,
+    max_bytes: usize,
+) -> Result<Envelope<HttpEvent>, Option<PushError>> {
+    let (path, headers, body, tag): (Binary, ListIterator, Binary, Binary) =
+        term.decode().map_err(|_| None)?;
+    if body.len() > max_bytes {
+        // Refused before copying a body that could never fit.
+        return Err(Some(PushError::QueueFull));
+    }
+    let path = std::str::from_utf8(path.as_slice()).map_err(|_| None)?;
+    let mut pairs = Vec::new();
+    for header in headers {
+        let (name, value): (Binary, Binary) = header.decode().map_err(|_| None)?;
+        pairs.push((name.as_slice().into(), value.as_slice().into()));
+    }
+    let event = HttpEvent {
+        path: path.to_owned(),
+        headers: pairs,
+        body: bytes::Bytes::copy_from_slice(body.as_slice()),
+    };
+    let size = event.size();
+    Ok(Envelope::new(event, tag.as_slice(), size))
+}
+
+/// `push(Instance, Event)` -> `ok | {error, queue_full | stopped | badarg}`. O(1).
+#[rustler::nif]
+fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
+    let Ok(resource) = instance.decode::<ResourceArc<InstanceResource>>() else {
+        return badarg(env);
+    };
+    match &resource.pusher {
+        Pusher::Http(instance) => match decode_http_event(event, instance.limits().max_bytes) {
+            Ok(envelope) => match instance.push(envelope) {
+                Ok(()) => atoms::ok().encode(env),
+                Err(e) => push_error(env, e),
+            },
+            Err(Some(_)) => push_error(env, instance.refuse_oversized()),
+            Err(None) => badarg(env),
+        },
+    }
+}
+
+fn stats_term<'a>(env: Env<'a>, s: &StatsSnapshot, lost: Option<u64>) -> Term<'a> {
+    let latency = |v: Option<u64>| match v {
+        Some(us) => us.encode(env),
+        None => atoms::undefined().encode(env),
+    };
+    let mut keys = vec![
+        atoms::accepted(),
+        atoms::delivered(),
+        atoms::retried(),
+        atoms::failed(),
+        atoms::dropped(),
+        atoms::queued(),
+        atoms::queued_bytes(),
+        atoms::in_flight(),
+        atoms::latency_p50_us(),
+        atoms::latency_p99_us(),
+    ];
+    let mut values = vec![
+        s.accepted.encode(env),
+        s.delivered.encode(env),
+        s.retried.encode(env),
+        s.failed.encode(env),
+        s.dropped.encode(env),
+        s.queued.encode(env),
+        s.queued_bytes.encode(env),
+        s.in_flight.encode(env),
+        latency(s.latency_p50_us),
+        latency(s.latency_p99_us),
+    ];
+    if let Some(lost) = lost {
+        keys.push(atoms::lost());
+        values.push(lost.encode(env));
+    }
+    let keys: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| badarg(env))
+}
+
+fn pusher_stats(pusher: &Pusher) -> StatsSnapshot {
+    match pusher {
+        Pusher::Http(instance) => instance.stats(),
+    }
+}
+
+/// `stats(Instance)` -> map of counters.
+#[rustler::nif]
+fn stats<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
+    match instance.decode::<ResourceArc<InstanceResource>>() {
+        Ok(resource) => stats_term(env, &pusher_stats(&resource.pusher), None),
+        Err(_) => badarg(env),
+    }
+}
+
+/// `stop(Instance, DrainMs, Ref)` -> `ok`; later the caller receives
+/// `{mod_event_pusher_nif, stopped, Ref, Stats}` with `lost` among the stats.
+#[rustler::nif]
+fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>) -> Term<'a> {
+    let (Ok(resource), Ok(drain_ms)) = (
+        instance.decode::<ResourceArc<InstanceResource>>(),
+        drain_ms.decode::<u64>(),
+    ) else {
+        return badarg(env);
+    };
+    let Some(runtime) = RUNTIME.get() else {
+        return error(env, atoms::no_runtime());
+    };
+    let caller = env.pid();
+    let owned = OwnedEnv::new();
+    let saved_tag = owned.save(tag);
+    let drain = Duration::from_millis(drain_ms);
+    runtime.spawn(async move {
+        let summary: StopSummary = match &resource.pusher {
+            Pusher::Http(instance) => instance.stop(drain).await,
+        };
+        let mut owned = owned;
+        let _ = owned.send_and_clear(&caller, |env| {
+            let stats = stats_term(env, &summary.stats, Some(summary.lost));
+            let stopped = Atom::from_str(env, "stopped").map(|a| a.encode(env));
+            (
+                atoms::mod_event_pusher_nif(),
+                stopped.unwrap_or_else(|_| atoms::stopped().encode(env)),
+                saved_tag.load(env),
+                stats,
+            )
+        });
+    });
+    atoms::ok().encode(env)
+}
+
+/// The cheapest possible NIF call, the benchmark's yardstick.
+#[rustler::nif]
+fn noop() -> Atom {
+    atoms::ok()
+}
+
+rustler::init!("mod_event_pusher_nif", load = load);
