@@ -4,7 +4,7 @@
 set -e
 cd "$(dirname "$0")/.."
 cargo build --release -q -p pusher_nif
-mkdir -p priv
-tmp=$(mktemp priv/.libpusher_nif.XXXXXX)
+mkdir -p erlang/priv
+tmp=$(mktemp erlang/priv/.libpusher_nif.XXXXXX)
 cp target/release/libpusher_nif.so "$tmp"
-mv -f "$tmp" priv/libpusher_nif.so
+mv -f "$tmp" erlang/priv/libpusher_nif.so

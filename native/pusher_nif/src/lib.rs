@@ -375,6 +375,24 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
     atoms::ok().encode(env)
 }
 
+/// `form_urlencode([{Key, Value}])` -> binary | `{error, badarg}`.
+#[rustler::nif]
+fn form_urlencode<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
+    let Ok(list) = pairs.decode::<ListIterator>() else {
+        return badarg(env);
+    };
+    let mut decoded = Vec::new();
+    for pair in list {
+        let Ok((key, value)) = pair.decode::<(Binary, Binary)>() else {
+            return badarg(env);
+        };
+        decoded.push((key, value));
+    }
+    let encoded =
+        pusher::form::urlencode(decoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+    bytes_term(env, &encoded)
+}
+
 /// The cheapest possible NIF call, the benchmark's yardstick.
 #[rustler::nif]
 fn noop() -> Atom {

@@ -1,0 +1,53 @@
+%% @doc Delivery options every Rust-backed backend shares (our additions to
+%% MongooseIM's options, all with defaults): the bounded queue, the retry policy and
+%% the drain deadline, and their translation into the NIF's instance settings.
+-module(mod_event_pusher_delivery).
+
+-export([config_items/0, config_defaults/0, instance_config/2]).
+
+-include("mongoose_config_spec.hrl").
+
+%% @doc Items to merge into a backend's config section.
+-spec config_items() -> #{binary() => #section{} | #option{}}.
+config_items() ->
+    #{<<"queue">> => queue_spec(),
+      <<"retry">> => retry_spec(),
+      <<"drain_timeout_ms">> => #option{type = integer, validate = non_negative}}.
+
+-spec config_defaults() -> #{binary() => term()}.
+config_defaults() ->
+    #{<<"drain_timeout_ms">> => 5000}.
+
+queue_spec() ->
+    #section{items = #{<<"max_events">> => #option{type = integer, validate = positive},
+                       <<"max_bytes">> => #option{type = integer, validate = positive},
+                       <<"overflow">> => #option{type = atom,
+                                                 validate = {enum, [drop_newest, drop_oldest]}}},
+             defaults = #{<<"max_events">> => 10000,
+                          <<"max_bytes">> => 16777216,
+                          <<"overflow">> => drop_newest},
+             include = always}.
+
+retry_spec() ->
+    #section{items = #{<<"max_attempts">> => #option{type = integer, validate = positive},
+                       <<"base_backoff_ms">> => #option{type = integer, validate = positive},
+                       <<"max_backoff_ms">> => #option{type = integer, validate = positive},
+                       <<"deadline_ms">> => #option{type = integer, validate = positive}},
+             defaults = #{<<"max_attempts">> => 3,
+                          <<"base_backoff_ms">> => 100,
+                          <<"max_backoff_ms">> => 5000,
+                          <<"deadline_ms">> => 30000},
+             include = always}.
+
+%% @doc The instance part of a NIF start config, from the module options and the
+%% number of concurrent deliveries.
+-spec instance_config(gen_mod:module_opts(), pos_integer()) -> map().
+instance_config(#{queue := Queue, retry := Retry}, Concurrency) ->
+    #{max_events => maps:get(max_events, Queue),
+      max_bytes => maps:get(max_bytes, Queue),
+      overflow => maps:get(overflow, Queue),
+      max_attempts => maps:get(max_attempts, Retry),
+      base_backoff_ms => maps:get(base_backoff_ms, Retry),
+      max_backoff_ms => maps:get(max_backoff_ms, Retry),
+      retry_deadline_ms => maps:get(deadline_ms, Retry),
+      concurrency => Concurrency}.

@@ -1,0 +1,220 @@
+%% @doc The http backend: for each configured handler whose callback module wants a
+%% request, the callback builds headers and body here (Erlang), and the request is
+%% queued for the Rust side, which POSTs it with keep-alive, retries and a bounded
+%% queue. One Rust instance per (host type, pool), so pools with different servers,
+%% timeouts or TLS settings never share a queue.
+-module(mod_event_pusher_http).
+-behaviour(gen_mod).
+-behaviour(mod_event_pusher).
+-behaviour(mod_event_pusher_instance).
+
+-export([start/2, stop/1, config_spec/0, instrumentation/1, supported_features/0]).
+-export([push_event/2, handle_report/3, stats/1, fix_path/1]).
+
+-include("mod_event_pusher_events.hrl").
+-include("mongoose_config_spec.hrl").
+-include_lib("kernel/include/logger.hrl").
+
+-type handler_opts() :: #{pool_name := atom(), path := binary(), callback_module := module()}.
+-export_type([handler_opts/0]).
+
+-callback should_make_req(Acc :: mongoose_acc:t(), Dir :: in | out, Packet :: exml:element(),
+                          From :: jid:jid(), To :: jid:jid(), Opts :: handler_opts()) -> boolean().
+-callback prepare_headers(Acc :: mongoose_acc:t(), Dir :: in | out, Host :: binary(),
+                          Message :: binary(), Sender :: binary(), Receiver :: binary(),
+                          Opts :: handler_opts()) -> [{binary(), binary()}].
+-callback prepare_body(Acc :: mongoose_acc:t(), Dir :: in | out, Host :: binary(),
+                       Message :: binary(), Sender :: binary(), Receiver :: binary(),
+                       Opts :: handler_opts()) -> binary().
+
+%% gen_mod
+
+-spec start(binary(), gen_mod:module_opts()) -> ok.
+start(HostType, Opts = #{handlers := Handlers}) ->
+    Pools = lists:usort([Pool || #{pool_name := Pool} <- Handlers]),
+    Instances = start_pools(HostType, Opts, Pools, #{}),
+    persistent_term:put(handlers_key(HostType),
+                        [{Handler, maps:get(Pool, Instances)}
+                         || Handler = #{pool_name := Pool} <- Handlers]).
+
+-spec stop(binary()) -> ok.
+stop(HostType) ->
+    Handlers = persistent_term:get(handlers_key(HostType), []),
+    persistent_term:erase(handlers_key(HostType)),
+    Drain = gen_mod:get_module_opt(HostType, ?MODULE, drain_timeout_ms, 5000),
+    Pools = lists:usort([Pool || {#{pool_name := Pool}, _} <- Handlers]),
+    [mod_event_pusher_instance:stop(HostType, {http, Pool}, Drain) || Pool <- Pools],
+    ok.
+
+-spec supported_features() -> [atom()].
+supported_features() ->
+    [dynamic_domains].
+
+-spec config_spec() -> #section{}.
+config_spec() ->
+    #section{items = maps:merge(#{<<"handlers">> => #list{items = handler_spec(),
+                                                          validate = unique}},
+                                mod_event_pusher_delivery:config_items()),
+             defaults = maps:merge(#{<<"handlers">> => []},
+                                   mod_event_pusher_delivery:config_defaults())}.
+
+handler_spec() ->
+    #section{items = #{<<"pool_name">> => #option{type = atom, validate = pool_name},
+                       <<"path">> => #option{type = binary, process = fun ?MODULE:fix_path/1},
+                       <<"callback_module">> => #option{type = atom, validate = module}},
+             defaults = #{<<"pool_name">> => http_pool,
+                          <<"path">> => <<>>,
+                          <<"callback_module">> => mod_event_pusher_http_defaults}}.
+
+%% @doc Handler paths are relative to the pool's path_prefix: one leading "/" goes.
+-spec fix_path(binary()) -> binary().
+fix_path(<<"/", Path/binary>>) -> Path;
+fix_path(Path) -> Path.
+
+-spec instrumentation(binary()) -> [{atom(), map(), map()}].
+instrumentation(HostType) ->
+    [{mod_event_pusher_http_sent, #{host_type => HostType},
+      #{metrics => #{count => spiral, response_time => histogram, failure_count => spiral}}},
+     {mod_event_pusher_http_delivery, #{host_type => HostType},
+      #{metrics => #{delivered => spiral, retried => spiral, failed => spiral,
+                     dropped => spiral}}}].
+
+%% @doc Queue and delivery counters of each pool's instance.
+-spec stats(binary()) -> #{atom() => mod_event_pusher_nif:stats()}.
+stats(HostType) ->
+    maps:from_list([{Pool, mod_event_pusher_nif:stats(Instance)}
+                    || {#{pool_name := Pool}, Instance}
+                           <- persistent_term:get(handlers_key(HostType), [])]).
+
+%% mod_event_pusher: the hook path
+
+-spec push_event(mongoose_acc:t(), mod_event_pusher:event()) -> mongoose_acc:t().
+push_event(Acc, #chat_event{direction = Dir, from = From, to = To, packet = Packet}) ->
+    Handlers = persistent_term:get(handlers_key(mongoose_acc:host_type(Acc)), []),
+    [push_to_handler(Acc, Dir, Packet, From, To, Handler) || Handler <- Handlers],
+    Acc;
+push_event(Acc, _Event) ->
+    Acc.
+
+push_to_handler(Acc, Dir, Packet, From, To,
+                {Opts = #{callback_module := Module, path := Path}, Instance}) ->
+    try Module:should_make_req(Acc, Dir, Packet, From, To, Opts) of
+        true ->
+            #jid{luser = Sender, lserver = Host} = From,
+            #jid{luser = Receiver} = To,
+            Message = exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>),
+            Headers = Module:prepare_headers(Acc, Dir, Host, Message, Sender, Receiver, Opts),
+            Body = Module:prepare_body(Acc, Dir, Host, Message, Sender, Receiver, Opts),
+            enqueue(Instance, {Path, Headers, Body, Sender}, Opts);
+        false ->
+            ok
+    catch Class:Reason:Stacktrace ->
+            ?LOG_ERROR(#{what => event_pusher_http_callback_failed, callback_module => Module,
+                         class => Class, reason => Reason, stacktrace => Stacktrace})
+    end.
+
+%% Full queue or stopped instance: counted by the instance and reported as metrics.
+enqueue(Instance, Request, Opts) ->
+    case mod_event_pusher_nif:push(Instance, Request) of
+        ok -> ok;
+        {error, queue_full} -> ok;
+        {error, stopped} -> ok;
+        {error, badarg} ->
+            ?LOG_ERROR(#{what => event_pusher_http_bad_request, handler => Opts,
+                         text => <<"The callback module returned headers or a body that are "
+                                   "not binaries">>})
+    end.
+
+handlers_key(HostType) ->
+    {?MODULE, handlers, HostType}.
+
+%% Starting the Rust instances
+
+start_pools(_HostType, _Opts, [], Started) ->
+    Started;
+start_pools(HostType, Opts, [Pool | Pools], Started) ->
+    case start_pool(HostType, Opts, Pool) of
+        {ok, Instance} ->
+            start_pools(HostType, Opts, Pools, Started#{Pool => Instance});
+        {error, Reason} ->
+            [mod_event_pusher_instance:stop(HostType, {http, P}, 0) || P <- maps:keys(Started)],
+            error(#{what => event_pusher_http_start_failed, host_type => HostType,
+                    pool_name => Pool, reason => Reason})
+    end.
+
+start_pool(HostType, Opts, Pool) ->
+    case find_pool(HostType, Pool) of
+        {ok, PoolConfig} ->
+            Config = maps:merge(connection_config(PoolConfig),
+                                mod_event_pusher_delivery:instance_config(
+                                  Opts, pool_workers(PoolConfig))),
+            mod_event_pusher_instance:start(
+              HostType, {http, Pool}, ?MODULE,
+              fun(Reporter) -> mod_event_pusher_nif:start_http(Config, Reporter) end);
+        {error, _} = Error ->
+            Error
+    end.
+
+%% The pool as MongooseIM's config has it: a host-type pool first, then a global one.
+find_pool(HostType, Tag) ->
+    Pools = mongoose_config:get_opt({outgoing_pools, HostType}, [])
+        ++ mongoose_config:get_opt(outgoing_pools, []),
+    case [P || P = #{type := http, tag := T} <- Pools, T =:= Tag] of
+        [Pool | _] -> {ok, Pool};
+        [] -> {error, #{what => pool_not_configured,
+                        text => <<"No [outgoing_pools.http.", (atom_to_binary(Tag))/binary,
+                                  "] section">>}}
+    end.
+
+pool_workers(#{opts := #{workers := Workers}}) -> Workers;
+pool_workers(_) -> 10.
+
+connection_config(#{conn_opts := Conn}) ->
+    Tls = maps:get(tls, Conn, #{}),
+    Sni = maps:get(server_name_indication, Tls, #{}),
+    #{host => unicode:characters_to_binary(maps:get(host, Conn)),
+      path_prefix => maps:get(path_prefix, Conn, <<"/">>),
+      request_timeout => maps:get(request_timeout, Conn, 2000),
+      verify_mode => case maps:get(verify_mode, Tls, peer) of
+                         peer -> peer;
+                         _ -> none
+                     end,
+      cacertfile => path(maps:get(cacertfile, Tls, "")),
+      certfile => path(maps:get(certfile, Tls, "")),
+      keyfile => path(maps:get(keyfile, Tls, "")),
+      server_name_indication => maps:get(enabled, Sni, true)}.
+
+path(Path) -> unicode:characters_to_binary(Path).
+
+%% Reports from the Rust instance, in the reporter process
+
+-spec handle_report(binary(), {http, atom()}, mod_event_pusher_instance:report()) -> ok.
+handle_report(HostType, {http, Pool}, #{attempts := Attempts, failures := Failures,
+                                        counters := Counters, reports_lost := Lost}) ->
+    Labels = #{host_type => HostType},
+    lists:foreach(fun(Attempt) -> report_attempt(Labels, Attempt) end, Attempts),
+    mongoose_instrument:execute(mod_event_pusher_http_delivery, Labels, Counters),
+    log_failures(HostType, Pool, Failures),
+    log_drops(HostType, Pool, Counters, Lost).
+
+report_attempt(Labels, {Sender, Code, TimeUs}) when is_integer(Code) ->
+    mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,
+                                #{count => 1, response_time => TimeUs,
+                                  response_code => integer_to_binary(Code), sender => Sender});
+report_attempt(Labels, {Sender, {error, _Reason}, _TimeUs}) ->
+    mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,
+                                #{failure_count => 1, sender => Sender}).
+
+log_failures(_HostType, _Pool, []) ->
+    ok;
+log_failures(HostType, Pool, [{Sender, Reason, Attempts} | _] = Failures) ->
+    ?LOG_WARNING(#{what => event_pusher_http_delivery_failed, host_type => HostType,
+                   pool_name => Pool, count => length(Failures),
+                   example => #{sender => Sender, reason => Reason, attempts => Attempts}}).
+
+log_drops(_HostType, _Pool, #{dropped := 0}, 0) ->
+    ok;
+log_drops(HostType, Pool, #{dropped := Dropped}, Lost) ->
+    ?LOG_WARNING(#{what => event_pusher_http_events_dropped, host_type => HostType,
+                   pool_name => Pool, dropped => Dropped, reports_lost => Lost,
+                   text => <<"Queue full: raise queue.max_events/max_bytes or the pool's workers">>}).

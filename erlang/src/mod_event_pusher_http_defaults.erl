@@ -1,0 +1,28 @@
+%% @doc The default callback module of the http backend: a form-urlencoded POST for
+%% every incoming chat message with a non-empty body (MongooseIM's behaviour).
+-module(mod_event_pusher_http_defaults).
+-behaviour(mod_event_pusher_http).
+
+-export([should_make_req/6, prepare_headers/7, prepare_body/7]).
+
+-include("jlib.hrl").
+
+-spec should_make_req(mongoose_acc:t(), in | out, exml:element(), jid:jid(), jid:jid(),
+                      mod_event_pusher_http:handler_opts()) -> boolean().
+should_make_req(_Acc, in, Packet, _From, _To, _Opts) ->
+    exml_query:attr(Packet, <<"type">>) =:= <<"chat">>
+        andalso exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>) =/= <<>>;
+should_make_req(_Acc, out, _Packet, _From, _To, _Opts) ->
+    false.
+
+-spec prepare_headers(mongoose_acc:t(), in | out, binary(), binary(), binary(), binary(),
+                      mod_event_pusher_http:handler_opts()) -> [{binary(), binary()}].
+prepare_headers(_Acc, _Dir, _Host, _Message, _Sender, _Receiver, _Opts) ->
+    [{<<"content-type">>, <<"application/x-www-form-urlencoded">>}].
+
+%% Encoded natively: the OTP encoder costs ~20 µs per message, on the routing path.
+-spec prepare_body(mongoose_acc:t(), in | out, binary(), binary(), binary(), binary(),
+                   mod_event_pusher_http:handler_opts()) -> binary().
+prepare_body(_Acc, _Dir, Host, Message, Sender, Receiver, _Opts) ->
+    mod_event_pusher_nif:form_urlencode([{<<"author">>, Sender}, {<<"server">>, Host},
+                                         {<<"receiver">>, Receiver}, {<<"message">>, Message}]).

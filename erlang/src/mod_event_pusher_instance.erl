@@ -1,0 +1,127 @@
+%% @doc One Rust backend instance and the process that receives its reports.
+%%
+%% The process creates the NIF instance (so outcome batches come to it), hands each
+%% batch to the backend module's handle_report/3 (metrics, logs), and on stop drains
+%% the instance. The hook path never talks to this process: backends keep the
+%% instance reference returned by start/4 and call mod_event_pusher_nif:push/2.
+-module(mod_event_pusher_instance).
+-behaviour(gen_server).
+
+-export([start/4, stop/3, stats/2, instance/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+
+-include_lib("kernel/include/logger.hrl").
+
+-type key() :: term().
+-type starter() :: fun((Reporter :: pid()) -> {ok, mod_event_pusher_nif:instance()} | {error, term()}).
+-type report() :: #{attempts := [{binary(), non_neg_integer() | {error, binary()}, non_neg_integer()}],
+                    failures := [{binary(), binary(), non_neg_integer()}],
+                    counters := #{delivered | retried | failed | dropped => non_neg_integer()},
+                    reports_lost := non_neg_integer()}.
+-export_type([key/0, report/0]).
+
+-callback handle_report(HostType :: binary(), key(), report()) -> any().
+
+-record(state, {host_type :: binary(), key :: key(), module :: module(),
+                instance :: mod_event_pusher_nif:instance()}).
+
+%% @doc Starts the instance for (HostType, Key); Module:handle_report/3 gets its reports.
+-spec start(binary(), key(), module(), starter()) ->
+          {ok, mod_event_pusher_nif:instance()} | {error, term()}.
+start(HostType, Key, Module, Starter) ->
+    case gen_server:start(?MODULE, {HostType, Key, Module, Starter}, []) of
+        {ok, Pid} ->
+            Instance = gen_server:call(Pid, instance),
+            persistent_term:put(name(HostType, Key), {Pid, Instance}),
+            {ok, Instance};
+        {error, Reason} ->
+            {error, Reason}
+    end.
+
+%% @doc Refuses new events, delivers pending ones for up to DrainMs, then stops.
+-spec stop(binary(), key(), non_neg_integer()) -> {ok, mod_event_pusher_nif:stats()} | {error, not_running}.
+stop(HostType, Key, DrainMs) ->
+    Name = name(HostType, Key),
+    case persistent_term:get(Name, undefined) of
+        undefined ->
+            {error, not_running};
+        {Pid, _Instance} ->
+            persistent_term:erase(Name),
+            try gen_server:call(Pid, {stop, DrainMs}, infinity)
+            catch exit:{noproc, _} -> {error, not_running}
+            end
+    end.
+
+-spec stats(binary(), key()) -> mod_event_pusher_nif:stats() | {error, not_running}.
+stats(HostType, Key) ->
+    case instance(HostType, Key) of
+        undefined -> {error, not_running};
+        Instance -> mod_event_pusher_nif:stats(Instance)
+    end.
+
+-spec instance(binary(), key()) -> mod_event_pusher_nif:instance() | undefined.
+instance(HostType, Key) ->
+    case persistent_term:get(name(HostType, Key), undefined) of
+        {_Pid, Instance} -> Instance;
+        undefined -> undefined
+    end.
+
+name(HostType, Key) ->
+    {?MODULE, HostType, Key}.
+
+%% gen_server callbacks
+
+-spec init({binary(), key(), module(), starter()}) -> {ok, #state{}} | {stop, term()}.
+init({HostType, Key, Module, Starter}) ->
+    case Starter(self()) of
+        {ok, Instance} ->
+            {ok, #state{host_type = HostType, key = Key, module = Module, instance = Instance}};
+        {error, Reason} ->
+            {stop, Reason}
+    end.
+
+-spec handle_call(term(), gen_server:from(), #state{}) ->
+          {reply, term(), #state{}} | {stop, normal, term(), #state{}}.
+handle_call(instance, _From, State) ->
+    {reply, State#state.instance, State};
+handle_call({stop, DrainMs}, _From, State = #state{instance = Instance}) ->
+    Tag = make_ref(),
+    ok = mod_event_pusher_nif:stop(Instance, DrainMs, Tag),
+    Stats = receive {mod_event_pusher_nif, stopped, Tag, S} -> S end,
+    flush_reports(State),
+    log_stop(State, Stats),
+    {stop, normal, {ok, Stats}, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({mod_event_pusher_nif, report, Report}, State) ->
+    handle_report(Report, State),
+    {noreply, State};
+handle_info(Other, State) ->
+    ?LOG_WARNING(#{what => event_pusher_unexpected_message, msg => Other}),
+    {noreply, State}.
+
+%% The final batch is sent before the stopped message; handle what is in the mailbox.
+flush_reports(State) ->
+    receive {mod_event_pusher_nif, report, Report} ->
+            handle_report(Report, State),
+            flush_reports(State)
+    after 0 -> ok
+    end.
+
+handle_report(Report, #state{host_type = HostType, key = Key, module = Module}) ->
+    try Module:handle_report(HostType, Key, Report)
+    catch Class:Reason:Stacktrace ->
+            ?LOG_ERROR(#{what => event_pusher_report_failed, host_type => HostType, key => Key,
+                         class => Class, reason => Reason, stacktrace => Stacktrace})
+    end.
+
+log_stop(#state{host_type = HostType, key = Key}, Stats = #{lost := 0}) ->
+    ?LOG_INFO(#{what => event_pusher_stopped, host_type => HostType, key => Key, stats => Stats});
+log_stop(#state{host_type = HostType, key = Key}, Stats = #{lost := Lost}) ->
+    ?LOG_WARNING(#{what => event_pusher_stopped_with_losses, host_type => HostType, key => Key,
+                   lost => Lost, stats => Stats,
+                   text => <<"Drain deadline passed before every pending event was delivered">>}).

@@ -1,0 +1,53 @@
+%% @doc The NIF loader: stubs only. Kept tiny and stable because a module holding a
+%% NIF cannot be hot-upgraded; all logic lives in other modules.
+-module(mod_event_pusher_nif).
+
+-export([start_http/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+
+-nifs([start_http/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-on_load(load/0).
+
+-type instance() :: reference().
+-type push_error() :: queue_full | stopped | badarg.
+-type stats() :: #{accepted | delivered | retried | failed | dropped | queued
+                   | queued_bytes | in_flight | lost => non_neg_integer(),
+                   latency_p50_us | latency_p99_us => non_neg_integer() | undefined}.
+-export_type([instance/0, push_error/0, stats/0]).
+
+-spec load() -> ok | {error, term()}.
+load() ->
+    Threads = application:get_env(mongoose_event_pusher, runtime_worker_threads, 2),
+    erlang:load_nif(filename:join(priv_dir(), "libpusher_nif"), #{worker_threads => Threads}).
+
+priv_dir() ->
+    case code:priv_dir(mongoose_event_pusher) of
+        {error, bad_name} ->
+            %% Not loaded as an application (e.g. plain -pa): priv/ next to ebin/.
+            filename:join([filename:dirname(code:which(?MODULE)), "..", "priv"]);
+        Dir ->
+            Dir
+    end.
+
+%% @doc Starts an HTTP backend instance; outcomes go to Reporter in batches as
+%% `{mod_event_pusher_nif, report, Batch}'.
+-spec start_http(map(), pid()) -> {ok, instance()} | {error, term()}.
+start_http(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Enqueues one event without waiting; never blocks.
+-spec push(instance(), tuple()) -> ok | {error, push_error()}.
+push(_Instance, _Event) -> erlang:nif_error(nif_not_loaded).
+
+-spec stats(instance()) -> stats() | {error, badarg}.
+stats(_Instance) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Drains asynchronously; the caller later gets
+%% `{mod_event_pusher_nif, stopped, Tag, Stats}'.
+-spec stop(instance(), non_neg_integer(), term()) -> ok | {error, term()}.
+stop(_Instance, _DrainMs, _Tag) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc application/x-www-form-urlencoded encoding of binary pairs.
+-spec form_urlencode([{binary(), binary()}]) -> binary() | {error, badarg}.
+form_urlencode(_Pairs) -> erlang:nif_error(nif_not_loaded).
+
+-spec noop() -> ok.
+noop() -> erlang:nif_error(nif_not_loaded).
