@@ -1,0 +1,147 @@
+%% @doc A real HTTP/1.1 server for tests: records every request it receives and
+%% answers with a status chosen by the test (or not at all, to simulate a hung server).
+%% Keep-alive, Content-Length bodies. Test-only.
+-module(test_http_listener).
+
+-export([start/0, start/1, stop/1, port/1, requests/1, wait_for_requests/3,
+         set_reply/2, clear/1]).
+
+-type listener() :: pid().
+-type request() :: #{method := binary(), path := binary(),
+                     headers := #{binary() => binary()}, body := binary()}.
+%% A status for every request, a list of statuses used in order (then 200), or
+%% `{delay, Ms, Status}`.
+-type reply() :: non_neg_integer() | [non_neg_integer()] | {delay, non_neg_integer(), non_neg_integer()}.
+-export_type([listener/0, request/0, reply/0]).
+
+-spec start() -> listener().
+start() -> start(200).
+
+-spec start(reply()) -> listener().
+start(Reply) ->
+    Parent = self(),
+    Pid = spawn(fun() -> init(Parent, Reply) end),
+    receive {Pid, listening} -> Pid after 5000 -> error(listener_start_timeout) end.
+
+-spec stop(listener()) -> ok.
+stop(Listener) ->
+    MRef = monitor(process, Listener),
+    exit(Listener, kill),
+    receive {'DOWN', MRef, _, _, _} -> ok end.
+
+-spec port(listener()) -> inet:port_number().
+port(Listener) -> call(Listener, port).
+
+-spec requests(listener()) -> [request()].
+requests(Listener) -> call(Listener, requests).
+
+-spec clear(listener()) -> ok.
+clear(Listener) -> call(Listener, clear).
+
+-spec set_reply(listener(), reply()) -> ok.
+set_reply(Listener, Reply) -> call(Listener, {set_reply, Reply}).
+
+%% @doc Waits until at least N requests arrived; returns them either way.
+-spec wait_for_requests(listener(), pos_integer(), non_neg_integer()) ->
+          {ok | timeout, [request()]}.
+wait_for_requests(Listener, N, TimeoutMs) ->
+    Deadline = erlang:monotonic_time(millisecond) + TimeoutMs,
+    wait_loop(Listener, N, Deadline).
+
+wait_loop(Listener, N, Deadline) ->
+    Requests = requests(Listener),
+    case length(Requests) >= N of
+        true -> {ok, Requests};
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> {timeout, Requests};
+                false -> timer:sleep(20), wait_loop(Listener, N, Deadline)
+            end
+    end.
+
+call(Listener, Request) ->
+    Ref = make_ref(),
+    Listener ! {call, self(), Ref, Request},
+    receive {Ref, Reply} -> Reply after 5000 -> error({listener_timeout, Request}) end.
+
+%% The server process owns the state; one acceptor and one process per connection.
+init(Parent, Reply) ->
+    {ok, LSock} = gen_tcp:listen(0, [binary, {active, false}, {reuseaddr, true},
+                                     {packet, http_bin}, {ip, {127, 0, 0, 1}}, {backlog, 1024}]),
+    {ok, Port} = inet:port(LSock),
+    Self = self(),
+    spawn_link(fun() -> accept(LSock, Self) end),
+    Parent ! {self(), listening},
+    loop(#{port => Port, requests => [], reply => Reply, lsock => LSock}).
+
+loop(State = #{requests := Requests, reply := Reply}) ->
+    receive
+        {call, From, Ref, port} -> From ! {Ref, maps:get(port, State)}, loop(State);
+        {call, From, Ref, requests} -> From ! {Ref, lists:reverse(Requests)}, loop(State);
+        {call, From, Ref, clear} -> From ! {Ref, ok}, loop(State#{requests := []});
+        {call, From, Ref, {set_reply, New}} -> From ! {Ref, ok}, loop(State#{reply := New});
+        {request, From, Request} ->
+            {Status, NextReply} = next_reply(Reply),
+            From ! {reply, Status},
+            loop(State#{requests := [Request | Requests], reply := NextReply})
+    end.
+
+next_reply([]) -> {200, []};
+next_reply([Status | Rest]) -> {Status, Rest};
+next_reply(Reply) -> {Reply, Reply}.
+
+accept(LSock, Server) ->
+    {ok, Sock} = gen_tcp:accept(LSock),
+    Pid = spawn(fun() -> receive go -> connection(Sock, Server) end end),
+    ok = gen_tcp:controlling_process(Sock, Pid),
+    Pid ! go,
+    accept(LSock, Server).
+
+connection(Sock, Server) ->
+    case read_request(Sock) of
+        {ok, Request} ->
+            Server ! {request, self(), Request},
+            Status = receive {reply, S} -> S end,
+            respond(Sock, Status),
+            connection(Sock, Server);
+        closed ->
+            gen_tcp:close(Sock)
+    end.
+
+respond(_Sock, {delay, Ms, Status}) when Ms >= 60000 ->
+    %% "Never" answers: the client has to time out.
+    timer:sleep(Ms), Status;
+respond(Sock, {delay, Ms, Status}) ->
+    timer:sleep(Ms),
+    respond(Sock, Status);
+respond(Sock, Status) ->
+    gen_tcp:send(Sock, [<<"HTTP/1.1 ">>, integer_to_binary(Status), <<" X\r\n">>,
+                        <<"content-length: 2\r\n\r\nok">>]).
+
+read_request(Sock) ->
+    ok = inet:setopts(Sock, [{packet, http_bin}]),
+    case gen_tcp:recv(Sock, 0) of
+        {ok, {http_request, Method, {abs_path, Path}, _}} ->
+            Headers = read_headers(Sock, #{}),
+            Length = binary_to_integer(maps:get(<<"content-length">>, Headers, <<"0">>)),
+            ok = inet:setopts(Sock, [{packet, raw}]),
+            Body = case Length of
+                       0 -> <<>>;
+                       _ -> {ok, B} = gen_tcp:recv(Sock, Length), B
+                   end,
+            {ok, #{method => method(Method), path => Path, headers => Headers, body => Body}};
+        _ ->
+            closed
+    end.
+
+method(Method) when is_atom(Method) -> atom_to_binary(Method);
+method(Method) -> Method.
+
+read_headers(Sock, Acc) ->
+    case gen_tcp:recv(Sock, 0) of
+        {ok, {http_header, _, Name, _, Value}} ->
+            Key = string:lowercase(if is_atom(Name) -> atom_to_binary(Name); true -> Name end),
+            read_headers(Sock, Acc#{Key => Value});
+        {ok, http_eoh} ->
+            Acc
+    end.
