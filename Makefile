@@ -1,0 +1,48 @@
+# mongoose_event_pusher: `make demo` runs the demo, `make test` runs every test.
+# Each target installs what it needs first (idempotently), so a fresh machine works.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-tools \
+                erlang-jiffy rebar3
+ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
+
+.PHONY: setup build test cargo-test ct demo bench lint clean
+
+# Debian packages, installed only when one is missing.
+setup:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build: setup
+	cargo build --release --workspace --bins
+	rebar3 as test compile
+
+cargo-test: setup
+	cargo test --workspace --quiet
+
+ct: build
+	rebar3 as test ct
+
+test: cargo-test ct
+
+demo: build
+	$(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
+
+bench: build
+	$(ERL_RUN) -eval 'event_pusher_bench:main(), halt(0).'
+
+# Formatting, lints and Dialyzer (production code plus the stand-in it calls).
+lint: build
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	rebar3 as test dialyzer
+
+clean:
+	rm -rf _build target erlang/priv/*.so
