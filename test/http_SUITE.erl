@@ -1,0 +1,360 @@
+%% The http backend end to end: TOML config -> stand-in host -> hooks -> Rust ->
+%% a real HTTP listener started by the test. Asserts what arrived at the server.
+-module(http_SUITE).
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-include("exml.hrl").
+-include("mod_event_pusher_events.hrl").
+
+-define(HT, <<"localhost">>).
+
+all() ->
+    [simple_message_arrives_as_form_fields,
+     special_characters_round_trip,
+     large_and_non_utf8_bodies_are_delivered,
+     message_without_body_is_skipped,
+     outgoing_messages_are_not_sent_by_default,
+     stanza_types_are_handled_as_the_callback_says,
+     prefix_and_path_are_joined_with_one_slash,
+     two_handlers_with_different_callback_modules,
+     listener_absent_counts_failures_and_retries,
+     listener_answering_500_is_retried_and_counted,
+     client_error_is_not_retried,
+     full_queue_drops_and_counts,
+     stop_drains_pending_events,
+     dynamic_host_type_gets_its_own_instance,
+     missing_pool_fails_the_start_with_a_reason].
+
+init_per_suite(Config) ->
+    application:ensure_all_started(inets),
+    Config.
+
+end_per_suite(_Config) ->
+    ok.
+
+init_per_testcase(_Case, Config) ->
+    Listener = test_http_listener:start(),
+    [{listener, Listener} | Config].
+
+end_per_testcase(_Case, Config) ->
+    catch mongoose_host:stop(),
+    test_http_listener:stop(?config(listener, Config)).
+
+%% Cases
+
+simple_message_arrives_as_form_fields(Config) ->
+    start(Config, #{}),
+    send_chat(<<"Alice@localhost/phone">>, <<"bob@localhost">>, <<"Hello, Bob">>),
+    [Request] = wait_requests(Config, 1),
+    ?assertMatch(#{method := <<"POST">>, path := <<"/notifications">>}, Request),
+    ?assertEqual(<<"application/x-www-form-urlencoded">>,
+                 maps:get(<<"content-type">>, maps:get(headers, Request))),
+    ?assertEqual([{<<"author">>, <<"alice">>}, {<<"server">>, <<"localhost">>},
+                  {<<"receiver">>, <<"bob">>}, {<<"message">>, <<"Hello, Bob">>}],
+                 form(Request)),
+    [Sent] = wait_metrics(mod_event_pusher_http_sent, 1),
+    ?assertMatch(#{count := 1, response_code := <<"200">>, sender := <<"alice">>,
+                   response_time := T} when is_integer(T), Sent).
+
+special_characters_round_trip(Config) ->
+    start(Config, #{}),
+    Body = <<"a&b=c%d+e f?g#h/ü€😀 \"quoted\"\n<xml/>"/utf8>>,
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Body),
+    [Request] = wait_requests(Config, 1),
+    ?assertEqual(Body, proplists:get_value(<<"message">>, form(Request))).
+
+large_and_non_utf8_bodies_are_delivered(Config) ->
+    start(Config, #{}),
+    Large = binary:copy(<<"0123456789абвгд"/utf8>>, 10000),
+    Raw = <<255, 0, 254, "raw">>,
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Large),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Raw),
+    Requests = wait_requests(Config, 2),
+    Messages = lists:sort([proplists:get_value(<<"message">>, form(R)) || R <- Requests]),
+    ?assertEqual(lists:sort([Large, Raw]), Messages).
+
+message_without_body_is_skipped(Config) ->
+    start(Config, #{}),
+    send_message(<<"alice@localhost">>, <<"bob@localhost">>, <<"chat">>, []),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<>>),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"marker">>),
+    [Request] = wait_requests(Config, 1),
+    ?assertEqual(<<"marker">>, proplists:get_value(<<"message">>, form(Request))),
+    timer:sleep(300),
+    ?assertEqual(1, length(requests(Config))),
+    ?assertMatch(#{accepted := 1}, pool_stats(http_pool)).
+
+outgoing_messages_are_not_sent_by_default(Config) ->
+    start(Config, #{}),
+    deliver_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"chat">>, <<"out">>),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"in">>),
+    [Request] = wait_requests(Config, 1),
+    ?assertEqual(<<"in">>, proplists:get_value(<<"message">>, form(Request))),
+    timer:sleep(300),
+    ?assertEqual(1, length(requests(Config))).
+
+%% The translator makes events of chat/groupchat/headline/normal (no type = normal),
+%% never of error; then the callback module decides. The custom module takes every
+%% message with a body, the default one only chat.
+stanza_types_are_handled_as_the_callback_says(Config) ->
+    start(Config, #{handlers => [#{path => <<"/all">>,
+                                   callback_module => mod_event_pusher_http_custom},
+                                 #{path => <<"/default">>}]}),
+    Types = [<<"chat">>, <<"groupchat">>, <<"headline">>, <<"normal">>, <<"error">>,
+             <<"bogus">>, undefined],
+    [send_message(<<"alice@localhost">>, <<"bob@localhost">>, Type,
+                  [body(type_name(Type))]) || Type <- Types],
+    Requests = wait_requests(Config, 6),
+    timer:sleep(300),
+    All = [jiffy:decode(Body, [return_maps])
+           || #{path := <<"/all">>, body := Body} <- requests(Config)],
+    Default = [form(R) || R = #{path := <<"/default">>} <- requests(Config)],
+    ?assertEqual(lists:sort([<<"chat">>, <<"groupchat">>, <<"headline">>, <<"normal">>,
+                             <<"none">>]),
+                 lists:sort([maps:get(<<"message">>, J) || J <- All])),
+    ?assertEqual([<<"chat">>], [proplists:get_value(<<"message">>, F) || F <- Default]),
+    ?assertEqual(6, length(Requests)).
+
+prefix_and_path_are_joined_with_one_slash(Config) ->
+    Cases = [{<<"/webservice">>, <<"/notifications">>, <<"/webservice/notifications">>},
+             {<<"/webservice/">>, <<"notifications">>, <<"/webservice/notifications">>},
+             {<<"/">>, <<"">>, <<"/">>},
+             {<<"/api/v1">>, <<"/a/b">>, <<"/api/v1/a/b">>}],
+    lists:foreach(
+      fun({Prefix, Path, Expected}) ->
+              start(Config, #{prefix => Prefix, handlers => [#{path => Path}]}),
+              send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"x">>),
+              [#{path := Got}] = wait_requests(Config, 1),
+              ?assertEqual({Prefix, Path, Expected}, {Prefix, Path, Got}),
+              mongoose_host:stop(),
+              test_http_listener:clear(?config(listener, Config))
+      end, Cases).
+
+two_handlers_with_different_callback_modules(Config) ->
+    Second = test_http_listener:start(),
+    try
+        start(Config, #{handlers => [#{path => <<"/notifications">>},
+                                     #{path => <<"/alerts">>, pool => alerts_pool,
+                                       callback_module => mod_event_pusher_http_custom}],
+                        extra_pools => [{alerts_pool, test_http_listener:port(Second)}]}),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"both">>),
+        [#{path := <<"/notifications">>} = Form] = wait_requests(Config, 1),
+        {ok, [#{path := <<"/alerts">>, body := Json}]} =
+            test_http_listener:wait_for_requests(Second, 1, 5000),
+        ?assertEqual(<<"both">>, proplists:get_value(<<"message">>, form(Form))),
+        ?assertMatch(#{<<"message">> := <<"both">>, <<"from">> := <<"alice">>,
+                       <<"to">> := <<"bob">>, <<"direction">> := <<"in">>},
+                     jiffy:decode(Json, [return_maps])),
+        ?assertMatch(#{http_pool := #{delivered := 1}, alerts_pool := #{delivered := 1}},
+                     mod_event_pusher_http:stats(?HT))
+    after
+        test_http_listener:stop(Second)
+    end.
+
+listener_absent_counts_failures_and_retries(Config) ->
+    %% The port the listener had, with nothing listening on it any more.
+    Port = test_http_listener:port(?config(listener, Config)),
+    test_http_listener:stop(?config(listener, Config)),
+    start(Config, #{port => Port, retry => #{max_attempts => 3}}),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"lost">>),
+    Failures = wait_metrics(mod_event_pusher_http_sent, 3),
+    ?assertEqual(lists:duplicate(3, #{failure_count => 1, sender => <<"alice">>}), Failures),
+    wait_stats(http_pool, #{failed => 1, retried => 2, delivered => 0, queued => 0}).
+
+listener_answering_500_is_retried_and_counted(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), [500, 500]),
+    start(Config, #{retry => #{max_attempts => 3}}),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"third time lucky">>),
+    Requests = wait_requests(Config, 3),
+    ?assertEqual(3, length(Requests)),
+    Codes = [maps:get(response_code, M) || M <- wait_metrics(mod_event_pusher_http_sent, 3)],
+    ?assertEqual([<<"500">>, <<"500">>, <<"200">>], Codes),
+    wait_stats(http_pool, #{delivered => 1, retried => 2, failed => 0}).
+
+client_error_is_not_retried(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), 404),
+    start(Config, #{retry => #{max_attempts => 5}}),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"nope">>),
+    wait_stats(http_pool, #{failed => 1, retried => 0}),
+    ?assertEqual(1, length(requests(Config))),
+    ?assertMatch([#{response_code := <<"404">>}], wait_metrics(mod_event_pusher_http_sent, 1)).
+
+full_queue_drops_and_counts(Config) ->
+    %% The listener holds each request 1 s, one worker: the queue (5) fills at once.
+    test_http_listener:set_reply(?config(listener, Config), {delay, 1000, 200}),
+    start(Config, #{workers => 1, queue => #{max_events => 5},
+                    retry => #{max_attempts => 1}, drain_timeout_ms => 0}),
+    [send_chat(<<"alice@localhost">>, <<"bob@localhost">>, integer_to_binary(N))
+     || N <- lists:seq(1, 50)],
+    Stats = pool_stats(http_pool),
+    ?assertMatch(#{accepted := 50, queued := 5}, Stats),
+    #{dropped := Dropped, in_flight := InFlight, delivered := Delivered} = Stats,
+    ?assertEqual(50, Dropped + 5 + InFlight + Delivered),
+    ?assert(Dropped >= 44),
+    [Delivery | _] = wait_metrics(mod_event_pusher_http_delivery, 1),
+    ?assertEqual(Dropped, maps:get(dropped, Delivery)).
+
+stop_drains_pending_events(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), {delay, 20, 200}),
+    start(Config, #{workers => 2, drain_timeout_ms => 10000}),
+    [send_chat(<<"alice@localhost">>, <<"bob@localhost">>, integer_to_binary(N))
+     || N <- lists:seq(1, 40)],
+    #{queued := Queued} = pool_stats(http_pool),
+    ?assert(Queued > 0),
+    mongoose_host:stop(),
+    %% Everything arrived before stop returned.
+    ?assertEqual(40, length(requests(Config))).
+
+dynamic_host_type_gets_its_own_instance(Config) ->
+    start(Config, #{host_types => [<<"dyn type">>]}),
+    HostType = <<"dyn type">>,
+    ?assertMatch(#{http_pool := #{accepted := 0}}, mod_event_pusher_http:stats(HostType)),
+    send_chat(HostType, <<"alice@dyn.example">>, <<"bob@dyn.example">>, <<"chat">>, <<"dyn">>),
+    [Request] = wait_requests(Config, 1),
+    ?assertEqual(<<"dyn.example">>, proplists:get_value(<<"server">>, form(Request))),
+    ?assertMatch(#{http_pool := #{delivered := 1}}, mod_event_pusher_http:stats(HostType)),
+    ?assertMatch(#{http_pool := #{accepted := 0}}, mod_event_pusher_http:stats(?HT)).
+
+missing_pool_fails_the_start_with_a_reason(Config) ->
+    Toml = toml(Config, #{handlers => [#{path => <<"/x">>, pool => no_such_pool}]}),
+    Opts = mongoose_config_parser:parse_file(write_toml(Config, Toml)),
+    try mongoose_host:start(Opts) of
+        _ -> ct:fail(started_without_pool)
+    catch error:Reason ->
+            Text = iolist_to_binary(io_lib:format("~p", [Reason])),
+            ?assertNotEqual(nomatch, binary:match(Text, <<"no_such_pool">>)),
+            ?assertNotEqual(nomatch, binary:match(Text, <<"pool_not_configured">>))
+    end.
+
+%% Helpers
+
+start(Config, Spec) ->
+    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, Spec))),
+    ok = mongoose_host:start(Opts),
+    mongoose_instrument:clear_events().
+
+write_toml(Config, Toml) ->
+    Path = filename:join(?config(priv_dir, Config),
+                         "mongooseim_" ++ integer_to_list(erlang:unique_integer([positive]))
+                         ++ ".toml"),
+    ok = file:write_file(Path, Toml),
+    Path.
+
+toml(Config, Spec) ->
+    Port = case Spec of
+               #{port := P} -> P;
+               _ -> test_http_listener:port(?config(listener, Config))
+           end,
+    HostTypes = maps:get(host_types, Spec, []),
+    Handlers = maps:get(handlers, Spec, [#{path => <<"/notifications">>}]),
+    Pools = [{http_pool, Port} | maps:get(extra_pools, Spec, [])],
+    Queue = maps:get(queue, Spec, #{}),
+    Retry = maps:get(retry, Spec, #{base_backoff_ms => 10, max_backoff_ms => 20}),
+    [<<"[general]\n  hosts = [\"localhost\"]\n">>,
+     <<"  host_types = [">>, lists:join(<<", ">>, [[$", H, $"] || H <- HostTypes]), <<"]\n\n">>,
+     [[<<"[outgoing_pools.http.">>, atom_to_binary(Name), <<"]\n">>,
+       <<"  workers = ">>, integer_to_binary(maps:get(workers, Spec, 4)), <<"\n">>,
+       <<"  connection.host = \"http://127.0.0.1:">>, integer_to_binary(P), <<"\"\n">>,
+       <<"  connection.path_prefix = \"">>, maps:get(prefix, Spec, <<"/">>), <<"\"\n">>,
+       <<"  connection.request_timeout = 3000\n\n">>] || {Name, P} <- Pools],
+     <<"[modules.mod_event_pusher.http]\n">>,
+     <<"  handlers = [">>, lists:join(<<", ">>, [handler(H) || H <- Handlers]), <<"]\n">>,
+     <<"  drain_timeout_ms = ">>, integer_to_binary(maps:get(drain_timeout_ms, Spec, 2000)),
+     <<"\n">>,
+     table(<<"queue">>, Queue), table(<<"retry">>, Retry)].
+
+handler(H) ->
+    Fields = [[<<"path = \"">>, maps:get(path, H), <<"\"">>]]
+        ++ [[<<"pool_name = \"">>, atom_to_binary(P), <<"\"">>] || P <- [maps:get(pool, H, http_pool)]]
+        ++ [[<<"callback_module = \"">>, atom_to_binary(M), <<"\"">>]
+            || M <- [maps:get(callback_module, H, mod_event_pusher_http_defaults)]],
+    [<<"{">>, lists:join(<<", ">>, Fields), <<"}">>].
+
+table(_Name, Map) when map_size(Map) =:= 0 -> [];
+table(Name, Map) ->
+    [<<"  ">>, Name, <<" = {">>,
+     lists:join(<<", ">>, [[atom_to_binary(K), <<" = ">>, integer_to_binary(V)]
+                           || {K, V} <- maps:to_list(Map)]),
+     <<"}\n">>].
+
+body(Text) ->
+    #xmlel{name = <<"body">>, children = [#xmlcdata{content = Text}]}.
+
+type_name(undefined) -> <<"none">>;
+type_name(Type) -> Type.
+
+send_chat(From, To, Body) ->
+    Children = case Body of <<>> -> [body(<<>>)]; _ -> [body(Body)] end,
+    send_message(From, To, <<"chat">>, Children).
+
+send_message(From, To, Type, Children) ->
+    run_hook(user_send_message, ?HT, From, To, Type, Children).
+
+send_chat(HostType, From, To, Type, Body) ->
+    run_hook(user_send_message, HostType, From, To, Type, [body(Body)]).
+
+deliver_chat(From, To, Type, Body) ->
+    Acc = acc(?HT, From, To, message(From, To, Type, [body(Body)])),
+    {ok, _} = gen_hook:run_fold(filter_local_packet, ?HT,
+                                {jid:from_binary(From), jid:from_binary(To), Acc,
+                                 mongoose_acc:element(Acc)}, #{}).
+
+run_hook(Hook, HostType, From, To, Type, Children) ->
+    Acc = acc(HostType, From, To, message(From, To, Type, Children)),
+    {ok, _} = gen_hook:run_fold(Hook, HostType, Acc, #{}).
+
+message(From, To, Type, Children) ->
+    Attrs = #{<<"from">> => From, <<"to">> => To},
+    #xmlel{name = <<"message">>,
+           attrs = case Type of undefined -> Attrs; _ -> Attrs#{<<"type">> => Type} end,
+           children = Children}.
+
+acc(HostType, From, To, El) ->
+    FromJid = jid:from_binary(From),
+    mongoose_acc:new(#{location => #{mfa => {?MODULE, acc, 4}, line => ?LINE, file => ?FILE},
+                       lserver => FromJid#jid.lserver, host_type => HostType, element => El,
+                       from_jid => FromJid, to_jid => jid:from_binary(To)}).
+
+requests(Config) ->
+    test_http_listener:requests(?config(listener, Config)).
+
+wait_requests(Config, N) ->
+    case test_http_listener:wait_for_requests(?config(listener, Config), N, 5000) of
+        {ok, Requests} -> Requests;
+        {timeout, Got} -> ct:fail({expected_requests, N, got, Got})
+    end.
+
+wait_metrics(Event, N) ->
+    case mongoose_instrument:wait_for_events(Event, #{host_type => ?HT}, N, 5000) of
+        {ok, Events} -> Events;
+        {timeout, Got} -> ct:fail({expected_events, Event, N, got, Got})
+    end.
+
+pool_stats(Pool) ->
+    maps:get(Pool, mod_event_pusher_http:stats(?HT)).
+
+%% Waits until the pool's stats include Expected.
+wait_stats(Pool, Expected) ->
+    wait_stats(Pool, Expected, 250).
+
+wait_stats(Pool, Expected, 0) ->
+    ct:fail({stats_mismatch, Expected, pool_stats(Pool)});
+wait_stats(Pool, Expected, Tries) ->
+    Stats = pool_stats(Pool),
+    case maps:with(maps:keys(Expected), Stats) of
+        Expected -> Stats;
+        _ -> timer:sleep(20), wait_stats(Pool, Expected, Tries - 1)
+    end.
+
+%% Form decoding by hand: uri_string refuses bodies that are not UTF-8 once decoded.
+form(#{body := Body}) ->
+    [list_to_tuple([unescape(Part) || Part <- binary:split(Pair, <<"=">>)])
+     || Pair <- binary:split(Body, <<"&">>, [global])].
+
+unescape(<<"+", Rest/binary>>) -> <<" ", (unescape(Rest))/binary>>;
+unescape(<<"%", Hex:2/binary, Rest/binary>>) ->
+    <<(binary_to_integer(Hex, 16)), (unescape(Rest))/binary>>;
+unescape(<<C, Rest/binary>>) -> <<C, (unescape(Rest))/binary>>;
+unescape(<<>>) -> <<>>.
