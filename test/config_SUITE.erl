@@ -1,0 +1,678 @@
+%% @doc The event pusher's configuration, loaded from real mongooseim.toml files the
+%% way MongooseIM loads it (the stand-in's mongoose_config_parser running the
+%% production modules' config_spec/0).
+%%
+%% Good files (test/config_SUITE_data) are MongooseIM's documentation examples and
+%% must give exactly MongooseIM 6.4's processed options, all defaults filled in. Bad
+%% ones are written by the test cases; each must be rejected with an error naming
+%% the option's TOML path and the reason, both under [modules] and under
+%% [[host_config]].
+-module(config_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, groups/0, init_per_suite/1, end_per_suite/1]).
+
+%% good configurations
+-export([http_doc_example/1, http_empty_handler/1, http_two_handlers/1, http_defaults/1,
+         push_empty_section/1, push_doc_example/1, push_custom/1, push_migration_example/1,
+         push_rdbms_and_queues/1, rabbit_empty_section/1, rabbit_doc_example/1,
+         sns_doc_example/1, sns_required_keys_only/1, event_pusher_without_backends/1,
+         config_metrics_read_the_parsed_options/1, host_config/1,
+         deprecated_pool_scope_host/1, http_pool_with_tls/1]).
+%% bad configurations
+-export([sns_missing_required_key/1, sns_required_key_as_integer/1, sns_pool_size_zero/1,
+         sns_negative_retry_values/1, sns_unknown_plugin_module/1, sns_unknown_key/1,
+         push_unknown_backend/1, push_wpool_not_a_table/1, push_bad_wpool_values/1,
+         push_bad_virtual_pubsub_hosts/1, push_unknown_plugin_module/1, push_bad_iqdisc/1,
+         http_empty_pool_name/1, http_path_not_a_string/1, http_duplicate_handlers/1,
+         http_unknown_callback_module/1, http_handlers_not_a_list/1,
+         rabbit_empty_names/1, rabbit_unknown_key/1,
+         http_pool_without_host/1, http_pool_bad_request_timeout/1, pool_bad_values/1,
+         pool_scope_in_host_config/1, rabbit_pool_bad_connection/1,
+         unknown_module/1, unknown_top_level_key/1, no_hosts/1, host_config_unknown_host/1,
+         host_config_without_host/1, static_module_under_host_types/1,
+         all_errors_are_reported/1, malformed_toml/1]).
+%% the reader and dependency resolution
+-export([toml_values/1, resolve_deps/1, resolve_deps_optional/1, sort_deps/1,
+         sort_deps_breaks_soft_cycles/1, sort_deps_rejects_hard_cycles/1]).
+
+-define(HT, <<"localhost">>).
+%% Options mod_event_pusher_http adds to MongooseIM's (with defaults, so existing
+%% files keep working); MongooseIM's own option is `handlers'.
+-define(HTTP_ADDITIVE_KEYS, [drain_timeout_ms, queue, retry]).
+
+all() ->
+    [{group, good}, {group, bad}, {group, machinery}].
+
+groups() ->
+    [{good, [parallel],
+      [http_doc_example, http_empty_handler, http_two_handlers, http_defaults,
+       push_empty_section, push_doc_example, push_custom, push_migration_example,
+       push_rdbms_and_queues, rabbit_empty_section, rabbit_doc_example,
+       sns_doc_example, sns_required_keys_only, event_pusher_without_backends,
+       config_metrics_read_the_parsed_options, host_config, deprecated_pool_scope_host,
+       http_pool_with_tls]},
+     {bad, [parallel],
+      [sns_missing_required_key, sns_required_key_as_integer, sns_pool_size_zero,
+       sns_negative_retry_values, sns_unknown_plugin_module, sns_unknown_key,
+       push_unknown_backend, push_wpool_not_a_table, push_bad_wpool_values,
+       push_bad_virtual_pubsub_hosts, push_unknown_plugin_module, push_bad_iqdisc,
+       http_empty_pool_name, http_path_not_a_string, http_duplicate_handlers,
+       http_unknown_callback_module, http_handlers_not_a_list,
+       rabbit_empty_names, rabbit_unknown_key,
+       http_pool_without_host, http_pool_bad_request_timeout, pool_bad_values,
+       pool_scope_in_host_config, rabbit_pool_bad_connection,
+       unknown_module, unknown_top_level_key, no_hosts, host_config_unknown_host,
+       host_config_without_host, static_module_under_host_types,
+       all_errors_are_reported, malformed_toml]},
+     {machinery, [],
+      [toml_values, resolve_deps, resolve_deps_optional, sort_deps,
+       sort_deps_breaks_soft_cycles, sort_deps_rejects_hard_cycles]}].
+
+init_per_suite(Config) ->
+    %% builds toml2term if needed, once, before the parallel groups use it
+    {ok, _} = toml2term:executable(),
+    Config.
+
+end_per_suite(_Config) ->
+    mongoose_config:erase_opts(),
+    ok.
+
+%%--------------------------------------------------------------------
+%% Good configurations: exactly MongooseIM's processed options
+%%--------------------------------------------------------------------
+
+http_doc_example(Config) ->
+    Opts = parse(Config, "http_doc.toml"),
+    Pool = #{type => http, scope => global, tag => http_pool,
+             opts => #{workers => 50, strategy => best_worker, call_timeout => 5000},
+             conn_opts => #{host => "http://localhost:8000", path_prefix => <<"/webservice">>,
+                            request_timeout => 2000}},
+    ?assertEqual([Pool], opt(outgoing_pools, Opts)),
+    assert_http_modules(#{handlers => [#{pool_name => http_pool, path => <<"notifications">>,
+                                         callback_module => mod_event_pusher_http_defaults}]},
+                        opt({modules, ?HT}, Opts)).
+
+http_empty_handler(Config) ->
+    Opts = parse(Config, "http_empty_handler.toml"),
+    assert_http_modules(#{handlers => [#{pool_name => http_pool, path => <<>>,
+                                         callback_module => mod_event_pusher_http_defaults}]},
+                        opt({modules, ?HT}, Opts)),
+    ?assertEqual([], opt(outgoing_pools, Opts)).
+
+http_two_handlers(Config) ->
+    Opts = parse(Config, "http_two_handlers.toml"),
+    assert_http_modules(#{handlers => [#{pool_name => http_pool, path => <<"notifications">>,
+                                         callback_module => mod_event_pusher_http_defaults},
+                                       #{pool_name => http_pool, path => <<"alerts">>,
+                                         callback_module => mod_event_pusher_http_custom}]},
+                        opt({modules, ?HT}, Opts)).
+
+%% An empty http section is valid: no handlers (MongooseIM's default), and the
+%% additive options are exactly the three documented keys.
+http_defaults(Config) ->
+    Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.http]\n"]),
+    #{mod_event_pusher := #{http := Http}} = opt({modules, ?HT}, Opts),
+    ?assertEqual([], maps:get(handlers, Http)),
+    ?assertEqual(lists:sort([handlers | ?HTTP_ADDITIVE_KEYS]), lists:sort(maps:keys(Http))).
+
+push_empty_section(Config) ->
+    assert_backend(push, push_defaults(), parse(Config, "push_default.toml")).
+
+push_doc_example(Config) ->
+    Expected = push_defaults(#{wpool => wpool(#{workers => 100})}),
+    assert_backend(push, Expected, parse(Config, "push_doc.toml")).
+
+push_custom(Config) ->
+    Expected = push_defaults(#{wpool => wpool(#{workers => 200}),
+                               virtual_pubsub_hosts => [{fqdn, <<"host1">>}, {fqdn, <<"host2">>}]}),
+    assert_backend(push, Expected, parse(Config, "push_custom.toml")).
+
+push_migration_example(Config) ->
+    Expected = push_defaults(#{wpool => wpool(#{workers => 200}),
+                               virtual_pubsub_hosts => [{prefix, <<"pubsub.">>}]}),
+    assert_backend(push, Expected, parse(Config, "push_migration.toml")).
+
+push_rdbms_and_queues(Config) ->
+    Expected = push_defaults(#{backend => rdbms, iqdisc => {queues, 4},
+                               wpool => #{workers => 20, strategy => best_worker,
+                                          call_timeout => 1000}}),
+    assert_backend(push, Expected, parse(Config, "push_rdbms.toml")).
+
+rabbit_empty_section(Config) ->
+    assert_backend(rabbit, rabbit_defaults(), parse(Config, "rabbit_empty.toml")).
+
+rabbit_doc_example(Config) ->
+    Opts = parse(Config, "rabbit_doc.toml"),
+    assert_backend(rabbit, rabbit_defaults(), Opts),
+    ?assertEqual([#{type => rabbit, scope => host_type, tag => event_pusher,
+                    opts => #{workers => 20, strategy => best_worker, call_timeout => 5000},
+                    conn_opts => #{host => "localhost", port => 5672, username => <<"guest">>,
+                                   password => <<"guest">>, confirms_enabled => true,
+                                   max_worker_queue_len => 100}}],
+                 opt(outgoing_pools, Opts)).
+
+sns_doc_example(Config) ->
+    Expected = (sns_required())#{presence_updates_topic => "user_presence_updated",
+                                 pm_messages_topic => "user_message_sent",
+                                 muc_messages_topic => "user_messagegroup_sent"},
+    assert_backend(sns, Expected, parse(Config, "sns_doc.toml")).
+
+%% Topics have no defaults: a missing topic means that kind of event is not sent.
+sns_required_keys_only(Config) ->
+    assert_backend(sns, sns_required(), parse(Config, "sns_required.toml")).
+
+event_pusher_without_backends(Config) ->
+    Opts = parse(Config, "event_pusher_empty.toml"),
+    ?assertEqual(#{mod_event_pusher => #{}}, opt({modules, ?HT}, Opts)).
+
+%% The parsed list is what the runtime reads: mod_event_pusher:config_metrics/1
+%% needs nothing but the options stored in mongoose_config.
+config_metrics_read_the_parsed_options(Config) ->
+    mongoose_config:set_opts(parse(Config, "event_pusher_empty.toml")),
+    ?assertEqual([{none, none}], mod_event_pusher:config_metrics(?HT)),
+    mongoose_config:set_opts(parse(Config, "rabbit_doc.toml")),
+    ?assertEqual([{backend, rabbit}], mod_event_pusher:config_metrics(?HT)),
+    mongoose_config:erase_opts().
+
+%% host_config replaces the global modules for its host; hosts without one get
+%% the global modules; pools in host_config are scoped to that host.
+host_config(Config) ->
+    Opts = parse(Config, "host_config.toml"),
+    Dynamic = <<"dynamic type">>,
+    PushExpected = push_defaults(#{virtual_pubsub_hosts => [{prefix, <<"pubsub.">>}]}),
+    ?assertEqual([{host_types, [Dynamic]},
+                  {hosts, [<<"localhost">>, <<"other.com">>]},
+                  {loglevel, warning},
+                  {outgoing_pools, [#{type => rabbit, scope => host_type, tag => event_pusher,
+                                      opts => default_pool_opts(),
+                                      conn_opts => rabbit_connection_defaults()}]},
+                  {{modules, Dynamic}, backend_modules(push, PushExpected)},
+                  {{modules, <<"localhost">>}, backend_modules(rabbit, rabbit_defaults())},
+                  {{modules, <<"other.com">>}, backend_modules(sns, sns_required())},
+                  {{outgoing_pools, <<"other.com">>},
+                   [#{type => http, scope => <<"other.com">>, tag => http_pool,
+                      opts => (default_pool_opts())#{workers => 5},
+                      conn_opts => #{host => "https://other.com", path_prefix => <<"/">>,
+                                     request_timeout => 2000}}]}],
+                 Opts).
+
+deprecated_pool_scope_host(Config) ->
+    Opts = parse_text(Config, [general(), "[outgoing_pools.generic.my_pool]\n"
+                                          "scope = \"host\"\n"]),
+    ?assertEqual([#{type => generic, scope => host_type, tag => my_pool,
+                    opts => default_pool_opts(), conn_opts => #{}}],
+                 opt(outgoing_pools, Opts)).
+
+http_pool_with_tls(Config) ->
+    CaFile = filename:join(?config(data_dir, Config), "http_doc.toml"), % any existing file
+    Opts = parse_text(Config, [general(), "[outgoing_pools.http.secure]\n"
+                                          "connection.host = \"https://example.com\"\n"
+                                          "connection.tls.cacertfile = \"", CaFile, "\"\n"
+                                          "connection.tls.server_name_indication.host = \"example.com\"\n"]),
+    [#{conn_opts := #{tls := Tls}}] = opt(outgoing_pools, Opts),
+    ?assertEqual(#{verify_mode => peer, cacertfile => CaFile, disconnect_on_failure => true,
+                   crl_files => [],
+                   server_name_indication => #{enabled => true, host => "example.com",
+                                               protocol => default}},
+                 Tls).
+
+%%--------------------------------------------------------------------
+%% Bad module options: rejected under [modules] and under [[host_config]]
+%%--------------------------------------------------------------------
+
+sns_missing_required_key(Config) ->
+    [assert_module_rejected(Config, sns, sns_lines(maps:remove(Key, sns_required_toml())), "",
+                            #{reason => missing_mandatory_keys,
+                              missing_keys => [atom_to_binary(Key)]})
+     || Key <- maps:keys(sns_required_toml())].
+
+sns_required_key_as_integer(Config) ->
+    [assert_module_rejected(Config, sns, sns_lines((sns_required_toml())#{Key => 1}),
+                            "." ++ atom_to_list(Key),
+                            #{reason => wrong_type, expected => string, toml_value => 1})
+     || Key <- maps:keys(sns_required_toml())].
+
+sns_pool_size_zero(Config) ->
+    assert_module_rejected(Config, sns, ["pool_size = 0\n" | sns_lines(sns_required_toml())],
+                           ".pool_size", #{reason => validation_failed, validator => positive}).
+
+sns_negative_retry_values(Config) ->
+    [assert_module_rejected(Config, sns, [Key, " = -1\n" | sns_lines(sns_required_toml())],
+                            "." ++ Key, #{reason => validation_failed, validator => non_negative})
+     || Key <- ["publish_retry_count", "publish_retry_time_ms"]].
+
+sns_unknown_plugin_module(Config) ->
+    assert_module_rejected(Config, sns, ["plugin_module = \"wow_cool_but_missing\"\n"
+                                         | sns_lines(sns_required_toml())],
+                           ".plugin_module",
+                           #{reason => module_not_found, module => wow_cool_but_missing}).
+
+sns_unknown_key(Config) ->
+    assert_module_rejected(Config, sns, ["topic = \"x\"\n" | sns_lines(sns_required_toml())],
+                           ".topic", #{reason => unexpected_key, key => <<"topic">>}).
+
+%% There is no mod_event_pusher_push_redis.
+push_unknown_backend(Config) ->
+    assert_module_rejected(Config, push, "backend = \"redis\"\n", ".backend",
+                           #{reason => module_not_found, module => mod_event_pusher_push_redis}).
+
+push_wpool_not_a_table(Config) ->
+    assert_module_rejected(Config, push, "wpool = true\n", ".wpool",
+                           #{reason => wrong_type, expected => table, toml_value => true}).
+
+push_bad_wpool_values(Config) ->
+    assert_module_rejected(Config, push, "wpool.workers = 0\n", ".wpool.workers",
+                           #{reason => validation_failed, validator => positive}),
+    assert_module_rejected(Config, push, "wpool.strategy = \"fastest_worker\"\n", ".wpool.strategy",
+                           #{reason => validation_failed, value => fastest_worker}).
+
+push_bad_virtual_pubsub_hosts(Config) ->
+    [assert_module_rejected(Config, push, ["virtual_pubsub_hosts = [\"", Template, "\"]\n"],
+                            ".virtual_pubsub_hosts",
+                            #{reason => invalid_subdomain_template, template => Template})
+     || Template <- ["host with whitespace", "invalid.sub@HOST@", "invalid.sub.@HOST@.as.well"]].
+
+push_unknown_plugin_module(Config) ->
+    assert_module_rejected(Config, push, "plugin_module = \"wow_cool_but_missing\"\n",
+                           ".plugin_module",
+                           #{reason => module_not_found, module => wow_cool_but_missing}).
+
+push_bad_iqdisc(Config) ->
+    assert_module_rejected(Config, push, "iqdisc.type = \"lazy_queue\"\n", ".iqdisc.type",
+                           #{reason => validation_failed, value => lazy_queue}),
+    assert_module_rejected(Config, push, "iqdisc.workers = 10\n", ".iqdisc",
+                           #{reason => missing_mandatory_keys, missing_keys => [<<"type">>]}),
+    assert_module_rejected(Config, push, "iqdisc = {type = \"one_queue\", workers = 10}\n",
+                           ".iqdisc", #{reason => workers_only_valid_with_queues}).
+
+http_empty_pool_name(Config) ->
+    assert_module_rejected(Config, http, "handlers = [{pool_name = \"\"}]\n",
+                           ".handlers.pool_name",
+                           #{reason => validation_failed, validator => pool_name}).
+
+http_path_not_a_string(Config) ->
+    assert_module_rejected(Config, http, "handlers = [{path = true}]\n", ".handlers.path",
+                           #{reason => wrong_type, expected => binary, toml_value => true}).
+
+%% Identical handlers would send every event twice.
+http_duplicate_handlers(Config) ->
+    Handler = #{pool_name => http_pool, path => <<"notifications">>,
+                callback_module => mod_event_pusher_http_defaults},
+    assert_module_rejected(Config, http, "handlers = [{path = \"/notifications\"},\n"
+                                         "            {path = \"notifications\"}]\n",
+                           ".handlers",
+                           #{reason => validation_failed, validator => unique,
+                             duplicates => [Handler]}).
+
+http_unknown_callback_module(Config) ->
+    assert_module_rejected(Config, http, "handlers = [{callback_module = \"no_such_callbacks\"}]\n",
+                           ".handlers.callback_module",
+                           #{reason => module_not_found, module => no_such_callbacks}).
+
+http_handlers_not_a_list(Config) ->
+    assert_module_rejected(Config, http, "handlers = {path = \"/x\"}\n", ".handlers",
+                           #{reason => wrong_type, expected => array}).
+
+rabbit_empty_names(Config) ->
+    [assert_module_rejected(Config, rabbit, [Exchange, ".", Key, " = \"\"\n"],
+                            "." ++ Exchange ++ "." ++ Key,
+                            #{reason => validation_failed, validator => non_empty,
+                              toml_value => <<>>})
+     || {Exchange, Key} <- [{"presence_exchange", "name"}, {"presence_exchange", "type"},
+                            {"chat_msg_exchange", "name"}, {"chat_msg_exchange", "type"},
+                            {"chat_msg_exchange", "sent_topic"}, {"chat_msg_exchange", "recv_topic"},
+                            {"groupchat_msg_exchange", "sent_topic"},
+                            {"groupchat_msg_exchange", "recv_topic"}]].
+
+%% Presence has no topics: only the message exchanges do.
+rabbit_unknown_key(Config) ->
+    assert_module_rejected(Config, rabbit, "presence_exchange.sent_topic = \"x\"\n",
+                           ".presence_exchange.sent_topic",
+                           #{reason => unexpected_key, key => <<"sent_topic">>}).
+
+%%--------------------------------------------------------------------
+%% Bad pools, hosts and files
+%%--------------------------------------------------------------------
+
+http_pool_without_host(Config) ->
+    assert_rejected(Config, [general(), "[outgoing_pools.http.http_pool]\n"
+                                        "workers = 5\n"],
+                    "outgoing_pools.http.http_pool.connection",
+                    #{reason => missing_mandatory_keys, missing_keys => [<<"host">>]}),
+    assert_rejected(Config, [general(), "[outgoing_pools.http.http_pool]\n"
+                                        "connection.host = \"\"\n"],
+                    "outgoing_pools.http.http_pool.connection.host",
+                    #{reason => validation_failed, validator => non_empty}).
+
+http_pool_bad_request_timeout(Config) ->
+    Pool = "[outgoing_pools.http.http_pool]\nconnection.host = \"http://localhost:8000\"\n",
+    Path = "outgoing_pools.http.http_pool.connection.request_timeout",
+    assert_rejected(Config, [general(), Pool, "connection.request_timeout = -1\n"], Path,
+                    #{reason => validation_failed, validator => non_negative, toml_value => -1}),
+    assert_rejected(Config, [general(), Pool, "connection.request_timeout = \"2s\"\n"], Path,
+                    #{reason => wrong_type, expected => integer, toml_value => <<"2s">>}).
+
+pool_bad_values(Config) ->
+    Pool = "[outgoing_pools.generic.my_pool]\n",
+    assert_rejected(Config, [general(), Pool, "workers = 0\n"],
+                    "outgoing_pools.generic.my_pool.workers",
+                    #{reason => validation_failed, validator => positive}),
+    assert_rejected(Config, [general(), Pool, "scope = \"planet\"\n"],
+                    "outgoing_pools.generic.my_pool.scope",
+                    #{reason => validation_failed, value => planet}),
+    assert_rejected(Config, [general(), Pool, "call_timeout = 1.5\n"],
+                    "outgoing_pools.generic.my_pool.call_timeout",
+                    #{reason => wrong_type, expected => integer, toml_value => 1.5}),
+    assert_rejected(Config, [general(), "[outgoing_pools.ldap.default]\n"],
+                    "outgoing_pools.ldap", #{reason => unexpected_key, key => <<"ldap">>}).
+
+%% A host_config pool belongs to its host: it has no scope.
+pool_scope_in_host_config(Config) ->
+    assert_rejected(Config, [general(), "[[host_config]]\n"
+                                        "host = \"localhost\"\n"
+                                        "[host_config.outgoing_pools.generic.my_pool]\n"
+                                        "scope = \"global\"\n"],
+                    "host_config.outgoing_pools.generic.my_pool.scope",
+                    #{reason => unexpected_key}).
+
+rabbit_pool_bad_connection(Config) ->
+    Pool = "[outgoing_pools.rabbit.event_pusher]\n",
+    assert_rejected(Config, [general(), Pool, "connection.port = 70000\n"],
+                    "outgoing_pools.rabbit.event_pusher.connection.port",
+                    #{reason => validation_failed, validator => port}),
+    assert_rejected(Config, [general(), Pool, "connection.max_worker_queue_len = -5\n"],
+                    "outgoing_pools.rabbit.event_pusher.connection.max_worker_queue_len",
+                    #{reason => validation_failed, validator => non_negative}),
+    assert_rejected(Config, [general(), Pool, "connection.confirms_enabled = \"yes\"\n"],
+                    "outgoing_pools.rabbit.event_pusher.connection.confirms_enabled",
+                    #{reason => wrong_type, expected => boolean}).
+
+unknown_module(Config) ->
+    assert_rejected(Config, [general(), "[modules.mod_does_not_exist]\n"],
+                    "modules.mod_does_not_exist",
+                    #{reason => module_not_found, module => mod_does_not_exist}),
+    assert_rejected(Config, [general(), "[[host_config]]\nhost = \"localhost\"\n"
+                                        "[host_config.modules.mod_does_not_exist]\n"],
+                    "host_config.modules.mod_does_not_exist",
+                    #{reason => module_not_found, module => mod_does_not_exist}),
+    assert_rejected(Config, [general(), "[modules.mod_event_pusher.redis]\n"],
+                    "modules.mod_event_pusher.redis",
+                    #{reason => unexpected_key, key => <<"redis">>}).
+
+unknown_top_level_key(Config) ->
+    assert_rejected(Config, [general(), "[listen]\n"], "listen",
+                    #{reason => unexpected_key, key => <<"listen">>}),
+    assert_rejected(Config, "[general]\nhosts = [\"localhost\"]\nhost = \"localhost\"\n",
+                    "general.host", #{reason => unexpected_key, key => <<"host">>}).
+
+no_hosts(Config) ->
+    assert_rejected(Config, "[modules.mod_event_pusher]\n", "",
+                    #{reason => missing_mandatory_keys, missing_keys => [<<"general">>]}),
+    assert_rejected(Config, "[general]\nhosts = []\n", "general", #{reason => no_hosts}),
+    assert_rejected(Config, "[general]\nhosts = [\"a.com\", \"A.com\"]\n", "general.hosts",
+                    #{reason => validation_failed, validator => unique}),
+    assert_rejected(Config, "[general]\nhosts = [\"user@a.com\"]\n", "general.hosts",
+                    #{reason => validation_failed, validator => domain}).
+
+host_config_unknown_host(Config) ->
+    assert_rejected(Config, [general(), "[[host_config]]\nhost = \"elsewhere.com\"\n"
+                                        "[host_config.modules.mod_event_pusher]\n"],
+                    "host_config",
+                    #{reason => unknown_host_in_host_config, host => <<"elsewhere.com">>}).
+
+host_config_without_host(Config) ->
+    assert_rejected(Config, [general(), "[[host_config]]\n"
+                                        "[host_config.modules.mod_event_pusher]\n"],
+                    "host_config", #{reason => host_or_host_type_required}),
+    assert_rejected(Config, [general(), "[[host_config]]\nhost = \"localhost\"\n"
+                                        "host_type = \"localhost\"\n"],
+                    "host_config", #{reason => host_or_host_type_required}).
+
+%% A dynamic host type may only run modules that support dynamic domains (all
+%% event pusher modules do: see host_config/1); this callback module does not.
+static_module_under_host_types(Config) ->
+    assert_rejected(Config, "[general]\nhost_types = [\"dyn\"]\n"
+                            "[modules.mod_event_pusher_http_custom]\n",
+                    "modules.mod_event_pusher_http_custom",
+                    #{reason => dynamic_domains_not_supported, host_type => <<"dyn">>,
+                      module => mod_event_pusher_http_custom}).
+
+%% Errors are collected from the whole file, not only the first one.
+all_errors_are_reported(Config) ->
+    Errors = config_errors(Config, [general(), "[modules.mod_event_pusher.sns]\n"
+                                               "pool_size = 0\n"
+                                               "[modules.mod_event_pusher.push]\n"
+                                               "backend = \"redis\"\n"]),
+    ?assertEqual([{"modules.mod_event_pusher.push.backend", module_not_found},
+                  {"modules.mod_event_pusher.sns", missing_mandatory_keys}],
+                 lists:sort([{Path, Reason} || #{toml_path := Path, reason := Reason} <- Errors])).
+
+malformed_toml(Config) ->
+    File = filename:join(?config(data_dir, Config), "malformed.toml"),
+    try mongoose_config_parser:parse_file(File) of
+        Opts -> ct:fail({unexpectedly_accepted, Opts})
+    catch
+        error:{config_error, "Could not read the TOML configuration file",
+               [#{what := toml_parsing_failed, text := Text, file := File}]} ->
+            ?assertMatch({match, _}, re:run(Text, "line 4, column"), Text)
+    end.
+
+%%--------------------------------------------------------------------
+%% The TOML reader and module dependencies
+%%--------------------------------------------------------------------
+
+toml_values(Config) ->
+    File = write(Config, "toml_values",
+                 <<"text = \"zażółć 🎉 \\\"q\\\"\"\n"
+                   "empty = \"\"\n"
+                   "int = -9007199254740993\n"
+                   "floats = [1.5, 1e10, -2.5e-7, 0.0]\n"
+                   "when = 1979-05-27T07:32:00Z\n"
+                   "nested = [[1, 2], [\"a\"]]\n"
+                   "[[tables]]\n"
+                   "[[tables]]\n"
+                   "x.y = true\n"/utf8>>),
+    ?assertEqual({ok, #{<<"text">> => <<"zażółć 🎉 \"q\""/utf8>>,
+                        <<"empty">> => <<>>,
+                        <<"int">> => -9007199254740993,
+                        <<"floats">> => [1.5, 1.0e10, -2.5e-7, 0.0],
+                        <<"when">> => <<"1979-05-27T07:32:00Z">>,
+                        <<"nested">> => [[1, 2], [<<"a">>]],
+                        <<"tables">> => [#{}, #{<<"x">> => #{<<"y">> => true}}]}},
+                 toml2term:parse_file(File)),
+    ?assertMatch({error, {toml_error, _}},
+                 toml2term:parse_file(write(Config, "bad_float", <<"x = inf\n">>))),
+    ?assertMatch({error, {toml_error, _}},
+                 toml2term:parse_file(filename:join(?config(priv_dir, Config), "missing.toml"))).
+
+%% mod_event_pusher's backends are its hard deps: they get their own entries with
+%% the same options, merged with options given to them directly.
+resolve_deps(_Config) ->
+    Sns = sns_required(),
+    ?assertEqual(#{mod_event_pusher => #{sns => Sns}, mod_event_pusher_sns => Sns},
+                 gen_mod_deps:resolve_deps(?HT, #{mod_event_pusher => #{sns => Sns}})),
+    Direct = #{pool_size => 5, extra => true},
+    ?assertEqual(#{mod_event_pusher => #{sns => Sns},
+                   mod_event_pusher_sns => maps:merge(Direct, Sns)},
+                 gen_mod_deps:resolve_deps(?HT, #{mod_event_pusher => #{sns => Sns},
+                                                  mod_event_pusher_sns => Direct})),
+    generated_module(cfg_dep_a, [{cfg_dep_b, #{x => 1}, hard}, {service, service_x}]),
+    generated_module(cfg_dep_b, [{cfg_dep_c, soft}]),
+    generated_module(cfg_dep_c, []),
+    ?assertEqual(#{cfg_dep_a => #{}, cfg_dep_b => #{x => 1, y => 2}, cfg_dep_c => #{}},
+                 gen_mod_deps:resolve_deps(?HT, #{cfg_dep_a => #{}, cfg_dep_b => #{y => 2}})).
+
+%% An optional dep is added only when something else requires it.
+resolve_deps_optional(_Config) ->
+    generated_module(cfg_opt_a, [{cfg_opt_c, #{from_a => 1}, optional}]),
+    generated_module(cfg_opt_b, [{cfg_opt_c, #{from_b => 2}, hard}]),
+    generated_module(cfg_opt_c, []),
+    ?assertEqual(#{cfg_opt_a => #{}},
+                 gen_mod_deps:resolve_deps(?HT, #{cfg_opt_a => #{}})),
+    ?assertEqual(#{cfg_opt_a => #{}, cfg_opt_b => #{},
+                   cfg_opt_c => #{from_a => 1, from_b => 2}},
+                 gen_mod_deps:resolve_deps(?HT, #{cfg_opt_a => #{}, cfg_opt_b => #{}})).
+
+sort_deps(_Config) ->
+    Modules = gen_mod_deps:resolve_deps(?HT, #{mod_event_pusher => #{sns => sns_required(),
+                                                                     rabbit => rabbit_defaults()}}),
+    ?assertEqual([mod_event_pusher_rabbit, mod_event_pusher_sns, mod_event_pusher],
+                 [M || {M, _} <- gen_mod_deps:sort_deps(?HT, Modules)]),
+    generated_module(cfg_sort_a, [{cfg_sort_b, hard}]),
+    generated_module(cfg_sort_b, [{cfg_sort_c, soft}]),
+    generated_module(cfg_sort_c, []),
+    ?assertEqual([{cfg_sort_c, #{c => 1}}, {cfg_sort_b, #{}}, {cfg_sort_a, #{}}],
+                 gen_mod_deps:sort_deps(?HT, #{cfg_sort_a => #{}, cfg_sort_b => #{},
+                                               cfg_sort_c => #{c => 1}})).
+
+%% a needs b (hard), b would like a first (soft): the soft edge gives way.
+sort_deps_breaks_soft_cycles(_Config) ->
+    generated_module(cfg_cycle_a, [{cfg_cycle_b, hard}]),
+    generated_module(cfg_cycle_b, [{cfg_cycle_a, soft}]),
+    ?assertEqual([cfg_cycle_b, cfg_cycle_a],
+                 [M || {M, _} <- gen_mod_deps:sort_deps(?HT, #{cfg_cycle_a => #{},
+                                                               cfg_cycle_b => #{}})]).
+
+sort_deps_rejects_hard_cycles(_Config) ->
+    generated_module(cfg_hard_a, [{cfg_hard_b, hard}]),
+    generated_module(cfg_hard_b, [{cfg_hard_a, hard}]),
+    ?assertError(#{what := resolving_dependencies_aborted, modules := [cfg_hard_a, cfg_hard_b]},
+                 gen_mod_deps:sort_deps(?HT, #{cfg_hard_a => #{}, cfg_hard_b => #{}})).
+
+%%--------------------------------------------------------------------
+%% Helpers
+%%--------------------------------------------------------------------
+
+parse(Config, File) ->
+    mongoose_config_parser:parse_file(filename:join(?config(data_dir, Config), File)).
+
+parse_text(Config, Text) ->
+    mongoose_config_parser:parse_file(write(Config, "config", Text)).
+
+%% Each file gets its own name: the cases of a group run in parallel.
+write(Config, Prefix, Text) ->
+    Name = io_lib:format("~s_~p.toml", [Prefix, erlang:unique_integer([positive])]),
+    File = filename:join(?config(priv_dir, Config), lists:flatten(Name)),
+    ok = file:write_file(File, Text),
+    File.
+
+opt(Key, Opts) ->
+    {Key, Value} = lists:keyfind(Key, 1, Opts),
+    Value.
+
+general() ->
+    "[general]\nhosts = [\"localhost\"]\n".
+
+%% The backend's processed options appear under mod_event_pusher and, through
+%% deps, as the backend module's own options; nothing else is configured.
+assert_backend(Backend, Expected, Opts) ->
+    ?assertEqual([{host_types, []}, {hosts, [?HT]}, {loglevel, warning}],
+                 [Opt || {Key, _} = Opt <- Opts, lists:member(Key, [host_types, hosts, loglevel])]),
+    ?assertEqual(backend_modules(Backend, Expected), opt({modules, ?HT}, Opts)).
+
+backend_modules(Backend, Opts) ->
+    #{mod_event_pusher => #{Backend => Opts},
+      list_to_atom("mod_event_pusher_" ++ atom_to_list(Backend)) => Opts}.
+
+%% MongooseIM's keys must match exactly; the additive keys must be the three
+%% known ones with their defaults, whatever MongooseIM options are set (they are
+%% compared with those of an empty http section).
+assert_http_modules(ExpectedMIM, Modules) ->
+    #{mod_event_pusher := #{http := Http} = EventPusher, mod_event_pusher_http := Http} = Modules,
+    ?assertEqual([mod_event_pusher, mod_event_pusher_http], lists:sort(maps:keys(Modules))),
+    ?assertEqual([http], maps:keys(EventPusher)),
+    ?assertEqual(ExpectedMIM, maps:with(maps:keys(ExpectedMIM), Http)),
+    ?assertEqual(lists:sort(maps:keys(ExpectedMIM) ++ ?HTTP_ADDITIVE_KEYS),
+                 lists:sort(maps:keys(Http))),
+    ?assertEqual(http_additive_defaults(), maps:without(maps:keys(ExpectedMIM), Http)).
+
+http_additive_defaults() ->
+    Opts = mongoose_config_parser:process(#{<<"general">> => #{<<"hosts">> => [?HT]},
+                                            <<"modules">> => #{<<"mod_event_pusher">> =>
+                                                                   #{<<"http">> => #{}}}}),
+    #{mod_event_pusher_http := Http} = opt({modules, ?HT}, Opts),
+    maps:with(?HTTP_ADDITIVE_KEYS, Http).
+
+push_defaults() ->
+    #{iqdisc => one_queue, backend => mnesia, wpool => wpool(#{}),
+      plugin_module => mod_event_pusher_push_plugin_defaults, virtual_pubsub_hosts => []}.
+
+push_defaults(Overrides) ->
+    maps:merge(push_defaults(), Overrides).
+
+wpool(Overrides) ->
+    maps:merge(#{workers => 10, strategy => available_worker, call_timeout => 5000}, Overrides).
+
+default_pool_opts() ->
+    #{workers => 10, strategy => best_worker, call_timeout => 5000}.
+
+rabbit_connection_defaults() ->
+    #{host => "localhost", port => 5672, username => <<"guest">>, password => <<"guest">>,
+      confirms_enabled => false, max_worker_queue_len => 1000}.
+
+rabbit_defaults() ->
+    #{presence_exchange => #{name => <<"presence">>, type => <<"topic">>},
+      chat_msg_exchange => #{name => <<"chat_msg">>, type => <<"topic">>,
+                             sent_topic => <<"chat_msg_sent">>, recv_topic => <<"chat_msg_recv">>},
+      groupchat_msg_exchange => #{name => <<"groupchat_msg">>, type => <<"topic">>,
+                                  sent_topic => <<"groupchat_msg_sent">>,
+                                  recv_topic => <<"groupchat_msg_recv">>}}.
+
+sns_required() ->
+    #{sns_host => "sns.eu-west-1.amazonaws.com", region => "eu-west-1",
+      access_key_id => "AKIAIOSFODNN7EXAMPLE",
+      secret_access_key => "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+      account_id => "123456789012",
+      plugin_module => mod_event_pusher_sns_defaults, pool_size => 100,
+      publish_retry_count => 2, publish_retry_time_ms => 50}.
+
+%% The required sns keys as TOML values (strings or, for bad cases, integers).
+sns_required_toml() ->
+    maps:with([sns_host, region, access_key_id, secret_access_key, account_id], sns_required()).
+
+sns_lines(Map) ->
+    [[atom_to_list(Key), " = ", toml_literal(Value), "\n"] || {Key, Value} <- maps:to_list(Map)].
+
+toml_literal(Value) when is_integer(Value) -> integer_to_list(Value);
+toml_literal(Value) when is_list(Value) -> ["\"", Value, "\""].
+
+%% The backend section `Body' must be rejected with one error at
+%% `modules.mod_event_pusher.<Backend><PathSuffix>' (resp. host_config.modules...)
+%% having the expected fields, both globally and in a host_config.
+assert_module_rejected(Config, Backend, Body, PathSuffix, Expected) ->
+    Section = "mod_event_pusher." ++ atom_to_list(Backend),
+    assert_rejected(Config, [general(), "[modules.", Section, "]\n", Body],
+                    "modules." ++ Section ++ PathSuffix, Expected),
+    assert_rejected(Config, [general(), "[[host_config]]\nhost = \"localhost\"\n",
+                             "[host_config.modules.", Section, "]\n", Body],
+                    "host_config.modules." ++ Section ++ PathSuffix, Expected).
+
+assert_rejected(Config, Text, TomlPath, Expected) ->
+    case config_errors(Config, Text) of
+        [#{class := error, what := toml_processing_failed, text := "TOML configuration error: " ++ _,
+           toml_path := TomlPath} = Error] ->
+            ?assertEqual(Expected, maps:with(maps:keys(Expected), Error),
+                         {unexpected_error, Error, iolist_to_binary(Text)});
+        Errors ->
+            ct:fail({unexpected_errors, Errors, {expected, TomlPath, Expected},
+                     iolist_to_binary(Text)})
+    end.
+
+config_errors(Config, Text) ->
+    try parse_text(Config, Text) of
+        Opts -> ct:fail({unexpectedly_accepted, iolist_to_binary(Text), Opts})
+    catch
+        error:{config_error, "Could not read the TOML configuration file", Errors} -> Errors
+    end.
+
+%% A module whose deps/2 returns Deps, loaded from generated code.
+generated_module(Name, Deps) ->
+    Forms = [{attribute, 1, module, Name},
+             {attribute, 1, export, [{deps, 2}]},
+             {function, 1, deps, 2,
+              [{clause, 1, [{var, 1, '_'}, {var, 1, '_'}], [], [erl_parse:abstract(Deps)]}]}],
+    {ok, Name, Beam} = compile:forms(Forms),
+    {module, Name} = code:load_binary(Name, atom_to_list(Name) ++ ".erl", Beam).
