@@ -3,6 +3,8 @@
 %% in both directions, as a JSON object.
 -module(mod_event_pusher_http_custom).
 
+-behaviour(mod_event_pusher_http).
+
 -export([should_make_req/6, prepare_headers/7, prepare_body/7]).
 
 -spec should_make_req(mongoose_acc:t(), in | out, exml:element(), jid:jid(), jid:jid(), map()) ->
