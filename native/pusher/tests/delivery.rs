@@ -367,3 +367,19 @@ async fn dropping_the_instance_stops_its_tasks() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_flow_without_a_stop() {
+    let sink = start_sink(vec![], Duration::ZERO).await;
+    let reports = Arc::new(CollectedReports::default());
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        config(1, 1000),
+        reports.clone(),
+    );
+    for n in 0..50 {
+        instance.push(event(n)).expect("push");
+    }
+    eventually("50 attempts reported", || reports.statuses().len() == 50).await;
+}

@@ -11,7 +11,6 @@ use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
 use pusher::report::{ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
 use pusher::{StatsSnapshot, StopSummary};
-use rustler::types::ListIterator;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
 
 mod atoms {
@@ -140,6 +139,20 @@ impl ReportSink for PidSink {
     }
 }
 
+/// The elements of a proper list; None for anything else. (rustler's ListIterator
+/// panics on an improper list.)
+fn proper_list(mut term: Term) -> Option<Vec<Term>> {
+    let mut items = Vec::new();
+    loop {
+        if term.is_empty_list() {
+            return Some(items);
+        }
+        let (head, tail) = term.list_get_cell().ok()?;
+        items.push(head);
+        term = tail;
+    }
+}
+
 fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> Option<T> {
     let key = Atom::from_str(map.get_env(), key).ok()?;
     map.map_get(key).ok()?.decode().ok()
@@ -248,8 +261,9 @@ fn decode_http_event<'a>(
     term: Term<'a>,
     max_bytes: usize,
 ) -> Result<Envelope<HttpEvent>, Option<PushError>> {
-    let (path, headers, body, tag): (Binary, ListIterator, Binary, Binary) =
+    let (path, headers, body, tag): (Binary, Term, Binary, Binary) =
         term.decode().map_err(|_| None)?;
+    let headers = proper_list(headers).ok_or(None)?;
     if body.len() > max_bytes {
         // Refused before copying a body that could never fit.
         return Err(Some(PushError::QueueFull));
@@ -378,7 +392,7 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
 /// `form_urlencode([{Key, Value}])` -> binary | `{error, badarg}`.
 #[rustler::nif]
 fn form_urlencode<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
-    let Ok(list) = pairs.decode::<ListIterator>() else {
+    let Some(list) = proper_list(pairs) else {
         return badarg(env);
     };
     let mut decoded = Vec::new();

@@ -1,0 +1,220 @@
+%% mod_event_pusher_nif under abuse: wrong terms, overflow, stop/drain, dropped
+%% references, and memory with the server down. The VM must survive all of it.
+-module(nif_SUITE).
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+all() ->
+    [wrong_terms_give_errors_not_crashes,
+     bad_connection_settings_are_refused_with_a_reason,
+     full_queue_refuses_and_counts,
+     oversized_event_is_refused_without_queueing,
+     drop_oldest_evicts_and_counts,
+     stop_drains_then_refuses,
+     stop_with_deadline_reports_losses,
+     dropping_the_last_reference_stops_the_tasks,
+     memory_stays_bounded_with_the_server_down,
+     reports_reach_the_reporter_in_batches].
+
+init_per_testcase(_Case, Config) ->
+    [{listener, test_http_listener:start()} | Config].
+
+end_per_testcase(_Case, Config) ->
+    test_http_listener:stop(?config(listener, Config)).
+
+config(Port) ->
+    config(Port, #{}).
+
+config(Port, Overrides) ->
+    maps:merge(#{host => <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
+                 path_prefix => <<"/">>, request_timeout => 2000,
+                 verify_mode => peer, cacertfile => <<>>, certfile => <<>>, keyfile => <<>>,
+                 server_name_indication => true,
+                 max_events => 1000, max_bytes => 1048576, overflow => drop_newest,
+                 max_attempts => 1, base_backoff_ms => 10, max_backoff_ms => 10,
+                 retry_deadline_ms => 1000, concurrency => 2}, Overrides).
+
+start(Config) ->
+    start(Config, #{}).
+
+start(Config, Overrides) ->
+    Port = test_http_listener:port(?config(listener, Config)),
+    {ok, Instance} = mod_event_pusher_nif:start_http(config(Port, Overrides), self()),
+    Instance.
+
+event(N) ->
+    {<<"events">>, [{<<"content-type">>, <<"text/plain">>}], integer_to_binary(N), <<"alice">>}.
+
+%% Cases
+
+wrong_terms_give_errors_not_crashes(Config) ->
+    Instance = start(Config),
+    Good = config(1),
+    BadStarts = [{not_a_map, self()}, {Good, not_a_pid}, {#{}, self()},
+                 {Good#{host => "a string, not a binary"}, self()},
+                 {Good#{max_events => -1}, self()}, {Good#{overflow => sideways}, self()},
+                 {Good#{verify_mode => maybe}, self()}, {Good#{concurrency => 1.5}, self()},
+                 {Good#{host => <<255, 254>>}, self()}],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_http(C, P)) || {C, P} <- BadStarts],
+    BadEvents = [not_a_tuple, {}, {<<"p">>, [], <<"b">>}, {<<"p">>, [], <<"b">>, <<"t">>, x},
+                 {"path", [], <<"b">>, <<"t">>}, {<<"p">>, not_a_list, <<"b">>, <<"t">>},
+                 {<<"p">>, [{<<"h">>}], <<"b">>, <<"t">>},
+                 {<<"p">>, [{<<"h">>, 1}], <<"b">>, <<"t">>},
+                 {<<"p">>, [{<<"h">>, <<"v">>} | improper], <<"b">>, <<"t">>},
+                 {<<"p">>, [], [<<"iolist">>], <<"t">>}, {<<"p">>, [], <<"b">>, tag},
+                 {<<255, 0>>, [], <<"b">>, <<"t">>},
+                 {<<"p">>, [], <<1:7>>, <<"t">>}],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:push(Instance, E)) || E <- BadEvents],
+    NotInstances = [make_ref(), self(), <<"bin">>, 42, [], {Instance}],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:push(I, event(1))) || I <- NotInstances],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:stats(I)) || I <- NotInstances],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:stop(I, 0, tag)) || I <- NotInstances],
+    ?assertEqual({error, badarg}, mod_event_pusher_nif:stop(Instance, -1, tag)),
+    ?assertEqual({error, badarg}, mod_event_pusher_nif:stop(Instance, infinity, tag)),
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:form_urlencode(P))
+     || P <- [x, [x], [{<<"a">>}], [{a, <<"b">>}], [{<<"a">>, <<"b">>} | c]]],
+    %% Rejected terms were neither accepted nor counted; the instance still works.
+    ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(Instance)),
+    ok = mod_event_pusher_nif:push(Instance, event(1)),
+    {ok, [_]} = test_http_listener:wait_for_requests(?config(listener, Config), 1, 5000),
+    ?assertEqual(<<"a=b+c">>, mod_event_pusher_nif:form_urlencode([{<<"a">>, <<"b c">>}])).
+
+bad_connection_settings_are_refused_with_a_reason(_Config) ->
+    Cases = [{#{host => <<"localhost:8000">>}, <<"host">>},
+             {#{host => <<"ftp://example.com">>}, <<"host">>},
+             {#{cacertfile => <<"/nonexistent/ca.pem">>}, <<"cacertfile">>},
+             {#{certfile => <<"/nonexistent/c.pem">>}, <<"certfile">>}],
+    lists:foreach(
+      fun({Overrides, Word}) ->
+              {error, Reason} = mod_event_pusher_nif:start_http(config(1, Overrides), self()),
+              ?assert(is_binary(Reason)),
+              ?assertNotEqual(nomatch, binary:match(Reason, Word))
+      end, Cases).
+
+full_queue_refuses_and_counts(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), {delay, 60000, 200}),
+    Instance = start(Config, #{max_events => 10, concurrency => 1}),
+    Results = [mod_event_pusher_nif:push(Instance, event(N)) || N <- lists:seq(1, 100)],
+    Refused = length([R || R = {error, queue_full} <- Results]),
+    ?assert(Refused >= 89),
+    Stats = mod_event_pusher_nif:stats(Instance),
+    ?assertMatch(#{accepted := 100, queued := 10}, Stats),
+    ?assertEqual(Refused, maps:get(dropped, Stats)).
+
+oversized_event_is_refused_without_queueing(Config) ->
+    Instance = start(Config, #{max_bytes => 1000}),
+    Big = {<<"p">>, [], binary:copy(<<"x">>, 5000), <<"alice">>},
+    ?assertEqual({error, queue_full}, mod_event_pusher_nif:push(Instance, Big)),
+    ?assertMatch(#{accepted := 1, dropped := 1, queued := 0},
+                 mod_event_pusher_nif:stats(Instance)).
+
+drop_oldest_evicts_and_counts(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), {delay, 60000, 200}),
+    Instance = start(Config, #{max_events => 5, concurrency => 1, overflow => drop_oldest}),
+    Results = [mod_event_pusher_nif:push(Instance, event(N)) || N <- lists:seq(1, 20)],
+    ?assertEqual(lists:duplicate(20, ok), Results),
+    Stats = mod_event_pusher_nif:stats(Instance),
+    ?assertMatch(#{accepted := 20, queued := 5}, Stats),
+    #{dropped := Dropped, in_flight := InFlight} = Stats,
+    ?assertEqual(20, Dropped + 5 + InFlight).
+
+stop_drains_then_refuses(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), {delay, 10, 200}),
+    Instance = start(Config, #{concurrency => 1}),
+    [ok = mod_event_pusher_nif:push(Instance, event(N)) || N <- lists:seq(1, 30)],
+    ok = mod_event_pusher_nif:stop(Instance, 10000, my_tag),
+    Stats = receive {mod_event_pusher_nif, stopped, my_tag, S} -> S
+            after 15000 -> ct:fail(no_stopped_message)
+            end,
+    ?assertMatch(#{delivered := 30, lost := 0, queued := 0, accepted := 30}, Stats),
+    ?assertEqual(30, length(test_http_listener:requests(?config(listener, Config)))),
+    ?assertEqual({error, stopped}, mod_event_pusher_nif:push(Instance, event(31))).
+
+stop_with_deadline_reports_losses(Config) ->
+    test_http_listener:set_reply(?config(listener, Config), {delay, 60000, 200}),
+    Instance = start(Config, #{concurrency => 1}),
+    [ok = mod_event_pusher_nif:push(Instance, event(N)) || N <- lists:seq(1, 10)],
+    ok = mod_event_pusher_nif:stop(Instance, 200, tag),
+    Stats = receive {mod_event_pusher_nif, stopped, tag, S} -> S
+            after 5000 -> ct:fail(no_stopped_message)
+            end,
+    ?assertMatch(#{lost := 10, failed := 10, delivered := 0, queued := 0, in_flight := 0},
+                 Stats).
+
+dropping_the_last_reference_stops_the_tasks(Config) ->
+    Listener = ?config(listener, Config),
+    test_http_listener:set_reply(Listener, {delay, 300, 200}),
+    Port = test_http_listener:port(Listener),
+    Self = self(),
+    %% The only reference lives in this process; when it exits, the resource goes.
+    Holder = spawn(fun() ->
+                           {ok, I} = mod_event_pusher_nif:start_http(
+                                       config(Port, #{concurrency => 1}), Self),
+                           [ok = mod_event_pusher_nif:push(I, event(N)) || N <- lists:seq(1, 20)],
+                           Self ! pushed,
+                           receive stop -> ok end
+                   end),
+    receive pushed -> ok end,
+    {ok, _} = test_http_listener:wait_for_requests(Listener, 1, 5000),
+    Holder ! stop,
+    timer:sleep(1500),
+    Seen = length(test_http_listener:requests(Listener)),
+    timer:sleep(1000),
+    %% At most the request in flight when the reference went; then nothing more.
+    ?assert(Seen =< 3),
+    ?assertEqual(Seen, length(test_http_listener:requests(Listener))).
+
+memory_stays_bounded_with_the_server_down(Config) ->
+    Port = test_http_listener:port(?config(listener, Config)),
+    test_http_listener:stop(?config(listener, Config)),
+    Cap = 4 * 1024 * 1024,
+    {ok, Instance} = mod_event_pusher_nif:start_http(
+                       config(Port, #{max_events => 100000, max_bytes => Cap,
+                                      max_attempts => 1000, base_backoff_ms => 1000,
+                                      max_backoff_ms => 1000, retry_deadline_ms => 60000}),
+                       self()),
+    Body = binary:copy(<<"b">>, 1024),
+    RssBefore = rss_bytes(),
+    Results = [mod_event_pusher_nif:push(Instance, {<<"p">>, [], Body, <<"alice">>})
+               || _ <- lists:seq(1, 100000)],
+    RssAfter = rss_bytes(),
+    Stats = mod_event_pusher_nif:stats(Instance),
+    ct:pal("rss before ~p after ~p stats ~p", [RssBefore, RssAfter, Stats]),
+    #{accepted := 100000, queued_bytes := QueuedBytes, dropped := Dropped, queued := Queued,
+      in_flight := InFlight, failed := Failed} = Stats,
+    ?assert(QueuedBytes =< Cap),
+    ?assertEqual(100000, Dropped + Queued + InFlight + Failed),
+    ?assertEqual(Dropped, length([R || R = {error, queue_full} <- Results])),
+    %% 100k x 1 KiB = 100 MiB offered; what stays is the cap plus allocator slack.
+    ?assert(RssAfter - RssBefore < Cap + 32 * 1024 * 1024),
+    ok = mod_event_pusher_nif:stop(Instance, 0, t),
+    receive {mod_event_pusher_nif, stopped, t, _} -> ok after 5000 -> ct:fail(no_stop) end.
+
+reports_reach_the_reporter_in_batches(Config) ->
+    Instance = start(Config),
+    [ok = mod_event_pusher_nif:push(Instance, event(N)) || N <- lists:seq(1, 50)],
+    {ok, _} = test_http_listener:wait_for_requests(?config(listener, Config), 50, 5000),
+    Reports = collect_reports(50, []),
+    ?assert(length(Reports) < 50),
+    Attempts = lists:append([A || #{attempts := A} <- Reports]),
+    ?assertEqual(lists:duplicate(50, {<<"alice">>, 200}), [{T, C} || {T, C, _} <- Attempts]),
+    ?assertEqual(50, lists:sum([D || #{counters := #{delivered := D}} <- Reports])),
+    %% Held to here: a collected instance stops, and its reports with it.
+    ?assertMatch(#{delivered := 50}, mod_event_pusher_nif:stats(Instance)).
+
+collect_reports(0, Acc) ->
+    lists:reverse(Acc);
+collect_reports(Remaining, Acc) ->
+    receive
+        {mod_event_pusher_nif, report, Report = #{attempts := Attempts}} ->
+            collect_reports(max(0, Remaining - length(Attempts)), [Report | Acc])
+    after 5000 ->
+            ct:fail({missing_reports, Remaining})
+    end.
+
+rss_bytes() ->
+    {ok, Status} = file:read_file("/proc/self/status"),
+    {match, [Kb]} = re:run(Status, "VmRSS:\\s+(\\d+) kB", [{capture, all_but_first, binary}]),
+    binary_to_integer(Kb) * 1024.
