@@ -1,0 +1,45 @@
+%% Entry point of the MongooseIM stand-in (not a MongooseIM module): brings up
+%% the host services the event pusher relies on, loads a configuration and
+%% starts the configured modules, as a MongooseIM node does at boot.
+-module(mongoose_host).
+
+-export([start/1, start_file/1, stop/0]).
+
+%% Services are started unlinked: tests call start/1 from short-lived processes
+%% (e.g. init_per_suite), and the services must outlive them.
+-define(SERVICES, [gen_hook, mongoose_instrument]).
+
+%% @doc Starts the services that are not running yet, replaces the
+%% configuration with Opts and starts the configured modules.
+-spec start([{mongoose_config:key(), mongoose_config:value()}] |
+            #{mongoose_config:key() => mongoose_config:value()}) -> ok.
+start(Opts) ->
+    lists:foreach(fun ensure_service/1, ?SERVICES),
+    mongoose_config:set_opts(Opts),
+    mongoose_modules:start().
+
+%% @doc start/1 with the options read from a mongooseim.toml file.
+-spec start_file(file:name_all()) -> ok.
+start_file(TomlPath) ->
+    start(mongoose_config_parser:parse_file(TomlPath)).
+
+%% @doc Stops the modules and the services and erases the configuration.
+-spec stop() -> ok.
+stop() ->
+    mongoose_modules:stop(),
+    lists:foreach(fun stop_service/1, lists:reverse(?SERVICES)),
+    mongoose_config:erase_opts().
+
+-spec ensure_service(module()) -> ok.
+ensure_service(Service) ->
+    case whereis(Service) of
+        undefined -> {ok, _} = Service:start(), ok;
+        _Pid -> ok
+    end.
+
+-spec stop_service(module()) -> ok.
+stop_service(Service) ->
+    case whereis(Service) of
+        undefined -> ok;
+        _Pid -> Service:stop()
+    end.
