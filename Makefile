@@ -8,7 +8,7 @@ APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-
                 erlang-jiffy rebar3
 ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
 
-.PHONY: setup build test cargo-test ct demo bench lint clean
+.PHONY: setup build test cargo-test ct erlang-strict demo bench lint clean
 
 # Debian packages, installed only when one is missing.
 setup:
@@ -27,8 +27,15 @@ build: setup
 cargo-test: setup
 	cargo test --workspace --quiet
 
-ct: build
+ct: build erlang-strict
 	rebar3 as test ct
+
+# Production modules with every warning an error and specs on all exports, compiled
+# against the stand-in's behaviours (as inside MongooseIM).
+erlang-strict: build
+	@mkdir -p _build/strict
+	erlc -o _build/strict -pa _build/test/lib/mongoose_event_pusher/ebin \
+	  -I erlang/include -I test/host/include +warn_missing_spec +warnings_as_errors erlang/src/*.erl
 
 test: cargo-test ct
 
