@@ -10,7 +10,7 @@
 -include("mod_event_pusher_events.hrl").
 -include("mongoose_config_spec.hrl").
 
--type backend() :: http | push | rabbit | sns.
+-type backend() :: http | push | rabbit | sns | atom().
 -type event() :: #user_status_event{} | #chat_event{} | #unack_msg_event{}.
 -export_type([event/0, backend/0]).
 
@@ -62,4 +62,7 @@ push_event(Acc, Event) ->
 backend_module(http) -> mod_event_pusher_http;
 backend_module(push) -> mod_event_pusher_push;
 backend_module(rabbit) -> mod_event_pusher_rabbit;
-backend_module(sns) -> mod_event_pusher_sns.
+backend_module(sns) -> mod_event_pusher_sns;
+%% Not reachable from TOML (the config spec knows only the four above), but a host
+%% may configure its own backend module the MongooseIM way: mod_event_pusher_<name>.
+backend_module(Other) -> list_to_atom("mod_event_pusher_" ++ atom_to_list(Other)).

@@ -41,12 +41,15 @@ pub struct HttpConfig {
 #[error("{0}")]
 pub struct HttpConfigError(pub String);
 
+/// A header as the callback module gave it: name and value, any bytes.
+pub type RawHeader = (Box<[u8]>, Box<[u8]>);
+
 /// One request to make: path below the pool's prefix, headers and body as the
 /// Erlang callback module produced them (any bytes; invalid headers fail the event).
 #[derive(Debug, Clone)]
 pub struct HttpEvent {
     pub path: String,
-    pub headers: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub headers: Vec<RawHeader>,
     pub body: Bytes,
 }
 
@@ -144,7 +147,7 @@ impl HttpBackend {
     }
 }
 
-fn headers(raw: &[(Box<[u8]>, Box<[u8]>)]) -> Result<HeaderMap, String> {
+fn headers(raw: &[RawHeader]) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::with_capacity(raw.len());
     for (name, value) in raw {
         let name = HeaderName::from_bytes(name)

@@ -3,7 +3,6 @@
 //! `push` is what the hook path pays for: a mutex-protected deque push, a few atomic
 //! increments and a wakeup, never I/O and never a wait.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -274,12 +273,10 @@ impl<B: Backend> Shared<B> {
     }
 }
 
-fn work<B: Backend>(shared: Arc<Shared<B>>) -> impl Future<Output = ()> + Send {
-    async move {
-        while let Some(envelope) = shared.next().await {
-            shared.stats.in_flight.fetch_add(1, Relaxed);
-            shared.deliver(envelope).await;
-            shared.stats.in_flight.fetch_sub(1, Relaxed);
-        }
+async fn work<B: Backend>(shared: Arc<Shared<B>>) {
+    while let Some(envelope) = shared.next().await {
+        shared.stats.in_flight.fetch_add(1, Relaxed);
+        shared.deliver(envelope).await;
+        shared.stats.in_flight.fetch_sub(1, Relaxed);
     }
 }
