@@ -71,7 +71,7 @@ handler_spec() ->
 fix_path(<<"/", Path/binary>>) -> Path;
 fix_path(Path) -> Path.
 
--spec instrumentation(binary()) -> [{atom(), map(), map()}].
+-spec instrumentation(binary()) -> [mongoose_instrument:spec()].
 instrumentation(HostType) ->
     [{mod_event_pusher_http_sent, #{host_type => HostType},
       #{metrics => #{count => spiral, response_time => histogram, failure_count => spiral}}},
