@@ -7,6 +7,7 @@
 -include_lib("stdlib/include/assert.hrl").
 -include("exml.hrl").
 -include("mod_event_pusher_events.hrl").
+-include_lib("public_key/include/public_key.hrl").
 
 -define(HT, <<"localhost">>).
 
@@ -25,6 +26,8 @@ all() ->
      full_queue_drops_and_counts,
      stop_drains_pending_events,
      dynamic_host_type_gets_its_own_instance,
+     https_with_a_trusted_ca_delivers,
+     https_certificate_is_verified_unless_told_not_to,
      missing_pool_fails_the_start_with_a_reason].
 
 init_per_suite(Config) ->
@@ -217,6 +220,38 @@ dynamic_host_type_gets_its_own_instance(Config) ->
     ?assertMatch(#{http_pool := #{delivered := 1}}, mod_event_pusher_http:stats(HostType)),
     ?assertMatch(#{http_pool := #{accepted := 0}}, mod_event_pusher_http:stats(?HT)).
 
+https_with_a_trusted_ca_delivers(Config) ->
+    {Listener, CaFile} = tls_listener(Config),
+    try
+        start(Config, #{scheme => <<"https">>, port => test_http_listener:port(Listener),
+                        tls => [{<<"verify_mode">>, <<"\"peer\"">>},
+                                {<<"cacertfile">>, [$", CaFile, $"]}]}),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"secret">>),
+        {ok, [Request]} = test_http_listener:wait_for_requests(Listener, 1, 5000),
+        ?assertEqual(<<"secret">>, proplists:get_value(<<"message">>, form(Request)))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
+https_certificate_is_verified_unless_told_not_to(Config) ->
+    {Listener, _CaFile} = tls_listener(Config),
+    Port = test_http_listener:port(Listener),
+    try
+        %% Our CA is not among the system roots: the handshake must fail.
+        start(Config, #{scheme => <<"https">>, port => Port, retry => #{max_attempts => 1}}),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"refused">>),
+        ?assertMatch([#{failure_count := 1}], wait_metrics(mod_event_pusher_http_sent, 1)),
+        ?assertEqual([], test_http_listener:requests(Listener)),
+        mongoose_host:stop(),
+        start(Config, #{scheme => <<"https">>, port => Port,
+                        tls => [{<<"verify_mode">>, <<"\"none\"">>}]}),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"accepted">>),
+        {ok, [Request]} = test_http_listener:wait_for_requests(Listener, 1, 5000),
+        ?assertEqual(<<"accepted">>, proplists:get_value(<<"message">>, form(Request)))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
 missing_pool_fails_the_start_with_a_reason(Config) ->
     Toml = toml(Config, #{handlers => [#{path => <<"/x">>, pool => no_such_pool}]}),
     Opts = mongoose_config_parser:parse_file(write_toml(Config, Toml)),
@@ -256,7 +291,9 @@ toml(Config, Spec) ->
      <<"  host_types = [">>, lists:join(<<", ">>, [[$", H, $"] || H <- HostTypes]), <<"]\n\n">>,
      [[<<"[outgoing_pools.http.">>, atom_to_binary(Name), <<"]\n">>,
        <<"  workers = ">>, integer_to_binary(maps:get(workers, Spec, 4)), <<"\n">>,
-       <<"  connection.host = \"http://127.0.0.1:">>, integer_to_binary(P), <<"\"\n">>,
+       <<"  connection.host = \"">>, maps:get(scheme, Spec, <<"http">>), <<"://">>,
+       maps:get(host_name, Spec, host_name(Spec)), <<":">>, integer_to_binary(P), <<"\"\n">>,
+       [[<<"  connection.tls.">>, K, <<" = ">>, V, <<"\n">>] || {K, V} <- maps:get(tls, Spec, [])],
        <<"  connection.path_prefix = \"">>, maps:get(prefix, Spec, <<"/">>), <<"\"\n">>,
        <<"  connection.request_timeout = 3000\n\n">>] || {Name, P} <- Pools],
      <<"[modules.mod_event_pusher.http]\n">>,
@@ -264,6 +301,29 @@ toml(Config, Spec) ->
      <<"  drain_timeout_ms = ">>, integer_to_binary(maps:get(drain_timeout_ms, Spec, 2000)),
      <<"\n">>,
      table(<<"queue">>, Queue), table(<<"retry">>, Retry)].
+
+%% Certificates are issued for "localhost".
+host_name(#{scheme := <<"https">>}) -> <<"localhost">>;
+host_name(_) -> <<"127.0.0.1">>.
+
+%% An HTTPS listener with a fresh CA (RSA keys: rustls refuses what OTP 25 signs with
+%% its test EC keys) and that CA
+%% written to a PEM file.
+tls_listener(Config) ->
+    San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
+                       extnValue = [{dNSName, "localhost"}]},
+    Key = {key, {rsa, 2048, 65537}},
+    #{server_config := Server, client_config := Client} =
+        public_key:pkix_test_data(
+          #{server_chain => #{root => [Key, {digest, sha256}], intermediates => [],
+                              peer => [Key, {digest, sha256}, {extensions, [San]}]},
+            client_chain => #{root => [Key, {digest, sha256}], intermediates => [],
+                              peer => [Key, {digest, sha256}]}}),
+    CaFile = filename:join(?config(priv_dir, Config), "ca.pem"),
+    ok = file:write_file(CaFile, public_key:pem_encode(
+                                   [{'Certificate', Der, not_encrypted}
+                                    || Der <- proplists:get_value(cacerts, Client)])),
+    {test_http_listener:start_tls(200, Server), CaFile}.
 
 handler(H) ->
     Fields = [[<<"path = \"">>, maps:get(path, H), <<"\"">>]]

@@ -3,7 +3,7 @@
 %% Keep-alive, Content-Length bodies. Test-only.
 -module(test_http_listener).
 
--export([start/0, start/1, stop/1, port/1, requests/1, wait_for_requests/3,
+-export([start/0, start/1, start_tls/2, stop/1, port/1, requests/1, wait_for_requests/3,
          set_reply/2, clear/1]).
 
 -type listener() :: pid().
@@ -19,8 +19,17 @@ start() -> start(200).
 
 -spec start(reply()) -> listener().
 start(Reply) ->
+    start_listener(Reply, gen_tcp, []).
+
+%% @doc An HTTPS listener; SslOpts carry the certificate and key (ssl:listen/2 options).
+-spec start_tls(reply(), [ssl:tls_server_option()]) -> listener().
+start_tls(Reply, SslOpts) ->
+    {ok, _} = application:ensure_all_started(ssl),
+    start_listener(Reply, ssl, SslOpts).
+
+start_listener(Reply, Transport, TransportOpts) ->
     Parent = self(),
-    Pid = spawn(fun() -> init(Parent, Reply) end),
+    Pid = spawn(fun() -> init(Parent, Reply, Transport, TransportOpts) end),
     receive {Pid, listening} -> Pid after 5000 -> error(listener_start_timeout) end.
 
 -spec stop(listener()) -> ok.
@@ -65,12 +74,13 @@ call(Listener, Request) ->
     receive {Ref, Reply} -> Reply after 5000 -> error({listener_timeout, Request}) end.
 
 %% The server process owns the state; one acceptor and one process per connection.
-init(Parent, Reply) ->
-    {ok, LSock} = gen_tcp:listen(0, [binary, {active, false}, {reuseaddr, true},
-                                     {packet, http_bin}, {ip, {127, 0, 0, 1}}, {backlog, 1024}]),
-    {ok, Port} = inet:port(LSock),
+init(Parent, Reply, Transport, TransportOpts) ->
+    {ok, LSock} = Transport:listen(0, TransportOpts ++ [binary, {active, false}, {reuseaddr, true},
+                                                        {packet, http_bin}, {ip, {127, 0, 0, 1}},
+                                                        {backlog, 1024}]),
+    {ok, {_, Port}} = sockname(Transport, LSock),
     Self = self(),
-    spawn_link(fun() -> accept(LSock, Self) end),
+    spawn_link(fun() -> accept(Transport, LSock, Self) end),
     Parent ! {self(), listening},
     loop(#{port => Port, requests => [], reply => Reply, lsock => LSock}).
 
@@ -90,44 +100,61 @@ next_reply([]) -> {200, []};
 next_reply([Status | Rest]) -> {Status, Rest};
 next_reply(Reply) -> {Reply, Reply}.
 
-accept(LSock, Server) ->
-    {ok, Sock} = gen_tcp:accept(LSock),
-    Pid = spawn(fun() -> receive go -> connection(Sock, Server) end end),
-    ok = gen_tcp:controlling_process(Sock, Pid),
-    Pid ! go,
-    accept(LSock, Server).
+sockname(gen_tcp, LSock) -> inet:sockname(LSock);
+sockname(ssl, LSock) -> ssl:sockname(LSock).
 
-connection(Sock, Server) ->
-    case read_request(Sock) of
+setopts(gen_tcp, Sock, Opts) -> inet:setopts(Sock, Opts);
+setopts(ssl, Sock, Opts) -> ssl:setopts(Sock, Opts).
+
+accept(gen_tcp, LSock, Server) ->
+    {ok, Sock} = gen_tcp:accept(LSock),
+    serve(gen_tcp, Sock, Server),
+    accept(gen_tcp, LSock, Server);
+accept(ssl, LSock, Server) ->
+    {ok, Sock} = ssl:transport_accept(LSock),
+    %% A failed handshake (a client refusing our certificate) ends only that connection.
+    case ssl:handshake(Sock, 5000) of
+        {ok, TlsSock} -> serve(ssl, TlsSock, Server);
+        {error, _} -> ok
+    end,
+    accept(ssl, LSock, Server).
+
+serve(Transport, Sock, Server) ->
+    Pid = spawn(fun() -> receive go -> connection(Transport, Sock, Server) end end),
+    ok = Transport:controlling_process(Sock, Pid),
+    Pid ! go.
+
+connection(Transport, Sock, Server) ->
+    case read_request(Transport, Sock) of
         {ok, Request} ->
             Server ! {request, self(), Request},
             Status = receive {reply, S} -> S end,
-            respond(Sock, Status),
-            connection(Sock, Server);
+            respond(Transport, Sock, Status),
+            connection(Transport, Sock, Server);
         closed ->
-            gen_tcp:close(Sock)
+            Transport:close(Sock)
     end.
 
-respond(_Sock, {delay, Ms, Status}) when Ms >= 60000 ->
+respond(_Transport, _Sock, {delay, Ms, Status}) when Ms >= 60000 ->
     %% "Never" answers: the client has to time out.
     timer:sleep(Ms), Status;
-respond(Sock, {delay, Ms, Status}) ->
+respond(Transport, Sock, {delay, Ms, Status}) ->
     timer:sleep(Ms),
-    respond(Sock, Status);
-respond(Sock, Status) ->
-    gen_tcp:send(Sock, [<<"HTTP/1.1 ">>, integer_to_binary(Status), <<" X\r\n">>,
-                        <<"content-length: 2\r\n\r\nok">>]).
+    respond(Transport, Sock, Status);
+respond(Transport, Sock, Status) ->
+    Transport:send(Sock, [<<"HTTP/1.1 ">>, integer_to_binary(Status), <<" X\r\n">>,
+                          <<"content-length: 2\r\n\r\nok">>]).
 
-read_request(Sock) ->
-    ok = inet:setopts(Sock, [{packet, http_bin}]),
-    case gen_tcp:recv(Sock, 0) of
+read_request(Transport, Sock) ->
+    ok = setopts(Transport, Sock, [{packet, http_bin}]),
+    case Transport:recv(Sock, 0) of
         {ok, {http_request, Method, {abs_path, Path}, _}} ->
-            Headers = read_headers(Sock, #{}),
+            Headers = read_headers(Transport, Sock, #{}),
             Length = binary_to_integer(maps:get(<<"content-length">>, Headers, <<"0">>)),
-            ok = inet:setopts(Sock, [{packet, raw}]),
+            ok = setopts(Transport, Sock, [{packet, raw}]),
             Body = case Length of
                        0 -> <<>>;
-                       _ -> {ok, B} = gen_tcp:recv(Sock, Length), B
+                       _ -> {ok, B} = Transport:recv(Sock, Length), B
                    end,
             {ok, #{method => method(Method), path => Path, headers => Headers, body => Body}};
         _ ->
@@ -137,11 +164,11 @@ read_request(Sock) ->
 method(Method) when is_atom(Method) -> atom_to_binary(Method);
 method(Method) -> Method.
 
-read_headers(Sock, Acc) ->
-    case gen_tcp:recv(Sock, 0) of
+read_headers(Transport, Sock, Acc) ->
+    case Transport:recv(Sock, 0) of
         {ok, {http_header, _, Name, _, Value}} ->
             Key = string:lowercase(if is_atom(Name) -> atom_to_binary(Name); true -> Name end),
-            read_headers(Sock, Acc#{Key => Value});
+            read_headers(Transport, Sock, Acc#{Key => Value});
         {ok, http_eoh} ->
             Acc
     end.
