@@ -43,7 +43,7 @@ stop(HostType) ->
     persistent_term:erase(handlers_key(HostType)),
     Drain = gen_mod:get_module_opt(HostType, ?MODULE, drain_timeout_ms, 5000),
     Pools = lists:usort([Pool || {#{pool_name := Pool}, _} <- Handlers]),
-    [mod_event_pusher_instance:stop(HostType, {http, Pool}, Drain) || Pool <- Pools],
+    mod_event_pusher_instance:stop_all(HostType, [{http, Pool} || Pool <- Pools], Drain),
     ok.
 
 -spec supported_features() -> [atom()].
@@ -137,7 +137,7 @@ start_pools(HostType, Opts, [Pool | Pools], Started) ->
         {ok, Instance} ->
             start_pools(HostType, Opts, Pools, Started#{Pool => Instance});
         {error, Reason} ->
-            [mod_event_pusher_instance:stop(HostType, {http, P}, 0) || P <- maps:keys(Started)],
+            mod_event_pusher_instance:stop_all(HostType, [{http, P} || P <- maps:keys(Started)], 0),
             error(#{what => event_pusher_http_start_failed, host_type => HostType,
                     pool_name => Pool, reason => Reason})
     end.

@@ -7,7 +7,7 @@
 -module(mod_event_pusher_instance).
 -behaviour(gen_server).
 
--export([start/4, stop/3, stats/2, instance/2]).
+-export([start/4, stop/3, stop_all/3, stats/2, instance/2]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -include_lib("kernel/include/logger.hrl").
@@ -39,17 +39,36 @@ start(HostType, Key, Module, Starter) ->
     end.
 
 %% @doc Refuses new events, delivers pending ones for up to DrainMs, then stops.
--spec stop(binary(), key(), non_neg_integer()) -> {ok, mod_event_pusher_nif:stats()} | {error, not_running}.
+-spec stop(binary(), key(), non_neg_integer()) ->
+          {ok, mod_event_pusher_nif:stats()} | {error, not_running}.
 stop(HostType, Key, DrainMs) ->
+    [{Key, Result}] = stop_all(HostType, [Key], DrainMs),
+    Result.
+
+%% @doc stop/3 for several instances at once: they drain in parallel, so stopping
+%% takes at most DrainMs, not DrainMs per instance.
+-spec stop_all(binary(), [key()], non_neg_integer()) ->
+          [{key(), {ok, mod_event_pusher_nif:stats()} | {error, not_running}}].
+stop_all(HostType, Keys, DrainMs) ->
+    Requests = [{Key, request_stop(HostType, Key, DrainMs)} || Key <- Keys],
+    [{Key, wait_stopped(Request)} || {Key, Request} <- Requests].
+
+request_stop(HostType, Key, DrainMs) ->
     Name = name(HostType, Key),
     case persistent_term:get(Name, undefined) of
         undefined ->
-            {error, not_running};
+            not_running;
         {Pid, _Instance} ->
             persistent_term:erase(Name),
-            try gen_server:call(Pid, {stop, DrainMs}, infinity)
-            catch exit:{noproc, _} -> {error, not_running}
-            end
+            gen_server:send_request(Pid, {stop, DrainMs})
+    end.
+
+wait_stopped(not_running) ->
+    {error, not_running};
+wait_stopped(RequestId) ->
+    case gen_server:wait_response(RequestId, infinity) of
+        {reply, Reply} -> Reply;
+        {error, _} -> {error, not_running}
     end.
 
 -spec stats(binary(), key()) -> mod_event_pusher_nif:stats() | {error, not_running}.
