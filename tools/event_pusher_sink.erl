@@ -1,0 +1,82 @@
+%% @doc Runs `pusher-sink' (native/sink) from Erlang for the demo and the benchmark:
+%% a keep-alive HTTP server that answers every request and counts them.
+%%
+%% The sink is an Erlang port owned by the caller: when the owner dies or closes the
+%% port, the sink's stdin closes and it exits.
+-module(event_pusher_sink).
+
+-export([start/1, stop/1, port/1, requests/1, repo_root/0, executable/0]).
+
+-type sink() :: #{port := port(), tcp_port := inet:port_number()}.
+-export_type([sink/0]).
+
+%% @doc Starts the sink with these command-line arguments (e.g. ["--delay-ms", "100"])
+%% on a free port and waits for its `listening <port>' line.
+-spec start([string()]) -> sink().
+start(Args) ->
+    Exe = executable(),
+    case filelib:is_regular(Exe) of
+        true -> ok;
+        false -> error(#{what => sink_not_built, path => Exe,
+                         text => "run: cargo build --release -p sink"})
+    end,
+    Port = open_port({spawn_executable, Exe},
+                     [{args, ["--port", "0" | Args]}, {line, 256}, binary, exit_status]),
+    receive
+        {Port, {data, {eol, <<"listening ", TcpPort/binary>>}}} ->
+            #{port => Port, tcp_port => binary_to_integer(TcpPort)};
+        {Port, {exit_status, Status}} ->
+            error(#{what => sink_exited, status => Status, args => Args})
+    after 5000 ->
+            catch port_close(Port),
+            error(#{what => sink_start_timeout, args => Args})
+    end.
+
+%% @doc Stops the sink: closing the port closes its stdin.
+-spec stop(sink()) -> ok.
+stop(#{port := Port}) ->
+    catch port_close(Port),
+    receive {Port, {exit_status, _}} -> ok after 0 -> ok end.
+
+-spec port(sink()) -> inet:port_number().
+port(#{tcp_port := TcpPort}) ->
+    TcpPort.
+
+%% @doc Requests the sink has answered so far (its `GET /stats').
+-spec requests(sink()) -> non_neg_integer().
+requests(#{tcp_port := TcpPort}) ->
+    {ok, Socket} = gen_tcp:connect({127, 0, 0, 1}, TcpPort, [binary, {active, false}], 5000),
+    ok = gen_tcp:send(Socket, <<"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                "Connection: close\r\n\r\n">>),
+    Response = recv_all(Socket, <<>>),
+    gen_tcp:close(Socket),
+    case re:run(Response, <<"\"requests\": *([0-9]+)">>, [{capture, all_but_first, binary}]) of
+        {match, [N]} -> binary_to_integer(N);
+        nomatch -> error(#{what => bad_sink_stats, response => Response})
+    end.
+
+recv_all(Socket, Acc) ->
+    case gen_tcp:recv(Socket, 0, 5000) of
+        {ok, Data} -> recv_all(Socket, <<Acc/binary, Data/binary>>);
+        {error, closed} -> Acc;
+        {error, Reason} -> error(#{what => sink_stats_failed, reason => Reason})
+    end.
+
+%% @doc The repository root: the first directory above this module's beam that holds
+%% the Cargo workspace's Cargo.toml.
+-spec repo_root() -> file:filename().
+repo_root() ->
+    find_root(filename:dirname(filename:absname(code:which(?MODULE)))).
+
+find_root("/") ->
+    error(#{what => repo_root_not_found, beam => code:which(?MODULE)});
+find_root(Dir) ->
+    case filelib:is_regular(filename:join(Dir, "Cargo.toml"))
+        andalso filelib:is_dir(filename:join(Dir, "native")) of
+        true -> Dir;
+        false -> find_root(filename:dirname(Dir))
+    end.
+
+-spec executable() -> file:filename().
+executable() ->
+    filename:join([repo_root(), "target", "release", "pusher-sink"]).
