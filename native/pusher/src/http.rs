@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
 
@@ -41,23 +41,75 @@ pub struct HttpConfig {
 #[error("{0}")]
 pub struct HttpConfigError(pub String);
 
-/// A header as the callback module gave it: name and value, any bytes.
-pub type RawHeader = (Box<[u8]>, Box<[u8]>);
-
-/// One request to make: path below the pool's prefix, headers and body as the
-/// Erlang callback module produced them (any bytes; invalid headers fail the event).
+/// One request to make: path below the pool's prefix, headers and body as the Erlang
+/// callback module produced them (any bytes; invalid headers fail the event). Held in
+/// one allocation, because it is built on the routing path.
 #[derive(Debug, Clone)]
 pub struct HttpEvent {
-    pub path: String,
-    pub headers: Vec<RawHeader>,
-    pub body: Bytes,
+    /// path, then each header's name and value, then the body
+    data: Box<[u8]>,
+    path_len: u32,
+    /// (name length, value length) of each header, in order
+    header_lens: SmallVec<[(u32, u32); 2]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an HTTP request part is larger than 4 GiB")]
+pub struct TooLarge;
+
+fn len32(bytes: &[u8]) -> Result<u32, TooLarge> {
+    u32::try_from(bytes.len()).map_err(|_| TooLarge)
 }
 
 impl HttpEvent {
+    pub fn new(path: &str, headers: &[(&[u8], &[u8])], body: &[u8]) -> Result<Self, TooLarge> {
+        let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut data = Vec::with_capacity(path.len() + header_bytes + body.len());
+        data.extend_from_slice(path.as_bytes());
+        let mut header_lens = SmallVec::with_capacity(headers.len());
+        for (name, value) in headers {
+            header_lens.push((len32(name)?, len32(value)?));
+            data.extend_from_slice(name);
+            data.extend_from_slice(value);
+        }
+        data.extend_from_slice(body);
+        Ok(HttpEvent {
+            path_len: len32(path.as_bytes())?,
+            data: data.into_boxed_slice(),
+            header_lens,
+        })
+    }
+
     /// Bytes held, for the queue's byte cap.
     pub fn size(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.path.len() + headers + self.body.len()
+        self.data.len()
+    }
+
+    pub fn path(&self) -> &str {
+        // Built from a &str, so always valid; never panics either way.
+        std::str::from_utf8(&self.data[..self.path_len as usize]).unwrap_or_default()
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut at = self.path_len as usize;
+        self.header_lens.iter().map(move |&(name, value)| {
+            let (name, value) = (name as usize, value as usize);
+            let header = (
+                &self.data[at..at + name],
+                &self.data[at + name..at + name + value],
+            );
+            at += name + value;
+            header
+        })
+    }
+
+    pub fn body(&self) -> &[u8] {
+        let headers: usize = self
+            .header_lens
+            .iter()
+            .map(|&(k, v)| k as usize + v as usize)
+            .sum();
+        &self.data[self.path_len as usize + headers..]
     }
 }
 
@@ -147,8 +199,8 @@ impl HttpBackend {
     }
 }
 
-fn headers(raw: &[RawHeader]) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::with_capacity(raw.len());
+fn headers<'a>(raw: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
     for (name, value) in raw {
         let name = HeaderName::from_bytes(name)
             .map_err(|_| format!("invalid header name {:?}", String::from_utf8_lossy(name)))?;
@@ -183,15 +235,15 @@ impl Backend for HttpBackend {
     type Event = HttpEvent;
 
     async fn deliver(&self, event: &HttpEvent) -> Attempt {
-        let headers = match headers(&event.headers) {
+        let headers = match headers(event.headers()) {
             Ok(headers) => headers,
             Err(reason) => return Attempt::rejected(reason),
         };
         let request = self
             .client
-            .post(self.url_for(&event.path))
+            .post(self.url_for(event.path()))
             .headers(headers)
-            .body(event.body.clone());
+            .body(event.body().to_vec());
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -281,6 +333,21 @@ mod tests {
                 Ok(_) => panic!("{host} accepted"),
             }
         }
+    }
+
+    #[test]
+    fn an_event_keeps_its_parts_apart() {
+        let headers: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"content-type", b"text/plain")];
+        let event = HttpEvent::new("p/q", &headers, b"body \xff").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(event.path(), "p/q");
+        assert_eq!(event.headers().collect::<Vec<_>>(), headers.to_vec());
+        assert_eq!(event.body(), b"body \xff");
+        assert_eq!(event.size(), 3 + 2 + 22 + 6);
+        let bare = HttpEvent::new("", &[], b"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (bare.path(), bare.headers().count(), bare.body()),
+            ("", 0, &b""[..])
+        );
     }
 
     #[test]

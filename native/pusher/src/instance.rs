@@ -1,11 +1,13 @@
 //! A backend instance: bounded queue + worker tasks + retries + drain.
 //!
-//! `push` is what the hook path pays for: a mutex-protected deque push, a few atomic
-//! increments and a wakeup, never I/O and never a wait.
+//! `push` is what the hook path pays for: a mutex-protected deque push and a few
+//! atomic operations, never I/O and never a wait. Waking a parked worker thread costs
+//! a system call, so a push wakes a worker only when one is idle and no wakeup is
+//! already on its way; a woken worker that leaves work behind wakes the next one.
 
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,11 @@ struct Shared<B: Backend> {
     stats: Arc<Stats>,
     retry: RetryPolicy,
     wakeup: Notify,
+    /// A wakeup was sent and no worker has taken an event since: pushes need not
+    /// send another one.
+    wake_pending: AtomicBool,
+    /// Workers waiting for events.
+    idle_workers: AtomicUsize,
     stopping: AtomicBool,
     reporter: Reporter,
 }
@@ -86,6 +93,8 @@ impl<B: Backend> Instance<B> {
             stats,
             retry: config.retry,
             wakeup: Notify::new(),
+            wake_pending: AtomicBool::new(false),
+            idle_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             reporter,
         });
@@ -117,7 +126,7 @@ impl<B: Backend> Instance<B> {
                         shared.fail(old.tag, "evicted_by_overflow".into(), 0);
                     }
                 }
-                shared.wakeup.notify_one();
+                shared.wake_one_if_idle();
                 Ok(())
             }
             Offer::Refused(_) => {
@@ -154,7 +163,7 @@ impl<B: Backend> Instance<B> {
     /// counts whatever is left as failed (`lost`). Idempotent.
     pub async fn stop(&self, drain: Duration) -> StopSummary {
         let shared = &*self.shared;
-        shared.stopping.store(true, Relaxed);
+        shared.stopping.store(true, SeqCst);
         shared.wakeup.notify_waiters();
         let mut workers = std::mem::take(&mut *lock(&self.workers));
         let all_done = futures_util::future::join_all(workers.iter_mut());
@@ -213,19 +222,41 @@ impl<B: Backend> Shared<B> {
         }));
     }
 
+    fn wake_one_if_idle(&self) {
+        if self.idle_workers.load(SeqCst) > 0 && !self.wake_pending.swap(true, SeqCst) {
+            self.wakeup.notify_one();
+        }
+    }
+
+    /// Takes the next event, and lets an idle worker know if more are waiting.
+    fn take(&self) -> Option<Envelope<B::Event>> {
+        // Cleared before looking: a push that lands after the look wakes someone.
+        self.wake_pending.store(false, SeqCst);
+        let (envelope, more) = self.queue.pop_and_peek();
+        let envelope = envelope?;
+        if more {
+            self.wake_one_if_idle();
+        }
+        Some(envelope)
+    }
+
     async fn next(&self) -> Option<Envelope<B::Event>> {
         loop {
-            // Registered before looking, so neither a push nor a stop can slip between
-            // the look and the wait.
-            let mut notified = pin!(self.wakeup.notified());
-            notified.as_mut().enable();
-            if let Some(envelope) = self.queue.pop() {
+            if let Some(envelope) = self.take() {
                 return Some(envelope);
             }
-            if self.stopping.load(Relaxed) {
-                return None;
+            // Registered, and counted idle, before looking again: a push that lands
+            // after this look sees an idle worker and wakes it.
+            let mut notified = pin!(self.wakeup.notified());
+            notified.as_mut().enable();
+            self.idle_workers.fetch_add(1, SeqCst);
+            let envelope = self.take();
+            if envelope.is_some() || self.stopping.load(SeqCst) {
+                self.idle_workers.fetch_sub(1, SeqCst);
+                return envelope;
             }
             notified.await;
+            self.idle_workers.fetch_sub(1, SeqCst);
         }
     }
 

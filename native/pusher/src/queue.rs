@@ -128,10 +128,17 @@ impl<E> BoundedQueue<E> {
     }
 
     pub fn pop(&self) -> Option<Envelope<E>> {
+        self.pop_and_peek().0
+    }
+
+    /// The oldest event, and whether others remain after it.
+    pub fn pop_and_peek(&self) -> (Option<Envelope<E>>, bool) {
         let mut inner = self.lock();
-        let envelope = inner.events.pop_front()?;
-        inner.bytes -= envelope.bytes;
-        Some(envelope)
+        let envelope = inner.events.pop_front();
+        if let Some(e) = &envelope {
+            inner.bytes -= e.bytes;
+        }
+        (envelope, !inner.events.is_empty())
     }
 
     /// Empties the queue (used when an instance is dropped or a drain times out).

@@ -126,15 +126,9 @@ fn config(max_attempts: u32, max_events: usize) -> InstanceConfig {
 }
 
 fn event(n: usize) -> Envelope<HttpEvent> {
-    let body = Bytes::from(format!("message={n}"));
-    let event = HttpEvent {
-        path: "events".into(),
-        headers: vec![(
-            b"content-type".to_vec().into(),
-            b"application/x-www-form-urlencoded".to_vec().into(),
-        )],
-        body,
-    };
+    let body = format!("message={n}");
+    let headers: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/x-www-form-urlencoded")];
+    let event = HttpEvent::new("events", &headers, body.as_bytes()).expect("event");
     let size = event.size();
     Envelope::new(event, b"alice".to_vec(), size)
 }

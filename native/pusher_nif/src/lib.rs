@@ -12,6 +12,7 @@ use pusher::report::{ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
 use pusher::{StatsSnapshot, StopSummary};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
+use smallvec::SmallVec;
 
 mod atoms {
     rustler::atoms! {
@@ -24,6 +25,11 @@ mod atoms {
         attempts, failures, counters, reports_lost,
     }
 }
+
+/// Events are allocated on BEAM scheduler threads and freed on tokio threads; mimalloc
+/// handles that cross-thread pattern far better than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
@@ -256,6 +262,7 @@ fn push_error(env: Env, e: PushError) -> Term {
 }
 
 /// `{Path, [{Name, Value}], Body, Tag}`, all binaries; the path must be UTF-8.
+/// `{Path, [{Name, Value}], Body, Tag}`, all binaries; the path must be UTF-8.
 /// `Err(None)` is a malformed term, `Err(Some(_))` an event too big to ever queue.
 fn decode_http_event<'a>(
     term: Term<'a>,
@@ -263,22 +270,21 @@ fn decode_http_event<'a>(
 ) -> Result<Envelope<HttpEvent>, Option<PushError>> {
     let (path, headers, body, tag): (Binary, Term, Binary, Binary) =
         term.decode().map_err(|_| None)?;
-    let headers = proper_list(headers).ok_or(None)?;
     if body.len() > max_bytes {
         // Refused before copying a body that could never fit.
         return Err(Some(PushError::QueueFull));
     }
     let path = std::str::from_utf8(path.as_slice()).map_err(|_| None)?;
-    let mut pairs = Vec::new();
-    for header in headers {
-        let (name, value): (Binary, Binary) = header.decode().map_err(|_| None)?;
-        pairs.push((name.as_slice().into(), value.as_slice().into()));
+    let mut pairs: SmallVec<[(Binary, Binary); 4]> = SmallVec::new();
+    for header in proper_list(headers).ok_or(None)? {
+        pairs.push(header.decode().map_err(|_| None)?);
     }
-    let event = HttpEvent {
-        path: path.to_owned(),
-        headers: pairs,
-        body: bytes::Bytes::copy_from_slice(body.as_slice()),
-    };
+    let slices: SmallVec<[(&[u8], &[u8]); 4]> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let event =
+        HttpEvent::new(path, &slices, body.as_slice()).map_err(|_| Some(PushError::QueueFull))?;
     let size = event.size();
     Ok(Envelope::new(event, tag.as_slice(), size))
 }
@@ -392,19 +398,23 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
 /// `form_urlencode([{Key, Value}])` -> binary | `{error, badarg}`.
 #[rustler::nif]
 fn form_urlencode<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
-    let Some(list) = proper_list(pairs) else {
+    let Some(terms) = proper_list(pairs) else {
         return badarg(env);
     };
-    let mut decoded = Vec::new();
-    for pair in list {
-        let Ok((key, value)) = pair.decode::<(Binary, Binary)>() else {
+    let mut binaries: SmallVec<[(Binary, Binary); 4]> = SmallVec::with_capacity(terms.len());
+    for pair in terms {
+        let Ok(pair) = pair.decode::<(Binary, Binary)>() else {
             return badarg(env);
         };
-        decoded.push((key, value));
+        binaries.push(pair);
     }
-    let encoded =
-        pusher::form::urlencode(decoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-    bytes_term(env, &encoded)
+    let slices: SmallVec<[(&[u8], &[u8]); 4]> = binaries
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let mut out = rustler::NewBinary::new(env, pusher::form::urlencoded_len(&slices));
+    pusher::form::urlencode_into(out.as_mut_slice(), &slices);
+    out.into()
 }
 
 /// The cheapest possible NIF call, the benchmark's yardstick.
