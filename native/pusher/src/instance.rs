@@ -136,12 +136,22 @@ impl<B: Backend> Instance<B> {
         }
     }
 
-    /// Counts an event refused before it was even built (larger than the byte cap), so
-    /// the caller can skip copying a payload that could never be queued.
-    pub fn refuse_oversized(&self) -> PushError {
-        self.shared.stats.accepted.fetch_add(1, Relaxed);
-        self.shared.stats.dropped.fetch_add(1, Relaxed);
-        PushError::QueueFull
+    /// For the caller to ask before building an event: Some(reason) when the event
+    /// would surely be refused, already counted as accepted and dropped, so that a
+    /// full queue costs the hook path almost nothing.
+    pub fn refusal(&self, event_bytes: usize) -> Option<PushError> {
+        let shared = &*self.shared;
+        let reason = if shared.stopping.load(Relaxed) {
+            PushError::Stopped
+        } else if shared.queue.refuses_new_events() || event_bytes > shared.queue.limits().max_bytes
+        {
+            PushError::QueueFull
+        } else {
+            return None;
+        };
+        shared.stats.accepted.fetch_add(1, Relaxed);
+        shared.stats.dropped.fetch_add(1, Relaxed);
+        Some(reason)
     }
 
     pub fn stats(&self) -> StatsSnapshot {

@@ -2,6 +2,7 @@
 //! policy. Every event it refuses or evicts is returned to the caller to be counted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -70,6 +71,8 @@ struct Inner<E> {
 pub struct BoundedQueue<E> {
     limits: QueueLimits,
     inner: Mutex<Inner<E>>,
+    /// events.len(), readable without the lock (updated under it).
+    len: AtomicUsize,
 }
 
 impl<E> BoundedQueue<E> {
@@ -80,6 +83,7 @@ impl<E> BoundedQueue<E> {
                 events: VecDeque::new(),
                 bytes: 0,
             }),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -124,6 +128,7 @@ impl<E> BoundedQueue<E> {
         }
         inner.bytes += envelope.bytes;
         inner.events.push_back(envelope);
+        self.len.store(inner.events.len(), Relaxed);
         Offer::Queued { evicted }
     }
 
@@ -138,6 +143,7 @@ impl<E> BoundedQueue<E> {
         if let Some(e) = &envelope {
             inner.bytes -= e.bytes;
         }
+        self.len.store(inner.events.len(), Relaxed);
         (envelope, !inner.events.is_empty())
     }
 
@@ -145,11 +151,18 @@ impl<E> BoundedQueue<E> {
     pub fn take_all(&self) -> Vec<Envelope<E>> {
         let mut inner = self.lock();
         inner.bytes = 0;
+        self.len.store(0, Relaxed);
         inner.events.drain(..).collect()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().events.len()
+        self.len.load(Relaxed)
+    }
+
+    /// True when a new event would surely be refused for lack of room (DropNewest and
+    /// no slot left): the caller can skip building it. A hint, read without the lock.
+    pub fn refuses_new_events(&self) -> bool {
+        self.limits.overflow == Overflow::DropNewest && self.len() >= self.limits.max_events
     }
 
     pub fn is_empty(&self) -> bool {

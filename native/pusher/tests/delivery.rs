@@ -274,18 +274,24 @@ async fn overflow_is_counted_and_the_books_balance() {
             Err(other) => panic!("unexpected {other}"),
         }
     }
+    // The cheap pre-check agrees, and counts what it refuses the same way.
+    assert_eq!(instance.refusal(10), Some(PushError::QueueFull));
+    refused += 1;
     let s = instance.stats();
-    assert_eq!((s.accepted, s.queued, s.in_flight), (1000, 8, 4), "{s:?}");
+    assert_eq!((s.accepted, s.queued, s.in_flight), (1001, 8, 4), "{s:?}");
     assert_eq!(s.dropped, refused);
-    assert_eq!(refused, 1000 - 12);
+    assert_eq!(refused, 1001 - 12);
     assert_eq!(
         s.accepted,
         s.delivered + s.failed + s.dropped + s.queued + s.in_flight
     );
     let summary = instance.stop(Duration::from_secs(10)).await;
+    assert_eq!(instance.refusal(10), Some(PushError::Stopped));
     let s = summary.stats;
     assert_eq!(s.delivered, 12);
+    // stats were taken at stop; the refusal after it is one more accepted and dropped.
     assert_eq!(s.accepted, s.delivered + s.failed + s.dropped);
+    assert_eq!(instance.stats().dropped, s.dropped + 1);
     assert_eq!(sink.received.lock().expect("log").len(), 12);
 }
 

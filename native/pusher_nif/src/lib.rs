@@ -262,48 +262,51 @@ fn push_error(env: Env, e: PushError) -> Term {
 }
 
 /// `{Path, [{Name, Value}], Body, Tag}`, all binaries; the path must be UTF-8.
-/// `{Path, [{Name, Value}], Body, Tag}`, all binaries; the path must be UTF-8.
-/// `Err(None)` is a malformed term, `Err(Some(_))` an event too big to ever queue.
-fn decode_http_event<'a>(
-    term: Term<'a>,
-    max_bytes: usize,
-) -> Result<Envelope<HttpEvent>, Option<PushError>> {
-    let (path, headers, body, tag): (Binary, Term, Binary, Binary) =
-        term.decode().map_err(|_| None)?;
-    if body.len() > max_bytes {
-        // Refused before copying a body that could never fit.
-        return Err(Some(PushError::QueueFull));
-    }
-    let path = std::str::from_utf8(path.as_slice()).map_err(|_| None)?;
+/// None for a malformed term.
+fn decode_http_event(term: Term) -> Option<Envelope<HttpEvent>> {
+    let (path, headers, body, tag): (Binary, Term, Binary, Binary) = term.decode().ok()?;
+    let path = std::str::from_utf8(path.as_slice()).ok()?;
     let mut pairs: SmallVec<[(Binary, Binary); 4]> = SmallVec::new();
-    for header in proper_list(headers).ok_or(None)? {
-        pairs.push(header.decode().map_err(|_| None)?);
+    for header in proper_list(headers)? {
+        pairs.push(header.decode().ok()?);
     }
     let slices: SmallVec<[(&[u8], &[u8]); 4]> = pairs
         .iter()
         .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect();
-    let event =
-        HttpEvent::new(path, &slices, body.as_slice()).map_err(|_| Some(PushError::QueueFull))?;
+    let event = HttpEvent::new(path, &slices, body.as_slice()).ok()?;
     let size = event.size();
-    Ok(Envelope::new(event, tag.as_slice(), size))
+    Some(Envelope::new(event, tag.as_slice(), size))
 }
 
-/// `push(Instance, Event)` -> `ok | {error, queue_full | stopped | badarg}`. O(1).
+/// The body's size when `event` has the shape of an HTTP event, cheaply.
+fn http_body_size(event: Term) -> Option<usize> {
+    let (_path, _headers, body, _tag): (Term, Term, Binary, Term) = event.decode().ok()?;
+    Some(body.len())
+}
+
+/// `push(Instance, Event)` -> `ok | {error, queue_full | stopped | badarg}`. O(1);
+/// when the queue is full the event is refused before it is decoded or copied.
 #[rustler::nif]
 fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
     let Ok(resource) = instance.decode::<ResourceArc<InstanceResource>>() else {
         return badarg(env);
     };
-    match &resource.pusher {
-        Pusher::Http(instance) => match decode_http_event(event, instance.limits().max_bytes) {
-            Ok(envelope) => match instance.push(envelope) {
-                Ok(()) => atoms::ok().encode(env),
-                Err(e) => push_error(env, e),
+    let result = match &resource.pusher {
+        Pusher::Http(instance) => match http_body_size(event) {
+            None => return badarg(env),
+            Some(size) => match instance.refusal(size) {
+                Some(refused) => Err(refused),
+                None => match decode_http_event(event) {
+                    Some(envelope) => instance.push(envelope),
+                    None => return badarg(env),
+                },
             },
-            Err(Some(_)) => push_error(env, instance.refuse_oversized()),
-            Err(None) => badarg(env),
         },
+    };
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => push_error(env, e),
     }
 }
 
