@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::backend::{Attempt, Backend, Verdict};
-use crate::queue::{BoundedQueue, Envelope, Offer, QueueLimits};
+use crate::queue::{BoundedQueue, Envelope, Offer, QueueLimits, Tag};
 use crate::report::{AttemptReport, FailureReport, ReportItem, ReportSink, Reporter};
 use crate::retry::RetryPolicy;
 use crate::stats::{Stats, StatsSnapshot};
@@ -223,7 +223,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<B: Backend> Shared<B> {
-    fn fail(&self, tag: Box<[u8]>, reason: String, attempts: u32) {
+    fn fail(&self, tag: Tag, reason: String, attempts: u32) {
         self.stats.failed.fetch_add(1, Relaxed);
         self.reporter.report(ReportItem::Failure(FailureReport {
             tag,

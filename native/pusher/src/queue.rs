@@ -6,22 +6,26 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Report tag bytes: kept inline up to 24 bytes (user names), so that building an
+/// envelope on the routing path does not allocate for it.
+pub type Tag = smallvec::SmallVec<[u8; 24]>;
+
 /// An event on its way: the backend's payload plus what the core needs to account for it.
 #[derive(Debug)]
 pub struct Envelope<E> {
     pub event: E,
     /// Opaque bytes handed back in reports (the HTTP backend uses the sender's user name).
-    pub tag: Box<[u8]>,
+    pub tag: Tag,
     /// Bytes this event holds, for the byte cap.
     pub bytes: usize,
     pub enqueued_at: Instant,
 }
 
 impl<E> Envelope<E> {
-    pub fn new(event: E, tag: impl Into<Box<[u8]>>, bytes: usize) -> Self {
+    pub fn new(event: E, tag: &[u8], bytes: usize) -> Self {
         Envelope {
             event,
-            tag: tag.into(),
+            tag: Tag::from_slice(tag),
             bytes,
             enqueued_at: Instant::now(),
         }
@@ -179,7 +183,7 @@ mod tests {
     use super::*;
 
     fn env(n: u32, bytes: usize) -> Envelope<u32> {
-        Envelope::new(n, Vec::new(), bytes)
+        Envelope::new(n, b"", bytes)
     }
 
     fn limits(max_events: usize, max_bytes: usize, overflow: Overflow) -> QueueLimits {

@@ -7,12 +7,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::AttemptOutcome;
+use crate::queue::Tag;
 use crate::stats::{Stats, StatsSnapshot};
 
 /// One delivery attempt, as MongooseIM's metrics want it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptReport {
-    pub tag: Box<[u8]>,
+    pub tag: Tag,
     pub outcome: AttemptOutcome,
     pub elapsed: Duration,
 }
@@ -20,7 +21,7 @@ pub struct AttemptReport {
 /// An event given up on (final failure, or lost at stop), for the host's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureReport {
-    pub tag: Box<[u8]>,
+    pub tag: Tag,
     pub reason: String,
     pub attempts: u32,
 }

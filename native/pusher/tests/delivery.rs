@@ -130,7 +130,7 @@ fn event(n: usize) -> Envelope<HttpEvent> {
     let headers: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/x-www-form-urlencoded")];
     let event = HttpEvent::new("events", &headers, body.as_bytes()).expect("event");
     let size = event.size();
-    Envelope::new(event, b"alice".to_vec(), size)
+    Envelope::new(event, b"alice", size)
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -354,9 +354,7 @@ async fn dropping_the_instance_stops_its_tasks() {
         config(1, 10),
         Arc::new(pusher::report::NoReports),
     );
-    instance
-        .push(Envelope::new((), Vec::new(), 1))
-        .expect("push");
+    instance.push(Envelope::new((), b"", 1)).expect("push");
     eventually("a delivery in progress", || {
         calls.load(Ordering::SeqCst) == 1
     })

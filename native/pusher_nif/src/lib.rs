@@ -147,8 +147,8 @@ impl ReportSink for PidSink {
 
 /// The elements of a proper list; None for anything else. (rustler's ListIterator
 /// panics on an improper list.)
-fn proper_list(mut term: Term) -> Option<Vec<Term>> {
-    let mut items = Vec::new();
+fn proper_list(mut term: Term) -> Option<SmallVec<[Term; 4]>> {
+    let mut items = SmallVec::new();
     loop {
         if term.is_empty_list() {
             return Some(items);
