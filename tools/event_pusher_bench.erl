@@ -238,8 +238,8 @@ wait_settled(Instance, Deadline) ->
 httpc_bench(#{httpc_calls := Calls, httpc_slow_calls := SlowCalls}, Live, Slow) ->
     ok = httpc:set_options([{max_sessions, 16}, {max_keep_alive_length, 1000000},
                             {keep_alive_timeout, 120000}, {pipeline_timeout, 0}]),
-    {_Acc, Event} = chat_event(),
-    Body = form_body(Event),
+    {Acc, Event} = chat_event(),
+    Body = form_body(Acc, Event),
     LiveUrl = binary_to_list(Live) ++ "/webhooks/notifications",
     SlowUrl = binary_to_list(Slow) ++ "/webhooks/notifications",
     _ = [httpc_post(LiveUrl, Body) || _ <- lists:seq(1, 200)],
@@ -299,14 +299,19 @@ chat_event() ->
 
 %% The request tuple mod_event_pusher_http hands to push/2 for this event.
 typical_request(Acc, #chat_event{} = Event) ->
-    Module = mod_event_pusher_http_defaults,
     Message = message_body(Event),
-    Headers = Module:prepare_headers(Acc, in, ?HOST, Message, <<"alice">>, <<"bob">>, #{}),
-    {<<"notifications">>, Headers, form_body(Event), <<"alice">>}.
+    Headers = mod_event_pusher_http_defaults:prepare_headers(Acc, in, ?HOST, Message, <<"alice">>,
+                                                             <<"bob">>, handler()),
+    {<<"notifications">>, Headers, form_body(Acc, Event), <<"alice">>}.
 
-form_body(#chat_event{} = Event) ->
-    mod_event_pusher_http_defaults:prepare_body(undefined, in, ?HOST, message_body(Event),
-                                                <<"alice">>, <<"bob">>, #{}).
+form_body(Acc, #chat_event{} = Event) ->
+    mod_event_pusher_http_defaults:prepare_body(Acc, in, ?HOST, message_body(Event),
+                                                <<"alice">>, <<"bob">>, handler()).
+
+%% The handler of the bench's configuration, as the callbacks receive it.
+handler() ->
+    #{pool_name => http_pool, path => <<"notifications">>,
+      callback_module => mod_event_pusher_http_defaults}.
 
 message_body(#chat_event{packet = Packet}) ->
     exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>).
