@@ -267,7 +267,14 @@ progress_backend(Name, #{accepted := A, delivered := D, queued := Q, in_flight :
 
 %% Final report
 
+%% Checks first, then the table, then the machine-readable lines, last.
 report(Final, Webhooks, Sent, SinkRequests) ->
+    io:format("demo: mod_event_pusher_http_sent metric events: ~b (one per answered "
+              "request)~n", [Sent]),
+    Checks = lists:append([checks(Name, Stats, Webhooks, SinkRequests)
+                           || {Name, Stats} <- Final]),
+    [io:format("check: ~-6s ~ts~n", [case Ok of true -> "ok"; false -> "FAILED" end, What])
+     || {What, Ok} <- Checks],
     io:format("~n~-8s ~10s ~10s ~8s ~8s ~8s ~12s ~12s~n",
               ["backend", "accepted", "delivered", "retried", "failed", "dropped",
                "latency p50", "latency p99"]),
@@ -279,12 +286,6 @@ report(Final, Webhooks, Sent, SinkRequests) ->
     [io:format("demo: ~ts accepted=~b delivered=~b failed=~b dropped=~b~n",
                [Name, A, D, F, Dr])
      || {Name, #{accepted := A, delivered := D, failed := F, dropped := Dr}} <- Final],
-    io:format("demo: mod_event_pusher_http_sent metric events: ~b (one per answered "
-              "request)~n", [Sent]),
-    Checks = lists:append([checks(Name, Stats, Webhooks, SinkRequests)
-                           || {Name, Stats} <- Final]),
-    [io:format("check: ~-6s ~ts~n", [case Ok of true -> "ok"; false -> "FAILED" end, What])
-     || {What, Ok} <- Checks],
     case Final =/= [] andalso lists:all(fun({_, Ok}) -> Ok end, Checks) of
         true -> ok;
         false -> error
