@@ -378,7 +378,8 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
     let caller = env.pid();
     let owned = OwnedEnv::new();
     let saved_tag = owned.save(tag);
-    let drain = Duration::from_millis(drain_ms);
+    // Capped so that no deadline arithmetic can overflow: a day is "forever" here.
+    let drain = Duration::from_millis(drain_ms.min(86_400_000));
     runtime.spawn(async move {
         let summary: StopSummary = match &resource.pusher {
             Pusher::Http(instance) => instance.stop(drain).await,
@@ -386,10 +387,9 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
         let mut owned = owned;
         let _ = owned.send_and_clear(&caller, |env| {
             let stats = stats_term(env, &summary.stats, Some(summary.lost));
-            let stopped = Atom::from_str(env, "stopped").map(|a| a.encode(env));
             (
                 atoms::mod_event_pusher_nif(),
-                stopped.unwrap_or_else(|_| atoms::stopped().encode(env)),
+                atoms::stopped(),
                 saved_tag.load(env),
                 stats,
             )
