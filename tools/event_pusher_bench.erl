@@ -319,25 +319,13 @@ message_body(#chat_event{packet = Packet}) ->
 %% Configuration: the template with this phase's values, started as at boot.
 
 with_config(Values, Fun) ->
-    {ok, Template} = file:read_file(filename:join([event_pusher_sink:repo_root(), "tools",
-                                                   "event_pusher_bench.toml"])),
-    Toml = maps:fold(fun(Key, Value, T) ->
-                             Placeholder = <<"{{", (string:uppercase(atom_to_binary(Key)))/binary, "}}">>,
-                             binary:replace(T, Placeholder, to_binary(Value), [global])
-                     end, Template, Values),
-    Path = filename:join(tmp_dir(), "event_pusher_bench_" ++ os:getpid() ++ ".toml"),
-    ok = file:write_file(Path, Toml),
-    Opts = mongoose_config_parser:parse_file(Path),
-    ok = file:delete(Path),
+    Opts = event_pusher_sink:load_config("tools/event_pusher_bench.toml", Values),
     ok = mongoose_host:start(Opts),
     try
         Fun()
     after
         mongoose_host:stop()
     end.
-
-to_binary(V) when is_integer(V) -> integer_to_binary(V);
-to_binary(V) when is_binary(V) -> V.
 
 url(Port) ->
     <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>.
@@ -349,12 +337,6 @@ closed_port() ->
     ok = gen_tcp:close(Socket),
     Port.
 
-tmp_dir() ->
-    case os:getenv("TMPDIR") of
-        false -> "/tmp";
-        "" -> "/tmp";
-        Dir -> Dir
-    end.
 
 os_name() ->
     {Family, Name} = os:type(),

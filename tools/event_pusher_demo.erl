@@ -45,18 +45,19 @@ main() ->
 main(Opts0) ->
     Opts = maps:merge(#{users => 50, duration_ms => 5000, think_ms => 20}, Opts0),
     Sink = event_pusher_sink:start([]),
-    TomlPath = write_config(event_pusher_sink:port(Sink)),
     try
         run(Opts, Sink)
     after
         _ = (catch mongoose_host:stop()),
-        event_pusher_sink:stop(Sink),
-        _ = file:delete(TomlPath)
+        event_pusher_sink:stop(Sink)
     end.
 
 run(#{users := NUsers, duration_ms := Duration} = Opts, Sink) ->
     io:format("demo: pusher-sink listening on 127.0.0.1:~b~n", [event_pusher_sink:port(Sink)]),
-    ok = mongoose_host:start(mongoose_config_parser:parse_file(config_path())),
+    %% examples/mongooseim.toml with the sink's port filled in.
+    ok = mongoose_host:start(event_pusher_sink:load_config(
+                               "examples/mongooseim.toml",
+                               #{sink_port => event_pusher_sink:port(Sink)})),
     Backends = backends(),
     io:format("demo: backends ~ts; ~b users for ~.1f s~n",
               [lists:join(", ", [Name || {Name, _} <- Backends]), NUsers, Duration / 1000]),
@@ -311,23 +312,3 @@ latency(Us) when Us < 1000 -> io_lib:format("~b us", [Us]);
 latency(Us) when Us < 10000 -> io_lib:format("~.2f ms", [Us / 1000]);
 latency(Us) -> io_lib:format("~.1f ms", [Us / 1000]).
 
-%% Configuration
-
-write_config(SinkPort) ->
-    {ok, Template} = file:read_file(filename:join([event_pusher_sink:repo_root(), "examples",
-                                                   "mongooseim.toml"])),
-    Toml = binary:replace(Template, <<"{{SINK_PORT}}">>, integer_to_binary(SinkPort), [global]),
-    Path = filename:join(tmp_dir(), "event_pusher_demo_" ++ os:getpid() ++ ".toml"),
-    ok = file:write_file(Path, Toml),
-    persistent_term:put({?MODULE, config_path}, Path),
-    Path.
-
-config_path() ->
-    persistent_term:get({?MODULE, config_path}).
-
-tmp_dir() ->
-    case os:getenv("TMPDIR") of
-        false -> "/tmp";
-        "" -> "/tmp";
-        Dir -> Dir
-    end.

@@ -5,7 +5,7 @@
 %% port, the sink's stdin closes and it exits.
 -module(event_pusher_sink).
 
--export([start/1, stop/1, port/1, requests/1, repo_root/0, executable/0]).
+-export([start/1, stop/1, port/1, requests/1, repo_root/0, executable/0, load_config/2]).
 
 -type sink() :: #{port := port(), tcp_port := inet:port_number()}.
 -export_type([sink/0]).
@@ -80,3 +80,30 @@ find_root(Dir) ->
 -spec executable() -> file:filename().
 executable() ->
     filename:join([repo_root(), "target", "release", "pusher-sink"]).
+
+%% @doc The options of a mongooseim.toml template (path relative to the repository),
+%% with each `{{KEY}}' replaced by the value of `key' in Values, parsed as MongooseIM
+%% would (the tools run the stand-in, which reads only files).
+-spec load_config(file:filename(), #{atom() => integer() | binary()}) -> [{term(), term()}].
+load_config(Template, Values) ->
+    {ok, Text} = file:read_file(filename:join(repo_root(), Template)),
+    Toml = maps:fold(fun(Key, Value, T) ->
+                             Placeholder = <<"{{", (string:uppercase(atom_to_binary(Key)))/binary,
+                                             "}}">>,
+                             binary:replace(T, Placeholder, value_text(Value), [global])
+                     end, Text, Values),
+    Path = filename:join(tmp_dir(), "event_pusher_" ++ os:getpid() ++ ".toml"),
+    ok = file:write_file(Path, Toml),
+    try mongoose_config_parser:parse_file(Path)
+    after file:delete(Path)
+    end.
+
+value_text(V) when is_integer(V) -> integer_to_binary(V);
+value_text(V) when is_binary(V) -> V.
+
+tmp_dir() ->
+    case os:getenv("TMPDIR") of
+        false -> "/tmp";
+        "" -> "/tmp";
+        Dir -> Dir
+    end.
