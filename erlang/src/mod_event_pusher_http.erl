@@ -169,8 +169,9 @@ find_pool(HostType, Tag) ->
 pool_workers(#{opts := #{workers := Workers}}) -> Workers;
 pool_workers(_) -> 10.
 
-connection_config(#{conn_opts := Conn}) ->
+connection_config(#{tag := Tag, conn_opts := Conn}) ->
     Tls = maps:get(tls, Conn, #{}),
+    warn_unsupported_tls(Tag, Tls),
     Sni = maps:get(server_name_indication, Tls, #{}),
     #{host => unicode:characters_to_binary(maps:get(host, Conn)),
       path_prefix => maps:get(path_prefix, Conn, <<"/">>),
@@ -185,6 +186,15 @@ connection_config(#{conn_opts := Conn}) ->
       server_name_indication => maps:get(enabled, Sni, true)}.
 
 path(Path) -> unicode:characters_to_binary(Path).
+
+%% rustls picks ciphers and versions itself and reads unencrypted PEM keys only.
+warn_unsupported_tls(Tag, Tls) ->
+    case [Key || Key <- [ciphers, versions, password, crl_files],
+                 not lists:member(maps:get(Key, Tls, []), [[], ""])] of
+        [] -> ok;
+        Ignored -> ?LOG_WARNING(#{what => event_pusher_http_tls_options_ignored, pool_name => Tag,
+                                  options => Ignored})
+    end.
 
 %% Reports from the Rust instance, in the reporter process
 
