@@ -199,7 +199,7 @@ reports_reach_the_reporter_in_batches(Config) ->
     Reports = collect_reports(50, []),
     ?assert(length(Reports) < 50),
     Attempts = lists:append([A || #{attempts := A} <- Reports]),
-    ?assertEqual(lists:duplicate(50, {<<"alice">>, 200}), [{T, C} || {T, C, _} <- Attempts]),
+    ?assertEqual(lists:duplicate(50, {<<"alice">>, 200}), [{T, C} || {T, C, _, _} <- Attempts]),
     ?assertEqual(50, lists:sum([D || #{counters := #{delivered := D}} <- Reports])),
     %% Held to here: a collected instance stops, and its reports with it.
     ?assertMatch(#{delivered := 50}, mod_event_pusher_nif:stats(Instance)).

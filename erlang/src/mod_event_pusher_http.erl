@@ -207,11 +207,11 @@ handle_report(HostType, {http, Pool}, #{attempts := Attempts, failures := Failur
     log_failures(HostType, Pool, Failures),
     log_drops(HostType, Pool, Counters, Lost).
 
-report_attempt(Labels, {Sender, Code, TimeUs}) when is_integer(Code) ->
+report_attempt(Labels, {Sender, Code, TimeUs, _Bytes}) when is_integer(Code) ->
     mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,
                                 #{count => 1, response_time => TimeUs,
                                   response_code => integer_to_binary(Code), sender => Sender});
-report_attempt(Labels, {Sender, {error, _Reason}, _TimeUs}) ->
+report_attempt(Labels, {Sender, {error, _Reason}, _TimeUs, _Bytes}) ->
     mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,
                                 #{failure_count => 1, sender => Sender}).
 

@@ -14,9 +14,15 @@
 
 -type key() :: term().
 -type starter() :: fun((Reporter :: pid()) -> {ok, mod_event_pusher_nif:instance()} | {error, term()}).
--type report() :: #{attempts := [{binary(), non_neg_integer() | {error, binary()}, non_neg_integer()}],
+%% One attempt: {Tag, Outcome, ElapsedUs, Bytes}; Outcome is an HTTP status, an
+%% AMQP publish outcome, or {error, Reason} when no answer came.
+-type attempt_outcome() :: non_neg_integer() | published | confirmed | nacked | timeout
+                         | {error, binary()}.
+-type report() :: #{attempts := [{binary(), attempt_outcome(), non_neg_integer(),
+                                  non_neg_integer()}],
                     failures := [{binary(), binary(), non_neg_integer()}],
                     counters := #{delivered | retried | failed | dropped => non_neg_integer()},
+                    connections := #{opened | closed | failed => non_neg_integer()},
                     reports_lost := non_neg_integer()}.
 -export_type([key/0, report/0]).
 

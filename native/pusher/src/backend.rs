@@ -1,6 +1,9 @@
 //! What a delivery backend must provide to the generic [`crate::Instance`].
 
 use std::future::Future;
+use std::sync::Arc;
+
+use crate::stats::ConnectionCounters;
 
 /// The result of one delivery attempt, as the backend classifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,11 +17,20 @@ pub enum Verdict {
 }
 
 /// What one attempt looked like from the wire, for metrics (MongooseIM reports every
-/// HTTP response, whatever its status, and every attempt that got no response).
+/// HTTP response, whatever its status, every attempt that got no response, and every
+/// AMQP publish as published, failed or timed out).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    /// The server answered with this status code.
+    /// The server answered with this status code (HTTP).
     Response(u16),
+    /// Written to the broker, publisher confirms off (AMQP).
+    Published,
+    /// Acknowledged by the broker (AMQP, confirms on).
+    Confirmed,
+    /// Refused by the broker (AMQP nack).
+    Nacked,
+    /// No confirm came in time (AMQP).
+    TimedOut,
     /// No answer came; the reason says why.
     NoResponse(String),
 }
@@ -54,4 +66,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Sends one event once. Retrying is the instance's business, not the backend's.
     fn deliver(&self, event: &Self::Event) -> impl Future<Output = Attempt> + Send;
+
+    /// Counters of the backend's own connections, for backends that manage them
+    /// (reported as MongooseIM's wpool_rabbit_connections, say).
+    fn connections(&self) -> Option<Arc<ConnectionCounters>> {
+        None
+    }
 }

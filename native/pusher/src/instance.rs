@@ -86,7 +86,8 @@ impl<B: Backend> Instance<B> {
         sink: Arc<dyn ReportSink>,
     ) -> Self {
         let stats = Arc::new(Stats::default());
-        let (reporter, reporter_task) = Reporter::spawn(runtime, sink, stats.clone());
+        let (reporter, reporter_task) =
+            Reporter::spawn(runtime, sink, stats.clone(), backend.connections());
         let shared = Arc::new(Shared {
             backend,
             queue: BoundedQueue::new(config.queue),
@@ -290,6 +291,7 @@ impl<B: Backend> Shared<B> {
                 tag: envelope.tag.clone(),
                 outcome: attempt.outcome,
                 elapsed: started.elapsed(),
+                bytes: envelope.bytes,
             }));
             let reason = match attempt.verdict {
                 Verdict::Delivered => {

@@ -18,4 +18,4 @@ pub use backend::{Backend, Verdict};
 pub use instance::{Instance, InstanceConfig, PushError, StopSummary};
 pub use queue::{Envelope, Overflow, QueueLimits};
 pub use retry::RetryPolicy;
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{ConnectionCounters, ConnectionSnapshot, Stats, StatsSnapshot};

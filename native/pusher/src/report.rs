@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::AttemptOutcome;
 use crate::queue::Tag;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{ConnectionCounters, ConnectionSnapshot, Stats, StatsSnapshot};
 
 /// One delivery attempt, as MongooseIM's metrics want it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct AttemptReport {
     pub tag: Tag,
     pub outcome: AttemptOutcome,
     pub elapsed: Duration,
+    /// The event's size in bytes.
+    pub bytes: usize,
 }
 
 /// An event given up on (final failure, or lost at stop), for the host's log.
@@ -55,6 +57,9 @@ pub struct ReportBatch {
     pub attempts: Vec<AttemptReport>,
     pub failures: Vec<FailureReport>,
     pub counters: CounterDelta,
+    /// Connection counter increments since the previous batch (zero for backends
+    /// that do not report connections).
+    pub connections: ConnectionSnapshot,
     /// Reports that could not be queued because the report channel was full.
     pub reports_lost: u64,
 }
@@ -92,10 +97,12 @@ impl Reporter {
         runtime: &tokio::runtime::Handle,
         sink: Arc<dyn ReportSink>,
         stats: Arc<Stats>,
+        connections: Option<Arc<ConnectionCounters>>,
     ) -> (Reporter, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(REPORT_CHANNEL);
         let lost = Arc::new(AtomicU64::new(0));
-        let task = runtime.spawn(run(rx, sink, stats, lost.clone()));
+        let connections = connections.unwrap_or_default();
+        let task = runtime.spawn(run(rx, sink, stats, connections, lost.clone()));
         (Reporter { tx, lost }, task)
     }
 
@@ -118,10 +125,12 @@ async fn run(
     mut rx: mpsc::Receiver<ReportItem>,
     sink: Arc<dyn ReportSink>,
     stats: Arc<Stats>,
+    connections: Arc<ConnectionCounters>,
     lost: Arc<AtomicU64>,
 ) {
     let mut batch = ReportBatch::default();
     let mut last = stats.snapshot();
+    let mut last_connections = ConnectionSnapshot::default();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut send = |batch: &mut ReportBatch| {
@@ -129,9 +138,17 @@ async fn run(
         batch.counters = CounterDelta::between(&last, &now);
         batch.reports_lost = lost.swap(0, Relaxed);
         last = now;
+        let connections_now = connections.snapshot();
+        batch.connections = ConnectionSnapshot {
+            opened: connections_now.opened - last_connections.opened,
+            closed: connections_now.closed - last_connections.closed,
+            failed: connections_now.failed - last_connections.failed,
+        };
+        last_connections = connections_now;
         let nothing_new = batch.attempts.is_empty()
             && batch.failures.is_empty()
             && batch.counters.is_zero()
+            && batch.connections == ConnectionSnapshot::default()
             && batch.reports_lost == 0;
         if !nothing_new {
             sink.send(std::mem::take(batch));

@@ -70,6 +70,31 @@ impl LatencyHistogram {
     }
 }
 
+/// Connections a backend opened, lost (closed) and failed to open.
+#[derive(Default, Debug)]
+pub struct ConnectionCounters {
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionSnapshot {
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+}
+
+impl ConnectionCounters {
+    pub fn snapshot(&self) -> ConnectionSnapshot {
+        ConnectionSnapshot {
+            opened: self.opened.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Stats {
     pub accepted: AtomicU64,

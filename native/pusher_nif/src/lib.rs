@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use pusher::backend::AttemptOutcome;
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
 use pusher::report::{ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
@@ -22,7 +23,8 @@ mod atoms {
         worker_threads,
         accepted, delivered, retried, failed, dropped, queued, queued_bytes, in_flight,
         latency_p50_us, latency_p99_us, lost,
-        attempts, failures, counters, reports_lost,
+        attempts, failures, counters, connections, reports_lost,
+        published, confirmed, nacked, timeout, opened, closed,
     }
 }
 
@@ -86,13 +88,15 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
         .iter()
         .map(|a| {
             let outcome = match &a.outcome {
-                pusher::backend::AttemptOutcome::Response(code) => code.encode(env),
-                pusher::backend::AttemptOutcome::NoResponse(reason) => {
-                    (atoms::error(), reason.as_str()).encode(env)
-                }
+                AttemptOutcome::Response(code) => code.encode(env),
+                AttemptOutcome::Published => atoms::published().encode(env),
+                AttemptOutcome::Confirmed => atoms::confirmed().encode(env),
+                AttemptOutcome::Nacked => atoms::nacked().encode(env),
+                AttemptOutcome::TimedOut => atoms::timeout().encode(env),
+                AttemptOutcome::NoResponse(reason) => (atoms::error(), reason.as_str()).encode(env),
             };
             let elapsed = u64::try_from(a.elapsed.as_micros()).unwrap_or(u64::MAX);
-            (bytes_term(env, &a.tag), outcome, elapsed).encode(env)
+            (bytes_term(env, &a.tag), outcome, elapsed, a.bytes).encode(env)
         })
         .collect();
     let failures: Vec<Term> = batch
@@ -111,18 +115,26 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
         ],
         &[c.delivered, c.retried, c.failed, c.dropped],
     )?;
+    let n = &batch.connections;
+    let connections = Term::map_from_arrays(
+        env,
+        &[atoms::opened(), atoms::closed(), atoms::failed()],
+        &[n.opened, n.closed, n.failed],
+    )?;
     Term::map_from_term_arrays(
         env,
         &[
             atoms::attempts().encode(env),
             atoms::failures().encode(env),
             atoms::counters().encode(env),
+            atoms::connections().encode(env),
             atoms::reports_lost().encode(env),
         ],
         &[
             attempts.encode(env),
             failures.encode(env),
             counters,
+            connections,
             batch.reports_lost.encode(env),
         ],
     )
