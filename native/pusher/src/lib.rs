@@ -10,6 +10,7 @@ pub mod form;
 pub mod http;
 pub mod instance;
 pub mod queue;
+pub mod rabbit;
 pub mod report;
 pub mod retry;
 pub mod stats;
