@@ -28,7 +28,8 @@
          push_bad_virtual_pubsub_hosts/1, push_unknown_plugin_module/1, push_bad_iqdisc/1,
          http_empty_pool_name/1, http_path_not_a_string/1, http_duplicate_handlers/1,
          http_unknown_callback_module/1, http_handlers_not_a_list/1,
-         rabbit_empty_names/1, rabbit_unknown_key/1,
+         rabbit_empty_names/1, rabbit_unknown_key/1, rabbit_bad_additive_options/1,
+         rabbit_additive_options/1,
          http_pool_without_host/1, http_pool_bad_request_timeout/1, pool_bad_values/1,
          pool_scope_in_host_config/1, rabbit_pool_bad_connection/1,
          unknown_module/1, unknown_top_level_key/1, no_hosts/1, host_config_unknown_host/1,
@@ -61,7 +62,8 @@ groups() ->
        push_bad_virtual_pubsub_hosts, push_unknown_plugin_module, push_bad_iqdisc,
        http_empty_pool_name, http_path_not_a_string, http_duplicate_handlers,
        http_unknown_callback_module, http_handlers_not_a_list,
-       rabbit_empty_names, rabbit_unknown_key,
+       rabbit_empty_names, rabbit_unknown_key, rabbit_bad_additive_options,
+       rabbit_additive_options,
        http_pool_without_host, http_pool_bad_request_timeout, pool_bad_values,
        pool_scope_in_host_config, rabbit_pool_bad_connection,
        unknown_module, unknown_top_level_key, no_hosts, host_config_unknown_host,
@@ -332,6 +334,35 @@ rabbit_unknown_key(Config) ->
     assert_module_rejected(Config, rabbit, "presence_exchange.sent_topic = \"x\"\n",
                            ".presence_exchange.sent_topic",
                            #{reason => unexpected_key, key => <<"sent_topic">>}).
+
+%% Our additions are validated like MongooseIM's options.
+rabbit_bad_additive_options(Config) ->
+    [assert_module_rejected(Config, rabbit, Body, Path, Expected)
+     || {Body, Path, Expected} <-
+            [{"presence_exchange.durable = \"yes\"\n", ".presence_exchange.durable",
+              #{reason => wrong_type, expected => boolean}},
+             {"confirm_window = 0\n", ".confirm_window",
+              #{reason => validation_failed, validator => positive}},
+             {"connection.virtual_host = \"\"\n", ".connection.virtual_host",
+              #{reason => validation_failed, validator => non_empty}},
+             {"reconnect.max_delay_ms = -5\n", ".reconnect.max_delay_ms",
+              #{reason => validation_failed, validator => positive}},
+             {"queue.overflow = \"sideways\"\n", ".queue.overflow",
+              #{reason => validation_failed}}]].
+
+rabbit_additive_options(Config) ->
+    Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.rabbit]\n",
+                               "chat_msg_exchange.durable = true\n",
+                               "confirm_window = 64\n",
+                               "connection.virtual_host = \"events\"\n",
+                               "connection.tls.cacertfile = \"/etc/ca.pem\"\n"]),
+    #{mod_event_pusher := #{rabbit := Rabbit}} = opt({modules, ?HT}, Opts),
+    ?assertMatch(#{chat_msg_exchange := #{durable := true, name := <<"chat_msg">>},
+                   presence_exchange := #{durable := false},
+                   confirm_window := 64,
+                   connection := #{virtual_host := <<"events">>, connect_timeout_ms := 5000,
+                                   tls := #{cacertfile := "/etc/ca.pem"}}},
+                 Rabbit).
 
 %%--------------------------------------------------------------------
 %% Bad pools, hosts and files
@@ -613,13 +644,28 @@ rabbit_connection_defaults() ->
     #{host => "localhost", port => 5672, username => <<"guest">>, password => <<"guest">>,
       confirms_enabled => false, max_worker_queue_len => 1000}.
 
+%% MongooseIM 6.4's processed rabbit options, plus our additions with their defaults:
+%% `durable' in each exchange, and the connection, reconnect, confirm, queue, retry
+%% and drain options.
 rabbit_defaults() ->
-    #{presence_exchange => #{name => <<"presence">>, type => <<"topic">>},
-      chat_msg_exchange => #{name => <<"chat_msg">>, type => <<"topic">>,
+    maps:merge(rabbit_mongooseim_defaults(), rabbit_additive_defaults()).
+
+rabbit_mongooseim_defaults() ->
+    #{presence_exchange => #{name => <<"presence">>, type => <<"topic">>, durable => false},
+      chat_msg_exchange => #{name => <<"chat_msg">>, type => <<"topic">>, durable => false,
                              sent_topic => <<"chat_msg_sent">>, recv_topic => <<"chat_msg_recv">>},
       groupchat_msg_exchange => #{name => <<"groupchat_msg">>, type => <<"topic">>,
+                                  durable => false,
                                   sent_topic => <<"groupchat_msg_sent">>,
                                   recv_topic => <<"groupchat_msg_recv">>}}.
+
+rabbit_additive_defaults() ->
+    #{connection => #{virtual_host => <<"/">>, connect_timeout_ms => 5000},
+      reconnect => #{base_delay_ms => 100, max_delay_ms => 10000},
+      confirm_window => 1000, confirm_timeout_ms => 5000, drain_timeout_ms => 5000,
+      queue => #{max_events => 10000, max_bytes => 16777216, overflow => drop_newest},
+      retry => #{max_attempts => 3, base_backoff_ms => 100, max_backoff_ms => 5000,
+                 deadline_ms => 30000}}.
 
 sns_required() ->
     #{sns_host => "sns.eu-west-1.amazonaws.com", region => "eu-west-1",

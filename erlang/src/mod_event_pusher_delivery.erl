@@ -4,8 +4,10 @@
 -module(mod_event_pusher_delivery).
 
 -export([config_items/0, config_defaults/0, instance_config/2]).
+-export([find_pool/3, pool_workers/1, log_report/5]).
 
 -include("mongoose_config_spec.hrl").
+-include_lib("kernel/include/logger.hrl").
 
 %% @doc Items to merge into a backend's config section.
 -spec config_items() -> #{binary() => #section{} | #option{}}.
@@ -51,3 +53,41 @@ instance_config(#{queue := Queue, retry := Retry}, Concurrency) ->
       max_backoff_ms => maps:get(max_backoff_ms, Retry),
       retry_deadline_ms => maps:get(deadline_ms, Retry),
       concurrency => Concurrency}.
+
+%% @doc The `[outgoing_pools.Type.Tag]' pool as MongooseIM's config has it: a
+%% host-type pool first, then a global one.
+-spec find_pool(binary(), atom(), atom()) -> {ok, map()} | {error, map()}.
+find_pool(HostType, Type, Tag) ->
+    Pools = mongoose_config:get_opt({outgoing_pools, HostType}, [])
+        ++ mongoose_config:get_opt(outgoing_pools, []),
+    case [P || P = #{type := T, tag := G} <- Pools, T =:= Type, G =:= Tag] of
+        [Pool | _] -> {ok, Pool};
+        [] -> {error, #{what => pool_not_configured,
+                        text => iolist_to_binary(["No [outgoing_pools.", atom_to_binary(Type), ".",
+                                                  atom_to_binary(Tag), "] section"])}}
+    end.
+
+-spec pool_workers(map()) -> pos_integer().
+pool_workers(#{opts := #{workers := Workers}}) -> Workers;
+pool_workers(_) -> 10.
+
+%% @doc One warning per report batch with final failures or drops, not one per event.
+-spec log_report(binary(), mod_event_pusher_instance:key(),
+                 [{binary(), binary(), non_neg_integer()}], map(), non_neg_integer()) -> ok.
+log_report(HostType, Key, Failures, Counters, ReportsLost) ->
+    log_failures(HostType, Key, Failures),
+    log_drops(HostType, Key, maps:get(dropped, Counters, 0), ReportsLost).
+
+log_failures(_HostType, _Key, []) ->
+    ok;
+log_failures(HostType, Key, [{Tag, Reason, Attempts} | _] = Failures) ->
+    ?LOG_WARNING(#{what => event_pusher_delivery_failed, host_type => HostType, instance => Key,
+                   count => length(Failures),
+                   example => #{tag => Tag, reason => Reason, attempts => Attempts}}).
+
+log_drops(_HostType, _Key, 0, 0) ->
+    ok;
+log_drops(HostType, Key, Dropped, ReportsLost) ->
+    ?LOG_WARNING(#{what => event_pusher_events_dropped, host_type => HostType, instance => Key,
+                   dropped => Dropped, reports_lost => ReportsLost,
+                   text => <<"Queue full: raise queue.max_events/max_bytes or the concurrency">>}).

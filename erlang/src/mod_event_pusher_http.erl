@@ -143,31 +143,17 @@ start_pools(HostType, Opts, [Pool | Pools], Started) ->
     end.
 
 start_pool(HostType, Opts, Pool) ->
-    case find_pool(HostType, Pool) of
+    case mod_event_pusher_delivery:find_pool(HostType, http, Pool) of
         {ok, PoolConfig} ->
             Config = maps:merge(connection_config(PoolConfig),
                                 mod_event_pusher_delivery:instance_config(
-                                  Opts, pool_workers(PoolConfig))),
+                                  Opts, mod_event_pusher_delivery:pool_workers(PoolConfig))),
             mod_event_pusher_instance:start(
               HostType, {http, Pool}, ?MODULE,
               fun(Reporter) -> mod_event_pusher_nif:start_http(Config, Reporter) end);
         {error, _} = Error ->
             Error
     end.
-
-%% The pool as MongooseIM's config has it: a host-type pool first, then a global one.
-find_pool(HostType, Tag) ->
-    Pools = mongoose_config:get_opt({outgoing_pools, HostType}, [])
-        ++ mongoose_config:get_opt(outgoing_pools, []),
-    case [P || P = #{type := http, tag := T} <- Pools, T =:= Tag] of
-        [Pool | _] -> {ok, Pool};
-        [] -> {error, #{what => pool_not_configured,
-                        text => <<"No [outgoing_pools.http.", (atom_to_binary(Tag))/binary,
-                                  "] section">>}}
-    end.
-
-pool_workers(#{opts := #{workers := Workers}}) -> Workers;
-pool_workers(_) -> 10.
 
 connection_config(#{tag := Tag, conn_opts := Conn}) ->
     Tls = maps:get(tls, Conn, #{}),
@@ -204,8 +190,7 @@ handle_report(HostType, {http, Pool}, #{attempts := Attempts, failures := Failur
     Labels = #{host_type => HostType},
     lists:foreach(fun(Attempt) -> report_attempt(Labels, Attempt) end, Attempts),
     mongoose_instrument:execute(mod_event_pusher_http_delivery, Labels, Counters),
-    log_failures(HostType, Pool, Failures),
-    log_drops(HostType, Pool, Counters, Lost).
+    mod_event_pusher_delivery:log_report(HostType, {http, Pool}, Failures, Counters, Lost).
 
 report_attempt(Labels, {Sender, Code, TimeUs, _Bytes}) when is_integer(Code) ->
     mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,
@@ -214,17 +199,3 @@ report_attempt(Labels, {Sender, Code, TimeUs, _Bytes}) when is_integer(Code) ->
 report_attempt(Labels, {Sender, {error, _Reason}, _TimeUs, _Bytes}) ->
     mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,
                                 #{failure_count => 1, sender => Sender}).
-
-log_failures(_HostType, _Pool, []) ->
-    ok;
-log_failures(HostType, Pool, [{Sender, Reason, Attempts} | _] = Failures) ->
-    ?LOG_WARNING(#{what => event_pusher_http_delivery_failed, host_type => HostType,
-                   pool_name => Pool, count => length(Failures),
-                   example => #{sender => Sender, reason => Reason, attempts => Attempts}}).
-
-log_drops(_HostType, _Pool, #{dropped := 0}, 0) ->
-    ok;
-log_drops(HostType, Pool, #{dropped := Dropped}, Lost) ->
-    ?LOG_WARNING(#{what => event_pusher_http_events_dropped, host_type => HostType,
-                   pool_name => Pool, dropped => Dropped, reports_lost => Lost,
-                   text => <<"Queue full: raise queue.max_events/max_bytes or the pool's workers">>}).

@@ -2,9 +2,9 @@
 %% NIF cannot be hot-upgraded; all logic lives in other modules.
 -module(mod_event_pusher_nif).
 
--export([start_http/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-export([start_http/2, start_rabbit/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
 
--nifs([start_http/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-nifs([start_http/2, start_rabbit/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
 -on_load(load/0).
 
 -type instance() :: reference().
@@ -32,6 +32,11 @@ priv_dir() ->
 %% `{mod_event_pusher_nif, report, Batch}'.
 -spec start_http(map(), pid()) -> {ok, instance()} | {error, term()}.
 start_http(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Starts a RabbitMQ backend instance: connects and declares the exchanges first
+%% (on a dirty scheduler), failing with a reason that names the exchange or broker.
+-spec start_rabbit(map(), pid()) -> {ok, instance()} | {error, term()}.
+start_rabbit(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Enqueues one event without waiting; never blocks.
 -spec push(instance(), tuple()) -> ok | {error, push_error()}.

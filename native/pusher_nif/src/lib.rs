@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use pusher::backend::AttemptOutcome;
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
+use pusher::rabbit::{
+    ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, RabbitTls,
+    Topics,
+};
 use pusher::report::{ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
 use pusher::{StatsSnapshot, StopSummary};
@@ -25,6 +29,8 @@ mod atoms {
         latency_p50_us, latency_p99_us, lost,
         attempts, failures, counters, connections, reports_lost,
         published, confirmed, nacked, timeout, opened, closed,
+        presence, chat, groupchat, out,
+        r#in = "in",
     }
 }
 
@@ -58,6 +64,7 @@ fn load(_env: Env, info: Term) -> bool {
 
 enum Pusher {
     Http(Instance<HttpBackend>),
+    Rabbit(Instance<RabbitBackend>),
 }
 
 /// One backend instance as Erlang holds it; dropping the last reference drops the
@@ -266,6 +273,83 @@ fn start_http<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a
     (atoms::ok(), resource).encode(env)
 }
 
+fn exchange(map: Term, key: &str) -> Option<(ExchangeConfig, Option<Topics>)> {
+    let key = Atom::from_str(map.get_env(), key).ok()?;
+    let section = map.map_get(key).ok()?;
+    let exchange = ExchangeConfig {
+        name: get_string(section, "name")?,
+        kind: get_string(section, "type")?,
+        durable: get(section, "durable")?,
+    };
+    let topics = match (
+        get_string(section, "sent_topic"),
+        get_string(section, "recv_topic"),
+    ) {
+        (Some(sent), Some(recv)) => Some(Topics { sent, recv }),
+        _ => None,
+    };
+    Some((exchange, topics))
+}
+
+fn rabbit_config(map: Term) -> Option<RabbitConfig> {
+    let (presence_exchange, _) = exchange(map, "presence_exchange")?;
+    let (chat_exchange, chat_topics) = exchange(map, "chat_msg_exchange")?;
+    let (groupchat_exchange, groupchat_topics) = exchange(map, "groupchat_msg_exchange")?;
+    let tls = match get::<bool>(map, "tls") {
+        Some(false) => None,
+        _ => Some(RabbitTls {
+            cacertfile: get_optional_path(map, "cacertfile")?,
+        }),
+    };
+    Some(RabbitConfig {
+        host: get_string(map, "host")?,
+        port: get(map, "port")?,
+        username: get_string(map, "username")?,
+        password: get_string(map, "password")?,
+        virtual_host: get_string(map, "virtual_host")?,
+        tls,
+        presence_exchange,
+        chat_exchange,
+        chat_topics: chat_topics?,
+        groupchat_exchange,
+        groupchat_topics: groupchat_topics?,
+        confirms: get(map, "confirms_enabled")?,
+        confirm_timeout: millis(map, "confirm_timeout_ms")?,
+        connect_timeout: millis(map, "connect_timeout_ms")?,
+        reconnect_base_delay: millis(map, "reconnect_base_delay_ms")?,
+        reconnect_max_delay: millis(map, "reconnect_max_delay_ms")?,
+    })
+}
+
+/// `start_rabbit(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, Reason}`.
+/// Connects and declares the exchanges before answering, so a start that cannot
+/// fails with the broker's reason. Dirty: it waits on the network (bounded by
+/// connect_timeout_ms).
+#[rustler::nif(schedule = "DirtyIo")]
+fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
+    let Some(runtime) = RUNTIME.get() else {
+        return error(env, atoms::no_runtime());
+    };
+    let (Ok(pid), Some(rabbit), Some(instance)) = (
+        reporter.decode::<LocalPid>(),
+        rabbit_config(config),
+        instance_config(config),
+    ) else {
+        return badarg(env);
+    };
+    // A dirty scheduler thread is not a runtime thread: blocking here is allowed.
+    let backend = match runtime.block_on(RabbitBackend::connect(rabbit)) {
+        Ok(backend) => backend,
+        Err(e) => return error(env, e.0.as_str()),
+    };
+    let sink = Arc::new(PidSink { pid });
+    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let resource = ResourceArc::new(InstanceResource {
+        pusher: Pusher::Rabbit(instance),
+    });
+    (atoms::ok(), resource).encode(env)
+}
+
 fn push_error(env: Env, e: PushError) -> Term {
     match e {
         PushError::QueueFull => error(env, atoms::queue_full()),
@@ -291,10 +375,90 @@ fn decode_http_event(term: Term) -> Option<Envelope<HttpEvent>> {
     Some(Envelope::new(event, tag.as_slice(), size))
 }
 
+fn utf8(binary: Binary) -> String {
+    // JSON needs text: bytes that are not UTF-8 become U+FFFD rather than an error.
+    String::from_utf8_lossy(binary.as_slice()).into_owned()
+}
+
+/// `{presence, UserJid, BareJid, Present}` or
+/// `{chat | groupchat, in | out, FromJid, ToJid, Message, RoutingBareJid}`.
+fn decode_rabbit_event(term: Term) -> Option<Envelope<RabbitEvent>> {
+    let (event, tag) =
+        if let Ok((kind, user, bare, present)) = term.decode::<(Atom, Binary, Binary, bool)>() {
+            if kind != atoms::presence() {
+                return None;
+            }
+            let event = RabbitEvent::Presence {
+                user_jid: utf8(user),
+                bare_jid: utf8(bare),
+                present,
+            };
+            (event, bare)
+        } else {
+            let (kind, direction, from, to, message, routing): (
+                Atom,
+                Atom,
+                Binary,
+                Binary,
+                Binary,
+                Binary,
+            ) = term.decode().ok()?;
+            let kind = if kind == atoms::chat() {
+                ChatKind::Chat
+            } else if kind == atoms::groupchat() {
+                ChatKind::Groupchat
+            } else {
+                return None;
+            };
+            let direction = if direction == atoms::r#in() {
+                Direction::In
+            } else if direction == atoms::out() {
+                Direction::Out
+            } else {
+                return None;
+            };
+            let event = RabbitEvent::Chat {
+                kind,
+                direction,
+                from_jid: utf8(from),
+                to_jid: utf8(to),
+                message: utf8(message),
+                routing_bare_jid: utf8(routing),
+            };
+            (event, from)
+        };
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+/// The size of the payload-carrying part of a rabbit event term, cheaply.
+fn rabbit_event_size(event: Term) -> Option<usize> {
+    if let Ok((_, user, bare, _)) = event.decode::<(Atom, Binary, Binary, Term)>() {
+        return Some(user.len() + bare.len());
+    }
+    let (_, _, from, to, message, _): (Atom, Atom, Binary, Binary, Binary, Term) =
+        event.decode().ok()?;
+    Some(from.len() + to.len() + message.len())
+}
+
 /// The body's size when `event` has the shape of an HTTP event, cheaply.
 fn http_body_size(event: Term) -> Option<usize> {
     let (_path, _headers, body, _tag): (Term, Term, Binary, Term) = event.decode().ok()?;
     Some(body.len())
+}
+
+/// Refuses cheaply when the event cannot be queued, else decodes and pushes it.
+/// None when the term is malformed.
+fn enqueue<B: pusher::Backend>(
+    instance: &Instance<B>,
+    size: Option<usize>,
+    decode: impl FnOnce() -> Option<Envelope<B::Event>>,
+) -> Option<Result<(), PushError>> {
+    let size = size?;
+    if let Some(refused) = instance.refusal(size) {
+        return Some(Err(refused));
+    }
+    Some(instance.push(decode()?))
 }
 
 /// `push(Instance, Event)` -> `ok | {error, queue_full | stopped | badarg}`. O(1);
@@ -305,16 +469,20 @@ fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
         return badarg(env);
     };
     let result = match &resource.pusher {
-        Pusher::Http(instance) => match http_body_size(event) {
-            None => return badarg(env),
-            Some(size) => match instance.refusal(size) {
-                Some(refused) => Err(refused),
-                None => match decode_http_event(event) {
-                    Some(envelope) => instance.push(envelope),
-                    None => return badarg(env),
-                },
-            },
-        },
+        Pusher::Http(instance) => {
+            match enqueue(instance, http_body_size(event), || decode_http_event(event)) {
+                Some(result) => result,
+                None => return badarg(env),
+            }
+        }
+        Pusher::Rabbit(instance) => {
+            match enqueue(instance, rabbit_event_size(event), || {
+                decode_rabbit_event(event)
+            }) {
+                Some(result) => result,
+                None => return badarg(env),
+            }
+        }
     };
     match result {
         Ok(()) => atoms::ok().encode(env),
@@ -362,6 +530,7 @@ fn stats_term<'a>(env: Env<'a>, s: &StatsSnapshot, lost: Option<u64>) -> Term<'a
 fn pusher_stats(pusher: &Pusher) -> StatsSnapshot {
     match pusher {
         Pusher::Http(instance) => instance.stats(),
+        Pusher::Rabbit(instance) => instance.stats(),
     }
 }
 
@@ -395,6 +564,7 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
     runtime.spawn(async move {
         let summary: StopSummary = match &resource.pusher {
             Pusher::Http(instance) => instance.stop(drain).await,
+            Pusher::Rabbit(instance) => instance.stop(drain).await,
         };
         let mut owned = owned;
         let _ = owned.send_and_clear(&caller, |env| {
