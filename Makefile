@@ -8,7 +8,7 @@ APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-
                 erlang-jiffy rebar3
 ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
 
-.PHONY: setup build test cargo-test ct erlang-strict demo bench lint clean
+.PHONY: setup rabbitmq build test cargo-test ct erlang-strict demo bench lint clean
 
 # Debian packages, installed only when one is missing.
 setup:
@@ -20,14 +20,24 @@ setup:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# RabbitMQ on 127.0.0.1:5672 (guest/guest) for the rabbit backend: installed and
+# started only when nothing answers there.
+rabbitmq:
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then \
+	  command -v rabbitmq-server >/dev/null || { apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rabbitmq-server; }; \
+	  echo "starting RabbitMQ"; rabbitmq-server -detached; \
+	  timeout 120 rabbitmqctl await_startup >/dev/null; \
+	fi
+
 build: setup
 	cargo build --release --workspace --bins
 	rebar3 as test compile
 
-cargo-test: setup
+cargo-test: setup rabbitmq
 	cargo test --workspace --quiet
 
-ct: build erlang-strict
+ct: build erlang-strict rabbitmq
 	rebar3 as test ct
 
 # Production modules with every warning an error and specs on all exports, compiled
@@ -39,10 +49,10 @@ erlang-strict: build
 
 test: cargo-test ct lint
 
-demo: build
+demo: build rabbitmq
 	$(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
 
-bench: build
+bench: build rabbitmq
 	$(ERL_RUN) -eval 'event_pusher_bench:main(), halt(0).'
 
 # Formatting, lints and Dialyzer over the production code, the stand-in and the tools.
