@@ -11,7 +11,17 @@
 %%  b. delivery throughput to a local keep-alive pusher-sink: N events pushed through
 %%     push_event/2, wall time until all are delivered (median of 3 runs);
 %%  c. the baseline: a synchronous httpc POST per event (one caller, and 16 callers),
-%%     with the webhook server healthy and answering after 100 ms.
+%%     with the webhook server healthy and answering after 100 ms;
+%%  d. RabbitMQ (on 127.0.0.1:5672): chat events pushed through push_event/2 with only
+%%     the rabbit backend configured, wall time until every one is delivered
+%%     (confirmed by the broker with confirms on), with publisher confirms on (a
+%%     1000-message window) and off; next to them, in interleaved rounds, a raw lapin
+%%     publish loop (`rabbit_ceiling', native/amqp_tools) to the same exchange with a
+%%     payload of the same size: no confirms, a 1000-message window, and (once)
+%%     confirming each message. Median of 3 rounds;
+%%  e. MongooseIM's way to RabbitMQ, if the Erlang amqp_client bundled with Debian's
+%%     rabbitmq-server can be loaded: one process publishing with amqp_client,
+%%     waiting for the confirm of each message (as mongoose_rabbit_worker does).
 %% It prints a table with the targets and writes it as markdown to _build/bench.md.
 %% Benchmarks measure; nothing here asserts.
 -module(event_pusher_bench).
@@ -27,12 +37,24 @@
 -define(HOST, <<"localhost">>).
 -define(BATCH, 100).
 -define(ROUND, 100).
+-define(AMQP_URI, "amqp://guest:guest@127.0.0.1:5672/%2f").
+%% The bench's own exchanges (see tools/event_pusher_bench_rabbit.toml).
+-define(EXCHANGE_PREFIX, <<"bench_">>).
+-define(RABBIT_PLUGINS, "/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins").
+%% amqp_client and what it needs that OTP does not ship.
+-define(AMQP_CLIENT_APPS, [amqp_client, rabbit_common, credentials_obfuscation, recon, jsx]).
 
 -type opts() :: #{samples => pos_integer(), warmup => pos_integer(),
                   events => pos_integer(), workers => pos_integer(),
                   httpc_calls => pos_integer(), httpc_slow_calls => pos_integer(),
                   sink_threads => non_neg_integer(), throughput_runs => pos_integer(),
-                  phases => [per_call | slow | dead | throughput | httpc]}.
+                  rabbit_events => pos_integer(), rabbit_runs => pos_integer(),
+                  rabbit_window => pos_integer(), rabbit_workers => pos_integer(),
+                  confirm_each_messages => pos_integer(),
+                  amqp_client_messages => pos_integer(),
+                  phases => [phase()]}.
+-type phase() :: per_call | slow | dead | throughput | httpc | rabbit | amqp_client.
+-define(HTTP_PHASES, [dead, httpc, per_call, slow, throughput]).
 -type result() :: {atom(), term()}.
 
 -spec main() -> ok.
@@ -44,7 +66,11 @@ main(Opts0) ->
     Opts = maps:merge(#{samples => 2000, warmup => 200, events => 100000, workers => 16,
                         httpc_calls => 5000, httpc_slow_calls => 50, sink_threads => 1,
                         throughput_runs => 3,
-                        phases => [per_call, slow, dead, throughput, httpc]}, Opts0),
+                        rabbit_events => 50000, rabbit_runs => 3, rabbit_window => 1000,
+                        rabbit_workers => 20, confirm_each_messages => 10000,
+                        amqp_client_messages => 5000,
+                        phases => [per_call, slow, dead, throughput, httpc, rabbit,
+                                   amqp_client]}, Opts0),
     {ok, _} = application:ensure_all_started(inets),
     #{level := Level} = logger:get_primary_config(),
     %% Dead and slow servers and drain-less stops log a warning per report batch.
@@ -57,8 +83,10 @@ main(Opts0) ->
                   [os_name(), erlang:system_info(otp_release),
                    erlang:system_info(schedulers_online), erlang:system_info(logical_processors)]),
         Results = run(Opts, Sink, SlowSink),
-        case lists:sort(maps:get(phases, Opts)) of
-            [dead, httpc, per_call, slow, throughput] -> report(Results, Opts);
+        %% The report needs every http phase, or none (e.g. only rabbit and amqp_client).
+        case ?HTTP_PHASES -- maps:get(phases, Opts) of
+            [] -> report(Results, Opts);
+            ?HTTP_PHASES -> report(Results, Opts);
             _ -> [io:format("~p~n", [Result]) || Result <- Results]
         end,
         io:format("bench: done in ~.1f s~n", [(erlang:monotonic_time(millisecond) - T0) / 1000])
@@ -105,7 +133,11 @@ run(Opts = #{phases := Phases}, Sink, SlowSink) ->
                               fun() -> throughput(Opts, Acc, Event) end)
           end},
          %% c. The httpc baseline.
-         {httpc, fun() -> httpc_bench(Opts, Live, Slow) end}],
+         {httpc, fun() -> httpc_bench(Opts, Live, Slow) end},
+         %% d. RabbitMQ: the rabbit backend and the raw lapin loop.
+         {rabbit, fun() -> rabbit_bench(Opts, Acc, Event) end},
+         %% e. MongooseIM's way, last: it loads RabbitMQ's own Erlang code into the VM.
+         {amqp_client, fun() -> amqp_client_bench(Opts, Event) end}],
     lists:append([Fun() || {Phase, Fun} <- All, lists:member(Phase, Phases)]).
 
 %% a. Per-call costs
@@ -207,18 +239,23 @@ throughput(#{events := N, throughput_runs := Runs}, Acc, Event) ->
                           latency_p50_us => P50, latency_p99_us => P99}}].
 
 throughput_run(Instance, N, Acc, Event) ->
+    timed_push("throughput", Instance, N, Acc, Event, 60).
+
+%% N events through push_event/2; wall time from the first push until every one is
+%% delivered, failed or dropped. Rate = delivered / that time.
+timed_push(Name, Instance, N, Acc, Event, TimeoutS) ->
     mongoose_instrument:clear_events(),
     Before = mod_event_pusher_nif:stats(Instance),
     T0 = erlang:monotonic_time(microsecond),
     loop_push_event(Acc, Event, N),
     TPushed = erlang:monotonic_time(microsecond),
-    After = wait_settled(Instance, T0 + 60000000),
+    After = wait_settled(Instance, T0 + TimeoutS * 1000000),
     T1 = erlang:monotonic_time(microsecond),
     [A, D, F, Dr] = [maps:get(K, After) - maps:get(K, Before)
                      || K <- [accepted, delivered, failed, dropped]],
-    io:format("  throughput: ~b events pushed in ~.1f ms; accepted ~b delivered ~b failed ~b "
+    io:format("  ~ts: ~b events pushed in ~.1f ms; accepted ~b delivered ~b failed ~b "
               "dropped ~b in ~.2f s: ~b events/s~n",
-              [N, (TPushed - T0) / 1000, A, D, F, Dr, (T1 - T0) / 1000000,
+              [Name, N, (TPushed - T0) / 1000, A, D, F, Dr, (T1 - T0) / 1000000,
                round(D * 1000000 / (T1 - T0))]),
     #{events => N, delivered => D, failed => F, dropped => Dr,
       seconds => (T1 - T0) / 1000000, rate => D * 1000000 / (T1 - T0),
@@ -280,6 +317,227 @@ httpc_post(Url, Body) ->
         Other -> error(#{what => httpc_failed, url => Url, result => Other})
     end.
 
+%% d. RabbitMQ: the rabbit backend against the raw lapin loop
+
+%% Rounds interleave the four measurements, so that whatever else the machine does
+%% weighs on all of them alike; each row is the median over the rounds.
+rabbit_bench(#{rabbit_events := N, rabbit_runs := Runs, rabbit_window := Window,
+               confirm_each_messages := EachN} = Opts, Acc, Event) ->
+    Payload = rabbit_payload(Event),
+    Exchange = <<?EXCHANGE_PREFIX/binary, "chat_msg">>,
+    io:format("  rabbit: ~b chat events per run, JSON payload ~b bytes, exchange ~ts~n",
+              [N, byte_size(Payload), Exchange]),
+    try
+        Rounds = [rabbit_round(Opts, Acc, Event, Exchange, byte_size(Payload))
+                  || _ <- lists:seq(1, Runs)],
+        Each = ceiling(Exchange, EachN, 1, byte_size(Payload)),
+        [{rabbit, #{payload_bytes => byte_size(Payload), events => N, window => Window,
+                    rounds => Rounds, raw_each => Each}}]
+    catch
+        Class:Reason:Stack ->
+            io:format("  rabbit: failed: ~p:~p~n    ~p~n", [Class, Reason, hd(Stack ++ [none])]),
+            [{rabbit, {error, io_lib:format("~p", [Reason])}}]
+    end.
+
+rabbit_round(#{rabbit_events := N, rabbit_window := Window} = Opts, Acc, Event, Exchange, Size) ->
+    On = rabbit_run(Opts, true, Acc, Event),
+    RawWindow = ceiling(Exchange, N, Window, Size),
+    Off = rabbit_run(Opts, false, Acc, Event),
+    RawNone = ceiling(Exchange, N, 0, Size),
+    #{on => On, raw_window => RawWindow, off => Off, raw_none => RawNone}.
+
+%% The module started with only the rabbit backend; a warm-up (connection, first
+%% publishes), then N events timed until all are confirmed (or published).
+rabbit_run(#{rabbit_events := N, rabbit_window := Window, rabbit_workers := Workers},
+           Confirms, Acc, Event) ->
+    Values = #{workers => Workers, confirms => atom_to_binary(Confirms), window => Window,
+               exchange_prefix => ?EXCHANGE_PREFIX, max_events => max(200000, 2 * N),
+               max_bytes => 1 bsl 30},
+    with_config("tools/event_pusher_bench_rabbit.toml", Values,
+                fun() ->
+                        Instance = mod_event_pusher_instance:instance(?HOST, rabbit),
+                        ok = loop_push_event(Acc, Event, 1000),
+                        _ = wait_settled(Instance, erlang:monotonic_time(microsecond) + 10000000),
+                        Name = case Confirms of
+                                   true -> "rabbit, confirms on";
+                                   false -> "rabbit, confirms off"
+                               end,
+                        timed_push(Name, Instance, N, Acc, Event, 30)
+                end).
+
+%% The JSON the rabbit backend publishes for this event (MongooseIM's keys).
+rabbit_payload(#chat_event{from = From, to = To} = Event) ->
+    jiffy:encode(#{<<"to_user_id">> => jid:to_binary(To), <<"message">> => message_body(Event),
+                   <<"from_user_id">> => jid:to_binary(From)}).
+
+%% The raw lapin publish loop: `rabbit_ceiling' (native/amqp_tools), one JSON line.
+ceiling(Exchange, Messages, Window, Size) ->
+    case ceiling_executable() of
+        {ok, Exe} ->
+            Args = ["--uri", ?AMQP_URI, "--exchange", binary_to_list(Exchange),
+                    "--messages", integer_to_list(Messages), "--window", integer_to_list(Window),
+                    "--size", integer_to_list(Size)],
+            Port = open_port({spawn_executable, Exe},
+                             [{args, Args}, {line, 4096}, binary, exit_status, stderr_to_stdout]),
+            Result = case collect_lines(Port, [], erlang:monotonic_time(millisecond) + 60000) of
+                         {0, Lines} -> ceiling_result(Lines);
+                         {Status, Lines} -> {error, io_lib:format("exit status ~p: ~ts",
+                                                                 [Status, lists:join(" | ", Lines)])}
+                     end,
+            case Result of
+                #{rate := Rate} ->
+                    io:format("  raw lapin, window ~b: ~b messages, ~b/s~n",
+                              [Window, Messages, round(Rate)]);
+                {error, Why} ->
+                    io:format("  raw lapin, window ~b: ~ts~n", [Window, Why])
+            end,
+            Result;
+        {error, _} = Error ->
+            Error
+    end.
+
+ceiling_executable() ->
+    Root = event_pusher_sink:repo_root(),
+    case [Exe || Name <- ["rabbit_ceiling", "rabbit-ceiling"],
+                 Exe <- [filename:join([Root, "target", "release", Name])],
+                 filelib:is_regular(Exe)] of
+        [Exe | _] -> {ok, Exe};
+        [] -> {error, "target/release/rabbit_ceiling is not built "
+                      "(cargo build --release -p amqp_tools)"}
+    end.
+
+collect_lines(Port, Lines, Deadline) ->
+    receive
+        {Port, {data, {eol, Line}}} -> collect_lines(Port, [Line | Lines], Deadline);
+        {Port, {data, {noeol, Line}}} -> collect_lines(Port, [Line | Lines], Deadline);
+        {Port, {exit_status, Status}} -> {Status, lists:reverse(Lines)}
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+            catch port_close(Port),
+            {timeout, lists:reverse(Lines)}
+    end.
+
+ceiling_result(Lines) ->
+    Parsed = [J || <<"{", _/binary>> = Line <- Lines,
+                   J <- [try jiffy:decode(Line, [return_maps]) catch _:_ -> undefined end],
+                   is_map(J)],
+    case lists:reverse(Parsed) of
+        [#{<<"per_second">> := Rate, <<"seconds">> := S, <<"messages">> := M} | _]
+          when is_number(Rate) ->
+            #{rate => Rate, seconds => S, messages => M};
+        _ ->
+            {error, io_lib:format("no result line in: ~ts", [lists:join(" | ", Lines)])}
+    end.
+
+%% e. MongooseIM's way: amqp_client, one publisher, waiting for each confirm
+
+amqp_client_bench(#{amqp_client_messages := N}, Event) ->
+    Result = case load_amqp_client() of
+                 {ok, Vsn} ->
+                     try amqp_client_run(N, rabbit_payload(Event)) of
+                         R -> R#{vsn => Vsn}
+                     catch
+                         Class:Reason ->
+                             {error, io_lib:format("amqp_client ~ts loaded, but publishing failed: "
+                                                   "~p:~p", [Vsn, Class, Reason])}
+                     end;
+                 {error, _} = Error ->
+                     Error
+             end,
+    case Result of
+        #{rate := Rate, vsn := V} ->
+            io:format("  amqp_client ~ts, 1 publisher, confirm each: ~b messages, ~b/s~n",
+                      [V, N, round(Rate)]);
+        {error, Why} ->
+            io:format("  amqp_client not measured: ~ts~n", [Why])
+    end,
+    [{amqp_client, Result}].
+
+%% RabbitMQ's own Erlang client, as Debian's rabbitmq-server ships it (directories or
+%% .ez archives under its plugins directory), appended to the code path.
+load_amqp_client() ->
+    case lists:reverse(lists:sort(filelib:wildcard(?RABBIT_PLUGINS))) of
+        [] ->
+            {error, "no " ?RABBIT_PLUGINS " (Debian's rabbitmq-server is not installed)"};
+        [Plugins | _] ->
+            case lists:foldl(fun(App, {ok, Dirs}) -> app_ebin(Plugins, App, Dirs);
+                                (_App, Error) -> Error
+                             end, {ok, []}, ?AMQP_CLIENT_APPS) of
+                {ok, Ebins} ->
+                    ok = code:add_pathsz(Ebins),
+                    case application:ensure_all_started(amqp_client) of
+                        {ok, _} ->
+                            {ok, case application:get_key(amqp_client, vsn) of
+                                     {ok, Vsn} -> Vsn;
+                                     undefined -> "?"
+                                 end};
+                        {error, Reason} ->
+                            {error, io_lib:format("amqp_client from ~ts does not start: ~p",
+                                                  [Plugins, Reason])}
+                    end;
+                {error, _} = Error ->
+                    Error
+            end
+    end.
+
+app_ebin(Plugins, App, Dirs) ->
+    Name = atom_to_list(App),
+    case {filelib:wildcard(filename:join(Plugins, Name ++ "-*/ebin")),
+          filelib:wildcard(filename:join(Plugins, Name ++ "-*.ez"))} of
+        {[Ebin | _], _} ->
+            {ok, [Ebin | Dirs]};
+        {[], [Ez | _]} ->
+            Out = filename:join([event_pusher_sink:repo_root(), "_build", "amqp_client"]),
+            ok = filelib:ensure_dir(filename:join(Out, "x")),
+            case zip:extract(Ez, [{cwd, Out}]) of
+                {ok, _} ->
+                    [Ebin | _] = filelib:wildcard(filename:join(Out, Name ++ "-*/ebin")),
+                    {ok, [Ebin | Dirs]};
+                {error, Reason} ->
+                    {error, io_lib:format("cannot extract ~ts: ~p", [Ez, Reason])}
+            end;
+        {[], []} ->
+            {error, io_lib:format("~ts not found in ~ts", [Name, Plugins])}
+    end.
+
+%% What mongoose_rabbit_worker does per event with confirms enabled: publish
+%% (amqp_channel:call), then amqp_channel:wait_for_confirms/2. The records of
+%% amqp_client.hrl are written as tuples (its include files are not on this build's
+%% path): #'basic.publish'{}, #amqp_msg{props = #'P_basic'{}}, #'confirm.select'{},
+%% #'exchange.declare'{}.
+amqp_client_run(N, Payload) ->
+    Exchange = <<?EXCHANGE_PREFIX/binary, "chat_msg">>,
+    {ok, Params} = amqp(amqp_uri, parse, [?AMQP_URI]),
+    {ok, Conn} = amqp(amqp_connection, start, [Params]),
+    try
+        {ok, Ch} = amqp(amqp_connection, open_channel, [Conn]),
+        {'exchange.declare_ok'} =
+            amqp(amqp_channel, call, [Ch, {'exchange.declare', 0, Exchange, <<"topic">>, false,
+                                           false, false, false, false, []}]),
+        {'confirm.select_ok'} = amqp(amqp_channel, call, [Ch, {'confirm.select', false}]),
+        Publish = {'basic.publish', 0, Exchange, <<"alice@localhost.chat_msg_sent">>, false,
+                   false},
+        Msg = {amqp_msg, list_to_tuple(['P_basic' | lists:duplicate(14, undefined)]), Payload},
+        ok = publish_confirm_each(Ch, Publish, Msg, 500),
+        T0 = erlang:monotonic_time(microsecond),
+        ok = publish_confirm_each(Ch, Publish, Msg, N),
+        T1 = erlang:monotonic_time(microsecond),
+        #{messages => N, seconds => (T1 - T0) / 1000000, rate => N * 1000000 / (T1 - T0)}
+    after
+        catch amqp(amqp_connection, close, [Conn])
+    end.
+
+%% amqp_client is not on the build's code path (it is loaded at run time): its
+%% functions are called through apply/3.
+amqp(Module, Function, Args) ->
+    apply(Module, Function, Args).
+
+publish_confirm_each(_Ch, _Publish, _Msg, 0) ->
+    ok;
+publish_confirm_each(Ch, Publish, Msg, N) ->
+    ok = amqp(amqp_channel, call, [Ch, Publish, Msg]),
+    true = amqp(amqp_channel, wait_for_confirms, [Ch, 5000]),
+    publish_confirm_each(Ch, Publish, Msg, N - 1).
+
 %% The event and what the http backend makes of it
 
 chat_event() ->
@@ -319,7 +577,10 @@ message_body(#chat_event{packet = Packet}) ->
 %% Configuration: the template with this phase's values, started as at boot.
 
 with_config(Values, Fun) ->
-    Opts = event_pusher_sink:load_config("tools/event_pusher_bench.toml", Values),
+    with_config("tools/event_pusher_bench.toml", Values, Fun).
+
+with_config(Template, Values, Fun) ->
+    Opts = event_pusher_sink:load_config(Template, Values),
     ok = mongoose_host:start(Opts),
     try
         Fun()
@@ -347,6 +608,20 @@ os_name() ->
 -spec report([result()], opts()) -> ok.
 report(Results, Opts) ->
     R = maps:from_list(Results),
+    Http = lists:all(fun(K) -> maps:is_key(K, R) end,
+                     [noop, push_event_slow, push_event_dead, throughput, httpc]),
+    Text = [case Http of true -> http_text(R, Opts); false -> [] end,
+            case maps:find(rabbit, R) of
+                {ok, Rabbit} -> rabbit_text(Rabbit, maps:get(amqp_client, R, undefined), Opts);
+                error -> []
+            end],
+    io:format("~n~ts", [Text]),
+    File = filename:join([event_pusher_sink:repo_root(), "_build", "bench.md"]),
+    ok = filelib:ensure_dir(File),
+    ok = file:write_file(File, unicode:characters_to_binary(Text)),
+    io:format("bench: wrote ~ts~n", [File]).
+
+http_text(R, Opts) ->
     Ns = fun(Key, Q) -> maps:get(Q, maps:get(Key, R)) end,
     #{rate := Rate} = Throughput = maps:get(throughput, R),
     HttpcP50 = Ns(httpc, p50),
@@ -408,12 +683,120 @@ report(Results, Opts) ->
          "and the delivery threads compete with the caller for the 2 cores.",
          "Slow and dead server: queue max_events 10000, so after the first 10000 events "
          "push_event/2 takes the drop path (counted as dropped)."],
-    Text = render(Rows, ThroughputRows, Ratios, Notes),
-    io:format("~n~ts", [Text]),
-    File = filename:join([event_pusher_sink:repo_root(), "_build", "bench.md"]),
-    ok = filelib:ensure_dir(File),
-    ok = file:write_file(File, unicode:characters_to_binary(Text)),
-    io:format("bench: wrote ~ts~n", [File]).
+    render(Rows, ThroughputRows, Ratios, Notes).
+
+rabbit_text({error, Why}, _AmqpClient, _Opts) ->
+    [<<"\n### RabbitMQ\n\nNot measured: ">>, Why, <<"\n">>];
+rabbit_text(#{payload_bytes := Size, events := N, window := Window, rounds := Rounds,
+              raw_each := Each}, AmqpClient, #{rabbit_workers := Workers}) ->
+    Median = fun(Key) -> median([maps:get(Key, Round) || Round <- Rounds]) end,
+    On = Median(on),
+    Off = Median(off),
+    RawWindow = Median(raw_window),
+    RawNone = Median(raw_none),
+    RawEach = median([Each]),
+    Amqp = case AmqpClient of
+               #{rate := _} -> median([AmqpClient]);
+               {error, _} = E -> E;
+               undefined -> {error, "not run"}
+           end,
+    Rows =
+        [{io_lib:format("event pusher, push_event/2 -> RabbitMQ, confirms on (window ~b)",
+                        [Window]),
+          rate_or(On), io_lib:format(">= 4 x confirm-each, >= 90% of raw window ~b", [Window]),
+          verdict_all([ratio(On, RawEach, 4), ratio(On, RawWindow, 0.9)])},
+         {io_lib:format("event pusher, push_event/2 -> RabbitMQ, confirms off (~b workers)",
+                        [Workers]),
+          rate_or(Off), ">= 80% of raw, no confirms", verdict_all([ratio(Off, RawNone, 0.8)])},
+         {io_lib:format("raw lapin loop, confirm window ~b", [Window]), rate_or(RawWindow), "", ""},
+         {"raw lapin loop, no confirms", rate_or(RawNone), "", ""},
+         {"raw lapin loop, confirm each message", rate_or(RawEach), "", ""},
+         {"MongooseIM's way: amqp_client, 1 publisher, confirm each message", rate_or(Amqp),
+          "", ""}],
+    Ratios =
+        [{"confirms on / raw confirm-each", times(On, RawEach), ">= 4x",
+          verdict_all([ratio(On, RawEach, 4)])},
+         {io_lib:format("confirms on / raw window ~b", [Window]), percent(On, RawWindow),
+          ">= 90%", verdict_all([ratio(On, RawWindow, 0.9)])},
+         {"confirms off / raw no confirms", percent(Off, RawNone), ">= 80%",
+          verdict_all([ratio(Off, RawNone, 0.8)])},
+         {"confirms on / amqp_client confirm-each", times(On, Amqp), "", ""}],
+    Settled = [maps:with([delivered, failed, dropped], Run)
+               || Round <- Rounds, Run <- [maps:get(on, Round), maps:get(off, Round)]],
+    Totals = [{K, lists:sum([maps:get(K, S) || S <- Settled])} || K <- [delivered, failed, dropped]],
+    Notes =
+        [io_lib:format("RabbitMQ 127.0.0.1:5672, exchange ~ts (topic, nothing bound: the broker "
+                       "routes the messages nowhere, for every row alike); payload ~b bytes (the "
+                       "JSON the rabbit backend publishes for the benchmark's chat event).",
+                       [<<?EXCHANGE_PREFIX/binary, "chat_msg">>, Size]),
+         io_lib:format("Event pusher rows: ~b chat events per run through push_event/2 with "
+                       "only the rabbit backend configured, after 1000 warm-up events; wall "
+                       "time from the first push until every event is delivered (confirmed "
+                       "by the broker with confirms on). Over all runs: ~ts.",
+                       [N, lists:join(", ", [io_lib:format("~s ~b", [K, V])
+                                             || {K, V} <- Totals])]),
+         io_lib:format("Median of ~b rounds, each running confirms on, raw window ~b, confirms "
+                       "off, raw no confirms, in this order. Per round: confirms on ~ts; raw "
+                       "window ~b ~ts; confirms off ~ts; raw no confirms ~ts.",
+                       [length(Rounds), Window, rates([maps:get(on, X) || X <- Rounds]), Window,
+                        rates([maps:get(raw_window, X) || X <- Rounds]),
+                        rates([maps:get(off, X) || X <- Rounds]),
+                        rates([maps:get(raw_none, X) || X <- Rounds])]),
+         io_lib:format("Raw lapin loop: target/release/rabbit_ceiling (native/amqp_tools), "
+                       "~b messages per run; confirm each: ~ts messages, once.",
+                       [N, case Each of #{messages := M} -> integer_to_list(M); _ -> "-" end]),
+         case Amqp of
+             #{} ->
+                 io_lib:format("amqp_client ~ts (from Debian's rabbitmq-server), as "
+                               "mongoose_rabbit_worker publishes with confirms enabled: "
+                               "amqp_channel:call/3 of basic.publish, then "
+                               "amqp_channel:wait_for_confirms/2, one message at a time; "
+                               "~b messages.", [maps:get(vsn, AmqpClient), maps:get(messages, AmqpClient)]);
+             {error, Why} ->
+                 io_lib:format("amqp_client (MongooseIM's way) not measured: ~ts", [Why])
+         end],
+    [<<"\n### RabbitMQ (messages/s)\n\n">>,
+     <<"| path | messages/s | target | |\n|---|---:|---|---|\n">>,
+     [io_lib:format("| ~ts | ~ts | ~ts | ~ts |~n", [A, B, C, D]) || {A, B, C, D} <- Rows],
+     <<"\n| ratio | | target | |\n|---|---:|---|---|\n">>,
+     [io_lib:format("| ~ts | ~ts | ~ts | ~ts |~n", [A, B, C, D]) || {A, B, C, D} <- Ratios],
+     <<"\n">>,
+     [io_lib:format("- ~ts~n", [Note]) || Note <- Notes]].
+
+%% The median rate of measurements (maps with `rate'), or the first error.
+median(Results) ->
+    case [E || {error, _} = E <- Results] of
+        [Error | _] ->
+            Error;
+        [] ->
+            Sorted = lists:sort([Rate || #{rate := Rate} <- Results]),
+            #{rate => lists:nth((length(Sorted) + 1) div 2, Sorted)}
+    end.
+
+rates(Results) ->
+    lists:join(", ", [case R of
+                          #{rate := Rate} -> rate(Rate);
+                          {error, _} -> "error"
+                      end || R <- Results]).
+
+rate_or(#{rate := Rate}) -> rate(Rate);
+rate_or({error, Why}) -> io_lib:format("not measured: ~ts", [Why]).
+
+%% Met when A >= Factor x B; unknown when either is missing.
+ratio(#{rate := A}, #{rate := B}, Factor) -> A >= Factor * B;
+ratio(_, _, _) -> unknown.
+
+verdict_all(Verdicts) ->
+    case {lists:member(unknown, Verdicts), lists:all(fun(V) -> V =:= true end, Verdicts)} of
+        {true, _} -> "not measured";
+        {false, Met} -> verdict(Met, "")
+    end.
+
+times(#{rate := A}, #{rate := B}) when B > 0 -> io_lib:format("~.1fx", [A / B]);
+times(_, _) -> "-".
+
+percent(#{rate := A}, #{rate := B}) when B > 0 -> io_lib:format("~b%", [round(100 * A / B)]);
+percent(_, _) -> "-".
 
 render(Rows, ThroughputRows, Ratios, Notes) ->
     [<<"### Per-call cost on the routing path\n\n">>,

@@ -1,20 +1,28 @@
 %% @doc `make demo': the event pusher running in the MongooseIM stand-in, fed by
-%% simulated users, delivering webhooks to a local pusher-sink.
+%% simulated users, delivering webhooks to a local pusher-sink and publishing to
+%% RabbitMQ on localhost:5672.
 %%
 %% 1. starts pusher-sink on a free port;
 %% 2. loads examples/mongooseim.toml with the sink's port filled in and starts the
-%%    configured modules, as a MongooseIM node does at boot;
-%% 3. for a few seconds, ~50 users go online and offline (user_available,
+%%    configured modules, as a MongooseIM node does at boot (the rabbit backend
+%%    declares its exchanges);
+%% 3. binds a queue of its own to the rabbit backend's exchanges (amqp_probe, a
+%%    consumer on its own connection), to see what really arrived at the broker;
+%% 4. for a few seconds, ~50 users go online and offline (user_available,
 %%    unset_presence) and chat (user_send_message for what they send,
 %%    filter_local_packet for what is delivered to them): mostly chat messages with
 %%    a body, some groupchat, some chat states without a body;
-%% 4. stops the modules (pending events are drained) and prints, per backend, what
+%% 5. stops the modules (pending events are drained) and prints, per backend, what
 %%    was accepted, delivered, failed and dropped, the delivery latency, and one
-%%    machine-readable line: `demo: http accepted=N delivered=N failed=N dropped=N'.
+%%    machine-readable line each:
+%%    `demo: http accepted=N delivered=N failed=N dropped=N' and the same for rabbit,
+%%    where delivered means confirmed by the broker (publisher confirms are on).
 %%
 %% main/0 returns ok when every backend's books balance (accepted = delivered +
-%% failed + dropped), something was delivered, and the sink answered exactly as many
-%% requests as were delivered; error otherwise.
+%% failed + dropped), something was delivered, each backend accepted exactly the
+%% events it should have, the sink answered exactly as many requests as were
+%% delivered, and at least as many messages as were confirmed reached the demo's
+%% queue, each with MongooseIM's JSON and routing key; error otherwise.
 -module(event_pusher_demo).
 
 -export([main/0, main/1]).
@@ -32,7 +40,12 @@
 -define(C_RECEIVED, 3).       % filter_local_packet (direction out)
 -define(C_PRESENCE, 4).       % user_available + unset_presence
 -define(C_WEBHOOKS, 5).       % sent chat messages with a body: what the http backend posts
--define(N_COUNTERS, 5).
+%% What the rabbit backend publishes, per exchange, and what it skips.
+-define(C_RABBIT_PRESENCE, 6).  % every presence event
+-define(C_RABBIT_CHAT, 7).      % chat messages with a body, sent and received
+-define(C_RABBIT_GROUPCHAT, 8). % groupchat messages (all have a body), sent and received
+-define(C_RABBIT_SKIPPED, 9).   % chat messages without a body, sent and received
+-define(N_COUNTERS, 9).
 
 -type opts() :: #{users => pos_integer(), duration_ms => pos_integer(),
                   think_ms => pos_integer()}.
@@ -52,13 +65,22 @@ main(Opts0) ->
         event_pusher_sink:stop(Sink)
     end.
 
-run(#{users := NUsers, duration_ms := Duration} = Opts, Sink) ->
+run(Opts, Sink) ->
     io:format("demo: pusher-sink listening on 127.0.0.1:~b~n", [event_pusher_sink:port(Sink)]),
     %% examples/mongooseim.toml with the sink's port filled in.
     ok = mongoose_host:start(event_pusher_sink:load_config(
                                "examples/mongooseim.toml",
                                #{sink_port => event_pusher_sink:port(Sink)})),
     Backends = backends(),
+    Exchanges = rabbit_exchanges(),
+    Probe = start_probe(Exchanges),
+    try
+        simulate(Opts, Sink, Backends, Exchanges, Probe)
+    after
+        stop_probe(Probe)
+    end.
+
+simulate(#{users := NUsers, duration_ms := Duration} = Opts, Sink, Backends, Exchanges, Probe) ->
     io:format("demo: backends ~ts; ~b users for ~.1f s~n",
               [lists:join(", ", [Name || {Name, _} <- Backends]), NUsers, Duration / 1000]),
     Counters = counters:new(?N_COUNTERS, [write_concurrency]),
@@ -81,9 +103,17 @@ run(#{users := NUsers, duration_ms := Duration} = Opts, Sink) ->
     io:format("demo: stopped in ~b ms~n", [erlang:monotonic_time(millisecond) - T0]),
     Final = [{Name, backend_stats(Instances)} || {Name, Instances} <- Backends],
     Sent = http_sent_metrics(),
-    SinkRequests = event_pusher_sink:requests(Sink),
+    Expected = #{webhooks => counters:get(Counters, ?C_WEBHOOKS),
+                 presence => counters:get(Counters, ?C_RABBIT_PRESENCE),
+                 chat => counters:get(Counters, ?C_RABBIT_CHAT),
+                 groupchat => counters:get(Counters, ?C_RABBIT_GROUPCHAT),
+                 skipped => counters:get(Counters, ?C_RABBIT_SKIPPED)},
+    Context = #{expected => Expected,
+                sink_requests => event_pusher_sink:requests(Sink),
+                rabbit_skipped => rabbit_skipped_metrics(),
+                arrived => arrived(Probe, Exchanges, Final)},
     ets:delete(?PRESENCE),
-    report(Final, counters:get(Counters, ?C_WEBHOOKS), Sent, SinkRequests).
+    report(Final, Sent, Context).
 
 %% The configured backends and their Rust instances (kept so that their final
 %% counters can be read after the modules have stopped).
@@ -99,6 +129,8 @@ instances(http, #{handlers := Handlers}) ->
     Pools = lists:usort([Pool || #{pool_name := Pool} <- Handlers]),
     [I || Pool <- Pools, I <- [mod_event_pusher_instance:instance(?HOST, {http, Pool})],
           I =/= undefined];
+instances(rabbit, _Opts) ->
+    [I || I <- [mod_event_pusher_instance:instance(?HOST, rabbit)], I =/= undefined];
 instances(_Backend, _Opts) ->
     [].
 
@@ -117,6 +149,99 @@ backend_stats(Instances) ->
 http_sent_metrics() ->
     Events = mongoose_instrument:get_events(mod_event_pusher_http_sent, #{host_type => ?HOST}),
     length([E || E = #{count := 1} <- Events]).
+
+rabbit_skipped_metrics() ->
+    Events = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery,
+                                            #{host_type => ?HOST}),
+    lists:sum([N || #{skipped := N} <- Events]).
+
+%% RabbitMQ: the rabbit backend's exchanges and what arrived there
+
+%% {Kind, Exchange name, Topics of its routing keys} of the configured rabbit backend.
+rabbit_exchanges() ->
+    Modules = mongoose_config:get_opt({modules, ?HOST}, #{}),
+    case maps:get(mod_event_pusher, Modules, #{}) of
+        #{rabbit := #{presence_exchange := #{name := P},
+                      chat_msg_exchange := #{name := C, sent_topic := CS, recv_topic := CR},
+                      groupchat_msg_exchange := #{name := G, sent_topic := GS,
+                                                  recv_topic := GR}}} ->
+            [{presence, P, []}, {chat, C, [CS, CR]}, {groupchat, G, [GS, GR]}];
+        _ ->
+            []
+    end.
+
+%% A queue of the demo's own, bound with `#' to each exchange (which the module has
+%% declared by now): every message routed after this returns is recorded.
+start_probe([]) ->
+    {none, "the rabbit backend is not configured"};
+start_probe(Exchanges) ->
+    case code:ensure_loaded(amqp_probe) of
+        {module, amqp_probe} ->
+            case amqp_probe:try_start([{Name, <<"#">>} || {_, Name, _} <- Exchanges]) of
+                {ok, Probe} ->
+                    io:format("demo: a queue of the demo's own is bound to the exchanges ~ts~n",
+                              [lists:join(", ", [Name || {_, Name, _} <- Exchanges])]),
+                    Probe;
+                {error, Reason} ->
+                    {none, io_lib:format("amqp_probe did not start: ~p", [Reason])}
+            end;
+        {error, Reason} ->
+            {none, io_lib:format("amqp_probe is not available (~p)", [Reason])}
+    end.
+
+stop_probe({none, _}) -> ok;
+stop_probe(Probe) -> amqp_probe:stop(Probe).
+
+%% What reached the demo's queue: at least as many messages as the broker confirmed,
+%% or a timeout. Every payload and routing key is checked against what MongooseIM
+%% publishes.
+arrived({none, Why}, _Exchanges, _Final) ->
+    {skipped, Why};
+arrived(Probe, Exchanges, Final) ->
+    Confirmed = case lists:keyfind("rabbit", 1, Final) of
+                    {_, #{delivered := D}} -> D;
+                    false -> 0
+                end,
+    {_, Messages} = amqp_probe:wait_for_messages(Probe, Confirmed, 5000),
+    Kinds = [{Name, {Kind, Topics}} || {Kind, Name, Topics} <- Exchanges],
+    Checked = [{check_message(M, Kinds), M} || M <- Messages],
+    #{total => length(Messages),
+      by_kind => maps:from_list(
+                   [{Kind, length([ok || {{ok, K}, _} <- Checked, K =:= Kind])}
+                    || {Kind, _, _} <- Exchanges]),
+      bad => [{Why, M} || {{bad, Why}, M} <- Checked]}.
+
+check_message(#{exchange := Exchange, routing_key := Key, payload := Payload}, Kinds) ->
+    case {lists:keyfind(Exchange, 1, Kinds), json(Payload)} of
+        {false, _} ->
+            {bad, unexpected_exchange};
+        {_, error} ->
+            {bad, not_json};
+        {{_, {presence, []}}, #{<<"user_id">> := User, <<"present">> := Present}}
+          when is_binary(User), is_boolean(Present) ->
+            case Key =:= bare(User) of
+                true -> {ok, presence};
+                false -> {bad, routing_key}
+            end;
+        {{_, {Kind, Topics}}, #{<<"from_user_id">> := From, <<"to_user_id">> := To,
+                                <<"message">> := Body}}
+          when is_binary(From), is_binary(To), is_binary(Body), Body =/= <<>> ->
+            case lists:member(Key, [<<(bare(From))/binary, ".", (hd(Topics))/binary>>,
+                                    <<(bare(To))/binary, ".", (lists:last(Topics))/binary>>]) of
+                true -> {ok, Kind};
+                false -> {bad, routing_key}
+            end;
+        {_, _} ->
+            {bad, unexpected_json}
+    end.
+
+json(Payload) ->
+    try jiffy:decode(Payload, [return_maps])
+    catch _:_ -> error
+    end.
+
+bare(Jid) ->
+    hd(binary:split(Jid, <<"/">>)).
 
 %% Simulated users
 
@@ -154,22 +279,35 @@ act(Me, true, _R, NUsers, Counters) ->
 
 chat(From, To, Type, Children, Counters) ->
     Msg = message(From, To, Type, Children),
+    %% The rabbit backend publishes chat messages with a body, and skips the others.
+    Rabbit = case lists:keymember(<<"body">>, #xmlel.name, Children) of
+                 true -> ?C_RABBIT_CHAT;
+                 false -> ?C_RABBIT_SKIPPED
+             end,
     send(From, To, Msg, Counters),
-    case Type =:= <<"chat">> andalso lists:keymember(<<"body">>, #xmlel.name, Children) of
-        true -> counters:add(Counters, ?C_WEBHOOKS, 1);
-        false -> ok
+    counters:add(Counters, Rabbit, 1),
+    case Rabbit of
+        ?C_RABBIT_CHAT -> counters:add(Counters, ?C_WEBHOOKS, 1);
+        _ -> ok
     end,
     %% Delivered only to a recipient with an available session (offline storage
     %% is not simulated).
-    is_online(To) andalso deliver(From, To, Msg, Counters).
+    is_online(To) andalso begin
+                              deliver(From, To, Msg, Counters),
+                              counters:add(Counters, Rabbit, 1)
+                          end.
 
 %% A message to a room: the room (not simulated) reflects it to a few occupants.
 groupchat(Me, NUsers, Counters) ->
     Room = jid:make_noprep(<<"lobby">>, ?MUC, <<>>),
     Msg = message(Me, Room, <<"groupchat">>, [body(Me)]),
     send(Me, Room, Msg, Counters),
+    counters:add(Counters, ?C_RABBIT_GROUPCHAT, 1),
     Nick = jid:make_noprep(<<"lobby">>, ?MUC, Me#jid.luser),
-    [deliver(Nick, Occupant, message(Nick, Occupant, <<"groupchat">>, [body(Me)]), Counters)
+    [begin
+         deliver(Nick, Occupant, message(Nick, Occupant, <<"groupchat">>, [body(Me)]), Counters),
+         counters:add(Counters, ?C_RABBIT_GROUPCHAT, 1)
+     end
      || _ <- lists:seq(1, 3), Occupant <- [peer(Me, NUsers)], is_online(Occupant)],
     ok.
 
@@ -187,12 +325,14 @@ online(Me, Counters) ->
     ets:insert(?PRESENCE, {Me, true}),
     Acc = acc(Me, jid:to_bare(Me), presence(Me, [])),
     {_, _} = gen_hook:run_fold(user_available, ?HOST, Acc, #{jid => Me}),
+    counters:add(Counters, ?C_RABBIT_PRESENCE, 1),
     count(Counters, ?C_PRESENCE).
 
 offline(Me, Counters) ->
     ets:insert(?PRESENCE, {Me, false}),
     Acc = acc(Me, jid:to_bare(Me), presence(Me, [{<<"type">>, <<"unavailable">>}])),
     {_, _} = gen_hook:run_fold(unset_presence, ?HOST, Acc, #{jid => Me, status => <<>>}),
+    counters:add(Counters, ?C_RABBIT_PRESENCE, 1),
     count(Counters, ?C_PRESENCE).
 
 count(Counters, Kind) ->
@@ -269,11 +409,11 @@ progress_backend(Name, #{accepted := A, delivered := D, queued := Q, in_flight :
 %% Final report
 
 %% Checks first, then the table, then the machine-readable lines, last.
-report(Final, Webhooks, Sent, SinkRequests) ->
+report(Final, Sent, Context) ->
     io:format("demo: mod_event_pusher_http_sent metric events: ~b (one per answered "
               "request)~n", [Sent]),
-    Checks = lists:append([checks(Name, Stats, Webhooks, SinkRequests)
-                           || {Name, Stats} <- Final]),
+    report_arrived(maps:get(arrived, Context)),
+    Checks = lists:append([checks(Name, Stats, Context) || {Name, Stats} <- Final]),
     [io:format("check: ~-6s ~ts~n", [case Ok of true -> "ok"; false -> "FAILED" end, What])
      || {What, Ok} <- Checks],
     io:format("~n~-8s ~10s ~10s ~8s ~8s ~8s ~12s ~12s~n",
@@ -292,20 +432,47 @@ report(Final, Webhooks, Sent, SinkRequests) ->
         false -> error
     end.
 
-checks(Name, #{accepted := A, delivered := D, failed := F, dropped := Dr}, Webhooks,
-       SinkRequests) ->
+report_arrived({skipped, Why}) ->
+    io:format("demo: RabbitMQ cross-check skipped: ~ts~n", [Why]);
+report_arrived(#{total := Total, by_kind := ByKind, bad := Bad}) ->
+    io:format("demo: the demo's queue received ~b messages (presence ~b, chat ~b, "
+              "groupchat ~b)~n",
+              [Total, maps:get(presence, ByKind, 0), maps:get(chat, ByKind, 0),
+               maps:get(groupchat, ByKind, 0)]),
+    [io:format("demo: unexpected message (~p): ~p~n", [Why, M]) || {Why, M} <- lists:sublist(Bad, 3)],
+    ok.
+
+checks(Name, #{accepted := A, delivered := D, failed := F, dropped := Dr} = Stats, Context) ->
     [{io_lib:format("~ts: accepted ~b = delivered + failed + dropped (~b)",
                     [Name, A, D + F + Dr]), A =:= D + F + Dr},
      {io_lib:format("~ts: delivered ~b > 0", [Name, D]), D > 0}]
-        ++ case Name of
-               "http" ->
-                   [{io_lib:format("http: accepted ~b = chat messages with a body sent ~b",
-                                   [A, Webhooks]), A =:= Webhooks},
-                    {io_lib:format("http: pusher-sink answered ~b = delivered ~b",
-                                   [SinkRequests, D]), SinkRequests =:= D}];
-               _ ->
-                   []
-           end.
+        ++ backend_checks(Name, Stats, Context).
+
+backend_checks("http", #{accepted := A, delivered := D},
+               #{expected := #{webhooks := Webhooks}, sink_requests := SinkRequests}) ->
+    [{io_lib:format("http: accepted ~b = chat messages with a body sent ~b",
+                    [A, Webhooks]), A =:= Webhooks},
+     {io_lib:format("http: pusher-sink answered ~b = delivered ~b",
+                    [SinkRequests, D]), SinkRequests =:= D}];
+backend_checks("rabbit", #{accepted := A, delivered := D},
+               #{expected := #{presence := P, chat := C, groupchat := G, skipped := S},
+                 rabbit_skipped := SkippedMetric, arrived := Arrived}) ->
+    [{io_lib:format("rabbit: accepted ~b = presence ~b + chat ~b + groupchat ~b events "
+                    "with a body (sent and received)", [A, P, C, G]), A =:= P + C + G},
+     {io_lib:format("rabbit: skipped (no body) ~b = chat messages without a body ~b",
+                    [SkippedMetric, S]), SkippedMetric =:= S}]
+        ++ case Arrived of
+               {skipped, _} ->
+                   [];
+               #{total := Total, bad := Bad} ->
+                   [{io_lib:format("rabbit: the demo's queue received ~b >= confirmed ~b "
+                                   "(~b more)",
+                                   [Total, D, max(0, Total - D)]), Total >= D},
+                    {io_lib:format("rabbit: every message has MongooseIM's JSON and routing "
+                                   "key (~b do not)", [length(Bad)]), Bad =:= []}]
+           end;
+backend_checks(_Name, _Stats, _Context) ->
+    [].
 
 latency(undefined) -> "-";
 latency(Us) when Us < 1000 -> io_lib:format("~b us", [Us]);
