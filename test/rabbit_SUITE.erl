@@ -1,0 +1,752 @@
+%% The rabbit backend end to end: TOML config -> stand-in host -> hooks -> Rust ->
+%% the real RabbitMQ on 127.0.0.1:5672. Asserts what arrived at the broker, read by
+%% amqp_probe (a consumer with its own queue bound to the exchanges under test).
+%% Every case declares exchanges with its own names, deleted at the end.
+%% Fault cases reach the broker through test_tcp_proxy.
+-module(rabbit_SUITE).
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-include("exml.hrl").
+-include("jid.hrl").
+
+-define(HT, <<"localhost">>).
+-define(BROKER_PORT, 5672).
+-define(POOL_LABELS, #{host_type => ?HT, pool_tag => event_pusher}).
+-define(DELIVERY_LABELS, #{host_type => ?HT}).
+-define(PROXY_CASES, [connection_cut_mid_stream_loses_nothing,
+                      broker_unreachable_after_start_events_wait,
+                      queue_overflow_is_counted_exactly,
+                      stop_while_unreachable_gives_up_and_can_restart]).
+
+all() ->
+    [exchanges_are_declared_with_the_configured_types,
+     mongooseim_default_config_works_unchanged,
+     presence_online_and_offline,
+     chat_sent_and_received,
+     groupchat_sent_and_received,
+     custom_exchange_names_and_topics,
+     message_without_body_is_skipped,
+     large_unicode_body_arrives_intact,
+     conflicting_exchange_type_fails_the_start,
+     unreachable_broker_fails_the_start,
+     wrong_credentials_fail_the_start,
+     virtual_host_is_used,
+     instrumentation_events_are_emitted,
+     confirms_on_and_off,
+     stop_delivers_pending_events,
+     connection_cut_mid_stream_loses_nothing,
+     broker_unreachable_after_start_events_wait,
+     queue_overflow_is_counted_exactly,
+     stop_while_unreachable_gives_up_and_can_restart].
+
+suite() ->
+    [{timetrap, {seconds, 60}}].
+
+init_per_suite(Config) ->
+    %% Builds the probe once (cargo) before any timed case; fails early without a broker.
+    {ok, _} = amqp_probe:executable(),
+    case gen_tcp:connect({127, 0, 0, 1}, ?BROKER_PORT, [], 2000) of
+        {ok, Sock} -> gen_tcp:close(Sock), Config;
+        {error, Reason} -> {skip, {no_rabbitmq_on_5672, Reason}}
+    end.
+
+end_per_suite(_Config) ->
+    ok.
+
+init_per_testcase(Case, Config) ->
+    Suffix = iolist_to_binary([atom_to_list(Case), "_",
+                               integer_to_list(os:system_time(millisecond) rem 100000000), "_",
+                               integer_to_list(erlang:unique_integer([positive]))]),
+    Exchanges = #{presence => <<"presence_", Suffix/binary>>,
+                  chat => <<"chat_msg_", Suffix/binary>>,
+                  groupchat => <<"groupchat_msg_", Suffix/binary>>},
+    Proxy = case lists:member(Case, ?PROXY_CASES) of
+                true -> [{proxy, test_tcp_proxy:start(?BROKER_PORT)}];
+                false -> []
+            end,
+    Proxy ++ [{exchanges, Exchanges} | Config].
+
+end_per_testcase(_Case, Config) ->
+    bounded(fun mongoose_host:stop/0, 10000),
+    case ?config(proxy, Config) of
+        {Proxy, _Port} -> test_tcp_proxy:stop(Proxy);
+        undefined -> ok
+    end,
+    [amqp_probe:delete(Name) || Name <- maps:values(?config(exchanges, Config))],
+    ok.
+
+%%% Cases
+
+%% Types per exchange (and durable on one), checked with rabbitmqctl and by using them:
+%% a fanout takes any key, a direct exchange only the exact one.
+exchanges_are_declared_with_the_configured_types(Config) ->
+    #{presence := P, chat := C, groupchat := G} = ?config(exchanges, Config),
+    start(Config, #{types => #{presence => <<"fanout">>, chat => <<"direct">>,
+                               groupchat => <<"topic">>},
+                    durable => #{groupchat => true}}),
+    Listed = list_exchanges(),
+    ?assertEqual({<<"fanout">>, <<"false">>}, maps:get(P, Listed)),
+    ?assertEqual({<<"direct">>, <<"false">>}, maps:get(C, Listed)),
+    ?assertEqual({<<"topic">>, <<"true">>}, maps:get(G, Listed)),
+    Probe = amqp_probe:start([{P, <<"anything">>}, {C, <<"alice@localhost.chat_msg_sent">>},
+                              {G, <<"#">>}]),
+    presence(<<"alice@localhost/a">>, online),
+    send(<<"chat">>, <<"alice@localhost/a">>, <<"bob@localhost">>, <<"direct">>),
+    send(<<"chat">>, <<"carol@localhost/a">>, <<"bob@localhost">>, <<"other key">>),
+    send(<<"groupchat">>, <<"alice@localhost/a">>, <<"room@muc.localhost">>, <<"topic">>),
+    Msgs = wait_messages(Probe, 3),
+    ?assertEqual(lists:sort([{P, <<"alice@localhost">>},
+                             {C, <<"alice@localhost.chat_msg_sent">>},
+                             {G, <<"alice@localhost.groupchat_msg_sent">>}]),
+                 lists:sort([{E, K} || #{exchange := E, routing_key := K} <- Msgs])),
+    wait_stats(#{delivered => 4, failed => 0}).
+
+%% An existing MongooseIM rabbit configuration: empty module section, pool with only
+%% MongooseIM's keys. The exchanges are MongooseIM's defaults (shared names, so the
+%% probe binds only to this case's user).
+mongooseim_default_config_works_unchanged(Config) ->
+    User = <<"dflt", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
+    Bare = <<User/binary, "@localhost">>,
+    Toml = [<<"[general]\n  hosts = [\"localhost\"]\n\n">>,
+            <<"[outgoing_pools.rabbit.event_pusher]\n  scope = \"global\"\n  workers = 5\n">>,
+            <<"  connection.host = \"127.0.0.1\"\n  connection.port = 5672\n">>,
+            <<"  connection.username = \"guest\"\n  connection.password = \"guest\"\n">>,
+            <<"  connection.confirms_enabled = false\n  connection.max_worker_queue_len = 100\n\n">>,
+            <<"[modules.mod_event_pusher.rabbit]\n">>],
+    ok = mongoose_host:start(mongoose_config_parser:parse_file(write_toml(Config, Toml))),
+    Listed = list_exchanges(),
+    [?assertMatch({<<"topic">>, _}, maps:get(Name, Listed))
+     || Name <- [<<"presence">>, <<"chat_msg">>, <<"groupchat_msg">>]],
+    Probe = amqp_probe:start([{<<"presence">>, Bare},
+                              {<<"chat_msg">>, <<Bare/binary, ".*">>},
+                              {<<"groupchat_msg">>, <<Bare/binary, ".*">>}]),
+    presence(<<Bare/binary, "/r">>, online),
+    send(<<"chat">>, <<Bare/binary, "/r">>, <<"x@localhost">>, <<"pm">>),
+    deliver(<<"groupchat">>, <<"room@muc.localhost/nick">>, <<Bare/binary, "/r">>, <<"muc">>),
+    Msgs = wait_messages(Probe, 3),
+    ?assertEqual(lists:sort([{<<"presence">>, Bare},
+                             {<<"chat_msg">>, <<Bare/binary, ".chat_msg_sent">>},
+                             {<<"groupchat_msg">>, <<Bare/binary, ".groupchat_msg_recv">>}]),
+                 lists:sort([{E, K} || #{exchange := E, routing_key := K} <- Msgs])).
+
+%% Routing key = lowercased bare JID; user_id = the full JID with user and server
+%% lowercased, the resource as is (MongooseIM's jid:to_lower keeps the resource's case).
+presence_online_and_offline(Config) ->
+    #{presence := P} = ?config(exchanges, Config),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{P, <<"#">>}]),
+    presence(<<"Alice@LocalHost/Phone">>, online),
+    presence(<<"bob@localhost/pc">>, online),
+    presence(<<"Alice@LocalHost/Phone">>, offline),
+    Msgs = wait_messages(Probe, 3),
+    ?assertEqual([{P, <<"alice@localhost">>,
+                   #{<<"user_id">> => <<"alice@localhost/Phone">>, <<"present">> => true}},
+                  {P, <<"bob@localhost">>,
+                   #{<<"user_id">> => <<"bob@localhost/pc">>, <<"present">> => true}},
+                  {P, <<"alice@localhost">>,
+                   #{<<"user_id">> => <<"alice@localhost/Phone">>, <<"present">> => false}}],
+                 %% One connection and channel per instance, but several publishers: sort.
+                 sort_by_json(decoded(Msgs), [<<"present">>])),
+    wait_stats(#{accepted => 3, delivered => 3, failed => 0, dropped => 0}).
+
+%% Direction in (user_send_message): the sender's bare JID + sent_topic; direction out
+%% (filter_local_packet): the recipient's bare JID + recv_topic.
+chat_sent_and_received(Config) ->
+    #{chat := C, groupchat := G} = ?config(exchanges, Config),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{C, <<"#">>}, {G, <<"#">>}]),
+    send(<<"chat">>, <<"Alice@localhost/Phone">>, <<"Bob@Localhost/Laptop">>, <<"hi Bob">>),
+    deliver(<<"chat">>, <<"Carol@localhost/x">>, <<"Bob@localhost/Laptop">>, <<"hi from Carol">>),
+    Msgs = wait_messages(Probe, 2),
+    ?assertEqual(
+       lists:sort([{C, <<"alice@localhost.chat_msg_sent">>,
+                    #{<<"from_user_id">> => <<"alice@localhost/Phone">>,
+                      <<"to_user_id">> => <<"bob@localhost/Laptop">>,
+                      <<"message">> => <<"hi Bob">>}},
+                   {C, <<"bob@localhost.chat_msg_recv">>,
+                    #{<<"from_user_id">> => <<"carol@localhost/x">>,
+                      <<"to_user_id">> => <<"bob@localhost/Laptop">>,
+                      <<"message">> => <<"hi from Carol">>}}]),
+       lists:sort(decoded(Msgs))).
+
+groupchat_sent_and_received(Config) ->
+    #{chat := C, groupchat := G} = ?config(exchanges, Config),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{C, <<"#">>}, {G, <<"#">>}]),
+    send(<<"groupchat">>, <<"alice@localhost/phone">>, <<"Room@muc.localhost">>, <<"to the room">>),
+    deliver(<<"groupchat">>, <<"room@muc.localhost/Alice">>, <<"bob@localhost/pc">>,
+            <<"from the room">>),
+    Msgs = wait_messages(Probe, 2),
+    ?assertEqual(
+       lists:sort([{G, <<"alice@localhost.groupchat_msg_sent">>,
+                    #{<<"from_user_id">> => <<"alice@localhost/phone">>,
+                      <<"to_user_id">> => <<"room@muc.localhost">>,
+                      <<"message">> => <<"to the room">>}},
+                   {G, <<"bob@localhost.groupchat_msg_recv">>,
+                    #{<<"from_user_id">> => <<"room@muc.localhost/Alice">>,
+                      <<"to_user_id">> => <<"bob@localhost/pc">>,
+                      <<"message">> => <<"from the room">>}}]),
+       lists:sort(decoded(Msgs))),
+    %% Only chat and groupchat messages are published.
+    send(<<"headline">>, <<"alice@localhost/phone">>, <<"bob@localhost">>, <<"news">>),
+    send(<<"normal">>, <<"alice@localhost/phone">>, <<"bob@localhost">>, <<"plain">>),
+    send(<<"chat">>, <<"alice@localhost/phone">>, <<"bob@localhost">>, <<"marker">>),
+    {ok, All} = amqp_probe:wait_for_messages(Probe, 3, 5000),
+    timer:sleep(200),
+    ?assertEqual([<<"marker">>], [maps:get(<<"message">>, J)
+                                  || {_, _, J} <- decoded(amqp_probe:messages(Probe) -- Msgs)]),
+    ?assertEqual(3, length(All)).
+
+custom_exchange_names_and_topics(Config) ->
+    #{presence := P, chat := C, groupchat := G} = ?config(exchanges, Config),
+    start(Config, #{topics => #{chat => {<<"pm.out">>, <<"pm.in">>},
+                                groupchat => {<<"muc_up">>, <<"muc_down">>}}}),
+    Probe = amqp_probe:start([{P, <<"#">>}, {C, <<"#">>}, {G, <<"#">>}]),
+    presence(<<"alice@localhost/r">>, offline),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"1">>),
+    deliver(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"2">>),
+    send(<<"groupchat">>, <<"alice@localhost/r">>, <<"room@muc.localhost">>, <<"3">>),
+    deliver(<<"groupchat">>, <<"room@muc.localhost/a">>, <<"bob@localhost/r">>, <<"4">>),
+    Msgs = wait_messages(Probe, 5),
+    ?assertEqual(lists:sort([{P, <<"alice@localhost">>},
+                             {C, <<"alice@localhost.pm.out">>},
+                             {C, <<"bob@localhost.pm.in">>},
+                             {G, <<"alice@localhost.muc_up">>},
+                             {G, <<"bob@localhost.muc_down">>}]),
+                 lists:sort([{E, K} || #{exchange := E, routing_key := K} <- Msgs])).
+
+%% No <body> and an empty <body> are skipped (MongooseIM 6.4 crashes on the first);
+%% only the marker is published.
+message_without_body_is_skipped(Config) ->
+    #{chat := C, groupchat := G} = ?config(exchanges, Config),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{C, <<"#">>}, {G, <<"#">>}]),
+    run_hook(user_send_message, message(<<"alice@localhost/r">>, <<"bob@localhost">>,
+                                        <<"chat">>, [#xmlel{name = <<"composing">>}])),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<>>),
+    deliver(<<"groupchat">>, <<"room@muc.localhost/a">>, <<"bob@localhost/r">>, <<>>),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"marker">>),
+    [{C, _, #{<<"message">> := <<"marker">>}}] = decoded(wait_messages(Probe, 1)),
+    timer:sleep(300),
+    ?assertEqual(1, amqp_probe:count(Probe)),
+    wait_stats(#{accepted => 1, delivered => 1}),
+    Skipped = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery, ?DELIVERY_LABELS),
+    ?assertEqual(3, lists:sum([maps:get(skipped, E, 0) || E <- Skipped])).
+
+large_unicode_body_arrives_intact(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    Unit = <<"zażółć gęślą jaźń ☃ 😀 \"quoted\" \\ \n\t\x{1}"/utf8>>,
+    Body = binary:part(binary:copy(Unit, 65536 div byte_size(Unit) + 1), 0,
+                       %% 64 KiB, cut on a character boundary
+                       byte_size(Unit) * (65536 div byte_size(Unit))),
+    ?assert(byte_size(Body) > 60000),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, Body),
+    [#{payload := Payload}] = wait_messages(Probe, 1),
+    ?assertEqual(Body, maps:get(<<"message">>, jiffy:decode(Payload, [return_maps]))).
+
+%% The chat exchange exists with another type: start fails, naming the exchange; once
+%% the conflict is gone, the module starts (nothing left behind by the failed start).
+conflicting_exchange_type_fails_the_start(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    ok = amqp_probe:declare(C, <<"direct">>),
+    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, #{}))),
+    try mongoose_host:start(Opts) of
+        _ -> ct:fail(started_despite_conflict)
+    catch error:Reason ->
+            Text = iolist_to_binary(io_lib:format("~p", [Reason])),
+            ct:pal("start failed as expected: ~ts", [Text]),
+            ?assertNotEqual(nomatch, binary:match(Text, C)),
+            ?assertNotEqual(nomatch, binary:match(string:lowercase(Text), <<"type">>))
+    end,
+    catch mongoose_host:stop(),
+    ok = amqp_probe:delete(C),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"after the fix">>),
+    [_] = wait_messages(Probe, 1).
+
+unreachable_broker_fails_the_start(Config) ->
+    Port = closed_port(),
+    Opts = mongoose_config_parser:parse_file(
+             write_toml(Config, toml(Config, #{port => Port, connect_timeout_ms => 1000}))),
+    T0 = erlang:monotonic_time(millisecond),
+    try mongoose_host:start(Opts) of
+        _ -> ct:fail(started_without_broker)
+    catch error:Reason ->
+            Text = iolist_to_binary(io_lib:format("~p", [Reason])),
+            ct:pal("start failed as expected after ~p ms: ~ts",
+                   [erlang:monotonic_time(millisecond) - T0, Text]),
+            ?assertNotEqual(nomatch, binary:match(Text, integer_to_binary(Port)))
+    end.
+
+wrong_credentials_fail_the_start(Config) ->
+    Text = start_error(Config, #{password => <<"not the password">>}),
+    ?assertNotEqual(nomatch, re:run(Text, "access.refused|authenticat|login",
+                                    [caseless, {capture, none}])).
+
+%% connection.virtual_host: an unknown one fails the start (naming it); once it
+%% exists, the exchanges are declared and messages published there, not in "/".
+virtual_host_is_used(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    VHost = <<"ep_", C/binary>>,
+    Spec = #{virtual_host => VHost},
+    Text = start_error(Config, Spec),
+    ?assertNotEqual(nomatch, binary:match(Text, VHost)),
+    rabbitmqctl(["add_vhost", VHost]),
+    try
+        rabbitmqctl(["set_permissions", "-p", VHost, "guest", ".*", ".*", ".*"]),
+        start(Config, Spec),
+        ?assertNot(maps:is_key(C, list_exchanges())),
+        Uri = "amqp://guest:guest@127.0.0.1:5672/" ++ uri_string:quote(binary_to_list(VHost)),
+        Probe = amqp_probe:start([{C, <<"#">>}], #{uri => Uri}),
+        send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"7">>),
+        ?assertEqual([7], bodies(wait_messages(Probe, 1)))
+    after
+        rabbitmqctl(["delete_vhost", VHost])
+    end.
+
+instrumentation_events_are_emitted(Config) ->
+    #{presence := P, chat := C} = ?config(exchanges, Config),
+    start(Config, #{confirms => true}),
+    Probe = amqp_probe:start([{P, <<"#">>}, {C, <<"#">>}]),
+    ?assertMatch([#{active := 1, opened := 1}], wait_events(wpool_rabbit_connections, 1)),
+    presence(<<"alice@localhost/r">>, online),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"measured ü">>),
+    Msgs = wait_messages(Probe, 2),
+    Published = wait_events(wpool_rabbit_messages_published, 2),
+    ?assertEqual([1, 1], [maps:get(count, E) || E <- Published]),
+    [?assert(is_integer(T) andalso T >= 0) || #{time := T} <- Published],
+    %% size = the payload's bytes, as MongooseIM measures it
+    ?assertEqual(lists:sort([byte_size(Pl) || #{payload := Pl} <- Msgs]),
+                 lists:sort([S || #{size := S} <- Published])),
+    wait_until(fun() -> delivery_sum(delivered) =:= 2 end),
+    mongoose_host:stop(),
+    %% The closed connection is reported on stop.
+    Connections = mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS),
+    ct:pal("connection events: ~p", [Connections]),
+    ?assertEqual([], [E || E = #{failed := _} <- Connections]).
+
+%% The same traffic with confirms off (published = written to the socket) and on
+%% (published = confirmed by the broker): all of it arrives either way.
+confirms_on_and_off(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    N = 500,
+    lists:foreach(
+      fun(Confirms) ->
+              start(Config, #{confirms => Confirms}),
+              Probe = amqp_probe:start([{C, <<"#">>}]),
+              [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+               || I <- lists:seq(1, N)],
+              Msgs = wait_messages(Probe, N, 20000),
+              ?assertEqual(lists:seq(1, N), lists:sort(bodies(Msgs))),
+              wait_stats(#{accepted => N, delivered => N, failed => 0, dropped => 0}),
+              Published = wait_events(wpool_rabbit_messages_published, N),
+              ?assertEqual(N, length([E || E = #{count := 1} <- Published])),
+              mongoose_host:stop(),
+              amqp_probe:stop(Probe)
+      end, [false, true]).
+
+stop_delivers_pending_events(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    start(Config, #{confirms => true, drain_timeout_ms => 10000}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    N = 3000,
+    [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+     || I <- lists:seq(1, N)],
+    mongoose_host:stop(),
+    %% Confirmed before stop returned; the probe reads them a moment later.
+    Msgs = wait_unique(Probe, N, 5000),
+    ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))).
+
+%% Fault (a): the connection is cut twice while 20k events flow, confirms on. Every
+%% event arrives; republished unconfirmed ones may arrive twice (counted); the books
+%% balance.
+connection_cut_mid_stream_loses_nothing(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    {Proxy, Port} = ?config(proxy, Config),
+    N = 20000,
+    start(Config, #{port => Port, confirms => true, queue => #{max_events => N},
+                    retry => #{max_attempts => 10, base_backoff_ms => 50,
+                               max_backoff_ms => 500, deadline_ms => 60000}}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    Self = self(),
+    Pusher = spawn_link(fun() ->
+                                [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>,
+                                      integer_to_binary(I)) || I <- lists:seq(1, N)],
+                                Self ! {self(), pushed}
+                        end),
+    Cut1 = cut_when_delivered(Proxy, 2000),
+    Cut2 = cut_when_delivered(Proxy, 10000),
+    receive {Pusher, pushed} -> ok after 30000 -> ct:fail(pusher_stuck) end,
+    ct:pal("cut at delivered=~p and ~p", [Cut1, Cut2]),
+    ?assert(Cut2 < N),
+    Stats = wait_stats(#{accepted => N, delivered => N, queued => 0, in_flight => 0},
+                       1500),
+    ?assertMatch(#{failed := 0, dropped := 0}, Stats),
+    %% Duplicates count towards the probe's total: wait for every number instead.
+    Msgs = wait_unique(Probe, N, 20000),
+    Bodies = bodies(Msgs),
+    Unique = lists:usort(Bodies),
+    ct:pal("arrived: ~p messages, ~p unique, ~p duplicates; stats ~p",
+           [length(Bodies), length(Unique), length(Bodies) - length(Unique), Stats]),
+    ?assertEqual(lists:seq(1, N), Unique),
+    wait_until(fun() -> delivery_sum(delivered) =:= N end),
+    Connections = mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS),
+    ?assert(length([E || E = #{opened := 1} <- Connections]) >= 3),
+    ?assert(length([E || E = #{closed := 1} <- Connections]) >= 2).
+
+%% Fault (b): the broker goes away after the start; events wait in the queue (not
+%% failed, not lost) and are delivered once it is back.
+broker_unreachable_after_start_events_wait(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    {Proxy, Port} = ?config(proxy, Config),
+    %% A confirm window smaller than the backlog: some events wait in the queue, the
+    %% rest with the publishers.
+    start(Config, #{port => Port, confirms => true, confirm_window => 50}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    wait_events(wpool_rabbit_connections, 1),
+    ok = test_tcp_proxy:set_mode(Proxy, refuse),
+    wait_until(fun() -> connection_events(closed) >= 1 end),
+    N = 200,
+    [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+     || I <- lists:seq(1, N)],
+    %% Longer than the default retry budget would take if attempts were spent on a
+    %% missing connection (3 attempts, 100 ms backoff).
+    timer:sleep(2000),
+    Waiting = stats(),
+    ct:pal("while unreachable: ~p; reconnect attempts: ~p",
+           [Waiting, test_tcp_proxy:accepted(Proxy)]),
+    ?assertMatch(#{accepted := N, delivered := 0, failed := 0, dropped := 0}, Waiting),
+    ?assert(maps:get(queued, Waiting) > 0),
+    ?assertEqual(N, maps:get(queued, Waiting) + maps:get(in_flight, Waiting)),
+    ?assertEqual(0, amqp_probe:count(Probe)),
+    ?assert(test_tcp_proxy:accepted(Proxy) >= 2),
+    ok = test_tcp_proxy:set_mode(Proxy, forward),
+    Msgs = wait_unique(Probe, N, 10000),
+    ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))),
+    wait_stats(#{delivered => N, failed => 0, queued => 0, in_flight => 0}).
+
+%% Fault (c): with the broker unreachable, a small queue overflows; every drop is
+%% counted (stats and metrics) and the events that fit are delivered later.
+queue_overflow_is_counted_exactly(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    {Proxy, Port} = ?config(proxy, Config),
+    start(Config, #{port => Port, confirms => true, queue => #{max_events => 20}}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    wait_events(wpool_rabbit_connections, 1),
+    ok = test_tcp_proxy:set_mode(Proxy, refuse),
+    wait_until(fun() -> connection_events(closed) >= 1 end),
+    Pushed = 100,
+    [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+     || I <- lists:seq(1, Pushed)],
+    timer:sleep(300),
+    Stats = stats(),
+    ct:pal("overflowing: ~p", [Stats]),
+    #{accepted := Pushed, queued := Queued, in_flight := InFlight, dropped := Dropped,
+      delivered := 0, failed := 0} = Stats,
+    ?assertEqual(Pushed - Queued - InFlight, Dropped),
+    ?assert(Queued =< 20),
+    ?assert(Dropped >= Pushed - 20 - InFlight),
+    wait_until(fun() -> delivery_sum(dropped) =:= Dropped end),
+    ok = test_tcp_proxy:set_mode(Proxy, forward),
+    Kept = Pushed - Dropped,
+    Msgs = wait_unique(Probe, Kept, 10000),
+    timer:sleep(300),
+    %% drop_newest: the first ones fit, the rest were refused.
+    ?assertEqual(lists:seq(1, Kept), lists:usort(bodies(amqp_probe:messages(Probe)))),
+    ?assert(length(Msgs) >= Kept),
+    wait_stats(#{delivered => Kept, dropped => Dropped, failed => 0, queued => 0,
+                 in_flight => 0}).
+
+%% Stopping while the broker is unreachable: the drain deadline passes, stop returns,
+%% the pending events are counted as lost, and the module starts again.
+stop_while_unreachable_gives_up_and_can_restart(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    {Proxy, Port} = ?config(proxy, Config),
+    Spec = #{port => Port, confirms => true, drain_timeout_ms => 500},
+    start(Config, Spec),
+    wait_events(wpool_rabbit_connections, 1),
+    ok = test_tcp_proxy:set_mode(Proxy, refuse),
+    wait_until(fun() -> connection_events(closed) >= 1 end),
+    N = 200,
+    [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+     || I <- lists:seq(1, N)],
+    T0 = erlang:monotonic_time(millisecond),
+    ok = bounded(fun mongoose_modules:stop/0, 5000),
+    Elapsed = erlang:monotonic_time(millisecond) - T0,
+    Batches = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery, ?DELIVERY_LABELS),
+    ct:pal("stop took ~p ms; delivery batches ~p", [Elapsed, Batches]),
+    ?assert(Elapsed < 3000),
+    ?assertEqual(0, delivery_sum(delivered)),
+    ?assertEqual(N, delivery_sum(failed) + delivery_sum(dropped)),
+    mongoose_host:stop(),
+    ok = test_tcp_proxy:set_mode(Proxy, forward),
+    start(Config, Spec),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"0">>),
+    ?assertEqual([0], bodies(wait_messages(Probe, 1))).
+
+%%% Helpers: configuration
+
+%% The start must fail; returns the error printed as text.
+start_error(Config, Spec) ->
+    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, Spec))),
+    try mongoose_host:start(Opts) of
+        _ -> ct:fail({started, Spec})
+    catch error:Reason ->
+            Text = iolist_to_binary(io_lib:format("~p", [Reason])),
+            ct:pal("start failed as expected: ~ts", [Text]),
+            Text
+    end.
+
+start(Config, Spec) ->
+    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, Spec))),
+    ok = mongoose_host:start(Opts).
+
+write_toml(Config, Toml) ->
+    Path = filename:join(?config(priv_dir, Config),
+                         "mongooseim_" ++ integer_to_list(erlang:unique_integer([positive]))
+                         ++ ".toml"),
+    ok = file:write_file(Path, Toml),
+    Path.
+
+%% Spec: port, confirms, workers, types/durable/topics per exchange, queue, retry,
+%% drain_timeout_ms, connect_timeout_ms.
+toml(Config, Spec) ->
+    #{presence := P, chat := C, groupchat := G} = ?config(exchanges, Config),
+    Types = maps:get(types, Spec, #{}),
+    Durable = maps:get(durable, Spec, #{}),
+    Topics = maps:get(topics, Spec, #{}),
+    Exchange = fun(Key, Name) ->
+                       [<<"  ">>, atom_to_binary(Key), <<"_exchange = {name = \"">>, Name, <<"\"">>,
+                        [[<<", type = \"">>, T, <<"\"">>] || T <- [maps:get(key(Key), Types, <<"topic">>)]],
+                        [<<", durable = true">> || maps:get(key(Key), Durable, false)],
+                        case maps:find(key(Key), Topics) of
+                            {ok, {Sent, Recv}} -> [<<", sent_topic = \"">>, Sent,
+                                                   <<"\", recv_topic = \"">>, Recv, <<"\"">>];
+                            error -> []
+                        end,
+                        <<"}\n">>]
+               end,
+    Retry = maps:get(retry, Spec, #{}),
+    Queue = maps:get(queue, Spec, #{}),
+    [<<"[general]\n  hosts = [\"localhost\"]\n\n">>,
+     <<"[outgoing_pools.rabbit.event_pusher]\n">>,
+     <<"  workers = ">>, integer_to_binary(maps:get(workers, Spec, 4)), <<"\n">>,
+     <<"  connection.host = \"127.0.0.1\"\n">>,
+     <<"  connection.password = \"">>, maps:get(password, Spec, <<"guest">>), <<"\"\n">>,
+     <<"  connection.port = ">>, integer_to_binary(maps:get(port, Spec, ?BROKER_PORT)), <<"\n">>,
+     <<"  connection.confirms_enabled = ">>, atom_to_binary(maps:get(confirms, Spec, false)),
+     <<"\n\n">>,
+     <<"[modules.mod_event_pusher.rabbit]\n">>,
+     Exchange(presence, P), Exchange(chat_msg, C), Exchange(groupchat_msg, G),
+     [[<<"  connection.virtual_host = \"">>, V, <<"\"\n">>]
+      || V <- [maps:get(virtual_host, Spec, <<"/">>)]],
+     <<"  connection.connect_timeout_ms = ">>,
+     integer_to_binary(maps:get(connect_timeout_ms, Spec, 3000)), <<"\n">>,
+     <<"  reconnect = {base_delay_ms = 50, max_delay_ms = 300}\n">>,
+     <<"  confirm_window = ">>, integer_to_binary(maps:get(confirm_window, Spec, 1000)), <<"\n">>,
+     <<"  drain_timeout_ms = ">>, integer_to_binary(maps:get(drain_timeout_ms, Spec, 2000)),
+     <<"\n">>,
+     table(<<"queue">>, Queue), table(<<"retry">>, Retry)].
+
+key(presence) -> presence;
+key(chat_msg) -> chat;
+key(groupchat_msg) -> groupchat.
+
+table(_Name, Map) when map_size(Map) =:= 0 -> [];
+table(Name, Map) ->
+    [<<"  ">>, Name, <<" = {">>,
+     lists:join(<<", ">>, [[atom_to_binary(K), <<" = ">>, integer_to_binary(V)]
+                           || {K, V} <- maps:to_list(Map)]),
+     <<"}\n">>].
+
+%% Runs F in another process; fails the case if it does not return in time (a
+%% hanging stop would otherwise hold the suite until the timetrap).
+bounded(F, TimeoutMs) ->
+    {Pid, MRef} = spawn_monitor(fun() -> exit({returned, catch F()}) end),
+    receive
+        {'DOWN', MRef, process, Pid, {returned, Result}} -> Result
+    after TimeoutMs ->
+            exit(Pid, kill),
+            ct:fail({did_not_return_within_ms, TimeoutMs, F})
+    end.
+
+%% A port nothing listens on.
+closed_port() ->
+    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(L),
+    gen_tcp:close(L),
+    Port.
+
+%%% Helpers: hooks
+
+presence(Jid, Status) ->
+    J = jid:from_binary(Jid),
+    Type = case Status of online -> undefined; offline -> <<"unavailable">> end,
+    Attrs = #{<<"from">> => Jid},
+    El = #xmlel{name = <<"presence">>,
+                attrs = case Type of undefined -> Attrs; _ -> Attrs#{<<"type">> => Type} end},
+    Acc = acc(Jid, jid:to_bare_binary(J), El),
+    {ok, _} = case Status of
+                  online -> gen_hook:run_fold(user_available, ?HT, Acc, #{jid => J});
+                  offline -> gen_hook:run_fold(unset_presence, ?HT, Acc,
+                                               #{jid => J, status => <<>>})
+              end,
+    ok.
+
+%% A message sent by a local user (direction in).
+send(Type, From, To, Body) ->
+    run_hook(user_send_message, message(From, To, Type, [body(Body)])).
+
+%% A message delivered to a local user (direction out).
+deliver(Type, From, To, Body) ->
+    El = message(From, To, Type, [body(Body)]),
+    Acc = acc(From, To, El),
+    {ok, _} = gen_hook:run_fold(filter_local_packet, ?HT,
+                                {jid:from_binary(From), jid:from_binary(To), Acc, El}, #{}),
+    ok.
+
+run_hook(Hook, El = #xmlel{attrs = #{<<"from">> := From, <<"to">> := To}}) ->
+    {ok, _} = gen_hook:run_fold(Hook, ?HT, acc(From, To, El), #{}),
+    ok.
+
+message(From, To, Type, Children) ->
+    #xmlel{name = <<"message">>,
+           attrs = #{<<"from">> => From, <<"to">> => To, <<"type">> => Type},
+           children = Children}.
+
+body(Text) ->
+    #xmlel{name = <<"body">>, children = [#xmlcdata{content = Text}]}.
+
+acc(From, To, El) ->
+    FromJid = jid:from_binary(From),
+    mongoose_acc:new(#{location => #{mfa => {?MODULE, acc, 3}, line => ?LINE, file => ?FILE},
+                       lserver => FromJid#jid.lserver, host_type => ?HT, element => El,
+                       from_jid => FromJid, to_jid => jid:from_binary(To)}).
+
+%%% Helpers: outcomes
+
+wait_messages(Probe, N) ->
+    wait_messages(Probe, N, 5000).
+
+wait_messages(Probe, N, TimeoutMs) ->
+    case amqp_probe:wait_for_messages(Probe, N, TimeoutMs) of
+        {ok, Msgs} -> Msgs;
+        {timeout, Got} -> ct:fail({expected_messages, N, got, length(Got), lists:sublist(Got, 5),
+                                   stats, catch stats()})
+    end.
+
+%% Waits until the numbered messages 1..N all arrived (duplicates may come too).
+wait_unique(Probe, N, TimeoutMs) ->
+    Deadline = erlang:monotonic_time(millisecond) + TimeoutMs,
+    wait_unique_until(Probe, N, Deadline).
+
+wait_unique_until(Probe, N, Deadline) ->
+    {_, Msgs} = amqp_probe:wait_for_messages(
+                  Probe, N, max(0, Deadline - erlang:monotonic_time(millisecond))),
+    Unique = length(lists:usort(bodies(Msgs))),
+    case Unique >= N of
+        true -> Msgs;
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> ct:fail({expected_unique_messages, N, got, Unique, total, length(Msgs),
+                                 stats, catch stats()});
+                false -> timer:sleep(100), wait_unique_until(Probe, N, Deadline)
+            end
+    end.
+
+decoded(Msgs) ->
+    [{E, K, jiffy:decode(P, [return_maps])}
+     || #{exchange := E, routing_key := K, payload := P} <- Msgs].
+
+%% Message bodies as integers (the load cases number their messages).
+bodies(Msgs) ->
+    [binary_to_integer(maps:get(<<"message">>, jiffy:decode(P, [return_maps])))
+     || #{payload := P} <- Msgs].
+
+%% Publishes run concurrently, so arrival order is not asserted; the order of the
+%% events we sent is restored by a key when it matters (here: presence, which comes
+%% out true, true, false).
+sort_by_json(Decoded, [Key]) ->
+    lists:sort(fun({_, K1, J1}, {_, K2, J2}) ->
+                       {not maps:get(Key, J1), K1} =< {not maps:get(Key, J2), K2}
+               end, Decoded).
+
+stats() ->
+    mod_event_pusher_rabbit:stats(?HT).
+
+wait_stats(Expected) ->
+    wait_stats(Expected, 250).
+
+wait_stats(Expected, Tries) ->
+    wait_stats(Expected, Tries, undefined).
+
+wait_stats(Expected, 0, Last) ->
+    ct:fail({stats_mismatch, Expected, Last});
+wait_stats(Expected, Tries, _Last) ->
+    Stats = stats(),
+    case is_map(Stats) andalso maps:with(maps:keys(Expected), Stats) =:= Expected of
+        true -> Stats;
+        false -> timer:sleep(20), wait_stats(Expected, Tries - 1, Stats)
+    end.
+
+wait_events(Event, N) ->
+    case mongoose_instrument:wait_for_events(Event, ?POOL_LABELS, N, 5000) of
+        {ok, Events} -> Events;
+        {timeout, Got} -> ct:fail({expected_events, Event, N, got, Got})
+    end.
+
+connection_events(Key) ->
+    length([E || E <- mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS),
+                 maps:is_key(Key, E)]).
+
+delivery_sum(Key) ->
+    lists:sum([maps:get(Key, E, 0)
+               || E <- mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery,
+                                                      ?DELIVERY_LABELS)]).
+
+cut_when_delivered(Proxy, Delivered) ->
+    wait_until(fun() -> maps:get(delivered, stats()) >= Delivered end, 3000, 5),
+    #{delivered := Now} = stats(),
+    ok = test_tcp_proxy:cut(Proxy),
+    Now.
+
+wait_until(Check) ->
+    wait_until(Check, 250, 20).
+
+wait_until(_Check, 0, _SleepMs) ->
+    ct:fail(condition_not_reached);
+wait_until(Check, Tries, SleepMs) ->
+    case Check() of
+        true -> ok;
+        false -> timer:sleep(SleepMs), wait_until(Check, Tries - 1, SleepMs)
+    end.
+
+rabbitmqctl(Args) ->
+    Exe = os:find_executable("rabbitmqctl"),
+    Port = open_port({spawn_executable, Exe},
+                     [binary, exit_status, stderr_to_stdout,
+                      {args, ["-q" | [unicode:characters_to_list(A) || A <- Args]]}]),
+    case collect(Port, []) of
+        {0, Out} -> Out;
+        {Status, Out} -> ct:fail({rabbitmqctl, Args, Status, Out})
+    end.
+
+collect(Port, Acc) ->
+    receive
+        {Port, {data, Data}} -> collect(Port, [Acc, Data]);
+        {Port, {exit_status, Status}} -> {Status, iolist_to_binary(Acc)}
+    end.
+
+%% name => {type, durable} from rabbitmqctl (one call: it starts a VM each time).
+list_exchanges() ->
+    Out = rabbitmqctl(["list_exchanges", "name", "type", "durable"]),
+    Lines = [binary:split(L, <<"\t">>, [global])
+             || L <- binary:split(Out, <<"\n">>, [global]),
+                L =/= <<>>],
+    maps:from_list([{Name, {Type, Durable}} || [Name, Type, Durable] <- Lines]).
