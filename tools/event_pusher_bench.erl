@@ -17,11 +17,12 @@
 %%     (confirmed by the broker with confirms on), with publisher confirms on (a
 %%     1000-message window) and off; next to them, in interleaved rounds, a raw lapin
 %%     publish loop (`rabbit_ceiling', native/amqp_tools) to the same exchange with a
-%%     payload of the same size: no confirms, a 1000-message window, and (once)
-%%     confirming each message. Median of 3 rounds;
+%%     payload of the same size: no confirms, a 1000-message window, and confirming
+%%     each message. Median of 5 rounds;
 %%  e. MongooseIM's way to RabbitMQ, if the Erlang amqp_client bundled with Debian's
 %%     rabbitmq-server can be loaded: one process publishing with amqp_client,
 %%     waiting for the confirm of each message (as mongoose_rabbit_worker does).
+%%     Median of 5 runs.
 %% It prints a table with the targets and writes it as markdown to _build/bench.md.
 %% Benchmarks measure; nothing here asserts.
 -module(event_pusher_bench).
@@ -66,9 +67,9 @@ main(Opts0) ->
     Opts = maps:merge(#{samples => 2000, warmup => 200, events => 100000, workers => 16,
                         httpc_calls => 5000, httpc_slow_calls => 50, sink_threads => 1,
                         throughput_runs => 3,
-                        rabbit_events => 50000, rabbit_runs => 3, rabbit_window => 1000,
-                        rabbit_workers => 20, confirm_each_messages => 10000,
-                        amqp_client_messages => 5000,
+                        rabbit_events => 50000, rabbit_runs => 5, rabbit_window => 1000,
+                        rabbit_workers => 20, confirm_each_messages => 5000,
+                        amqp_client_messages => 3000,
                         phases => [per_call, slow, dead, throughput, httpc, rabbit,
                                    amqp_client]}, Opts0),
     {ok, _} = application:ensure_all_started(inets),
@@ -321,8 +322,8 @@ httpc_post(Url, Body) ->
 
 %% Rounds interleave the four measurements, so that whatever else the machine does
 %% weighs on all of them alike; each row is the median over the rounds.
-rabbit_bench(#{rabbit_events := N, rabbit_runs := Runs, rabbit_window := Window,
-               confirm_each_messages := EachN} = Opts, Acc, Event) ->
+rabbit_bench(#{rabbit_events := N, rabbit_runs := Runs, rabbit_window := Window} = Opts,
+             Acc, Event) ->
     Payload = rabbit_payload(Event),
     Exchange = <<?EXCHANGE_PREFIX/binary, "chat_msg">>,
     io:format("  rabbit: ~b chat events per run, JSON payload ~b bytes, exchange ~ts~n",
@@ -330,21 +331,22 @@ rabbit_bench(#{rabbit_events := N, rabbit_runs := Runs, rabbit_window := Window,
     try
         Rounds = [rabbit_round(Opts, Acc, Event, Exchange, byte_size(Payload))
                   || _ <- lists:seq(1, Runs)],
-        Each = ceiling(Exchange, EachN, 1, byte_size(Payload)),
         [{rabbit, #{payload_bytes => byte_size(Payload), events => N, window => Window,
-                    rounds => Rounds, raw_each => Each}}]
+                    rounds => Rounds}}]
     catch
         Class:Reason:Stack ->
             io:format("  rabbit: failed: ~p:~p~n    ~p~n", [Class, Reason, hd(Stack ++ [none])]),
             [{rabbit, {error, io_lib:format("~p", [Reason])}}]
     end.
 
-rabbit_round(#{rabbit_events := N, rabbit_window := Window} = Opts, Acc, Event, Exchange, Size) ->
+rabbit_round(#{rabbit_events := N, rabbit_window := Window,
+               confirm_each_messages := EachN} = Opts, Acc, Event, Exchange, Size) ->
     On = rabbit_run(Opts, true, Acc, Event),
     RawWindow = ceiling(Exchange, N, Window, Size),
     Off = rabbit_run(Opts, false, Acc, Event),
     RawNone = ceiling(Exchange, N, 0, Size),
-    #{on => On, raw_window => RawWindow, off => Off, raw_none => RawNone}.
+    RawEach = ceiling(Exchange, EachN, 1, Size),
+    #{on => On, raw_window => RawWindow, off => Off, raw_none => RawNone, raw_each => RawEach}.
 
 %% The module started with only the rabbit backend; a warm-up (connection, first
 %% publishes), then N events timed until all are confirmed (or published).
@@ -430,11 +432,14 @@ ceiling_result(Lines) ->
 
 %% e. MongooseIM's way: amqp_client, one publisher, waiting for each confirm
 
-amqp_client_bench(#{amqp_client_messages := N}, Event) ->
+amqp_client_bench(#{amqp_client_messages := N, rabbit_runs := Runs}, Event) ->
     Result = case load_amqp_client() of
                  {ok, Vsn} ->
-                     try amqp_client_run(N, rabbit_payload(Event)) of
-                         R -> R#{vsn => Vsn}
+                     try [amqp_client_run(N, rabbit_payload(Event)) || _ <- lists:seq(1, Runs)] of
+                         Rs ->
+                             #{rate := Median} = median(Rs),
+                             #{rate => Median, rates => [R || #{rate := R} <- Rs],
+                               messages => N, vsn => Vsn}
                      catch
                          Class:Reason ->
                              {error, io_lib:format("amqp_client ~ts loaded, but publishing failed: "
@@ -444,9 +449,9 @@ amqp_client_bench(#{amqp_client_messages := N}, Event) ->
                      Error
              end,
     case Result of
-        #{rate := Rate, vsn := V} ->
-            io:format("  amqp_client ~ts, 1 publisher, confirm each: ~b messages, ~b/s~n",
-                      [V, N, round(Rate)]);
+        #{rates := Rates, vsn := V} ->
+            io:format("  amqp_client ~ts, 1 publisher, confirm each: ~b messages per run, "
+                      "~ts/s~n", [V, N, rates([#{rate => R} || R <- Rates])]);
         {error, Why} ->
             io:format("  amqp_client not measured: ~ts~n", [Why])
     end,
@@ -687,40 +692,46 @@ http_text(R, Opts) ->
 
 rabbit_text({error, Why}, _AmqpClient, _Opts) ->
     [<<"\n### RabbitMQ\n\nNot measured: ">>, Why, <<"\n">>];
-rabbit_text(#{payload_bytes := Size, events := N, window := Window, rounds := Rounds,
-              raw_each := Each}, AmqpClient, #{rabbit_workers := Workers}) ->
+rabbit_text(#{payload_bytes := Size, events := N, window := Window, rounds := Rounds},
+            AmqpClient, #{rabbit_workers := Workers, confirm_each_messages := EachN}) ->
     Median = fun(Key) -> median([maps:get(Key, Round) || Round <- Rounds]) end,
     On = Median(on),
     Off = Median(off),
     RawWindow = Median(raw_window),
     RawNone = Median(raw_none),
-    RawEach = median([Each]),
+    RawEach = Median(raw_each),
     Amqp = case AmqpClient of
                #{rate := _} -> median([AmqpClient]);
                {error, _} = E -> E;
                undefined -> {error, "not run"}
            end,
+    %% Each ratio is the median of the ratios of the same round (measured a few
+    %% seconds apart, so under the same load).
+    Paired = fun(A, B) -> paired_ratio([{maps:get(A, X), maps:get(B, X)} || X <- Rounds]) end,
+    OnEach = Paired(on, raw_each),
+    OnWindow = Paired(on, raw_window),
+    OffNone = Paired(off, raw_none),
     Rows =
         [{io_lib:format("event pusher, push_event/2 -> RabbitMQ, confirms on (window ~b)",
                         [Window]),
           rate_or(On), io_lib:format(">= 4 x confirm-each, >= 90% of raw window ~b", [Window]),
-          verdict_all([ratio(On, RawEach, 4), ratio(On, RawWindow, 0.9)])},
+          verdict_all([at_least(OnEach, 4), at_least(OnWindow, 0.9)])},
          {io_lib:format("event pusher, push_event/2 -> RabbitMQ, confirms off (~b workers)",
                         [Workers]),
-          rate_or(Off), ">= 80% of raw, no confirms", verdict_all([ratio(Off, RawNone, 0.8)])},
+          rate_or(Off), ">= 80% of raw, no confirms", verdict_all([at_least(OffNone, 0.8)])},
          {io_lib:format("raw lapin loop, confirm window ~b", [Window]), rate_or(RawWindow), "", ""},
          {"raw lapin loop, no confirms", rate_or(RawNone), "", ""},
          {"raw lapin loop, confirm each message", rate_or(RawEach), "", ""},
          {"MongooseIM's way: amqp_client, 1 publisher, confirm each message", rate_or(Amqp),
           "", ""}],
     Ratios =
-        [{"confirms on / raw confirm-each", times(On, RawEach), ">= 4x",
-          verdict_all([ratio(On, RawEach, 4)])},
-         {io_lib:format("confirms on / raw window ~b", [Window]), percent(On, RawWindow),
-          ">= 90%", verdict_all([ratio(On, RawWindow, 0.9)])},
-         {"confirms off / raw no confirms", percent(Off, RawNone), ">= 80%",
-          verdict_all([ratio(Off, RawNone, 0.8)])},
-         {"confirms on / amqp_client confirm-each", times(On, Amqp), "", ""}],
+        [{"confirms on / raw confirm-each", times(OnEach), ">= 4x",
+          verdict_all([at_least(OnEach, 4)])},
+         {io_lib:format("confirms on / raw window ~b", [Window]), percent(OnWindow),
+          ">= 90%", verdict_all([at_least(OnWindow, 0.9)])},
+         {"confirms off / raw no confirms", percent(OffNone), ">= 80%",
+          verdict_all([at_least(OffNone, 0.8)])},
+         {"confirms on / amqp_client confirm-each (medians)", times(ratio_of(On, Amqp)), "", ""}],
     Settled = [maps:with([delivered, failed, dropped], Run)
                || Round <- Rounds, Run <- [maps:get(on, Round), maps:get(off, Round)]],
     Totals = [{K, lists:sum([maps:get(K, S) || S <- Settled])} || K <- [delivered, failed, dropped]],
@@ -732,26 +743,44 @@ rabbit_text(#{payload_bytes := Size, events := N, window := Window, rounds := Ro
          io_lib:format("Event pusher rows: ~b chat events per run through push_event/2 with "
                        "only the rabbit backend configured, after 1000 warm-up events; wall "
                        "time from the first push until every event is delivered (confirmed "
-                       "by the broker with confirms on). Over all runs: ~ts.",
+                       "by the broker with confirms on). Over all runs: ~ts. The caller "
+                       "pushes while the backend delivers, on the same 2 cores: pushing took "
+                       "~ts s (confirms on) and ~ts s (off) of these times.",
                        [N, lists:join(", ", [io_lib:format("~s ~b", [K, V])
-                                             || {K, V} <- Totals])]),
+                                             || {K, V} <- Totals]),
+                        push_times([maps:get(on, X) || X <- Rounds]),
+                        push_times([maps:get(off, X) || X <- Rounds])]),
          io_lib:format("Median of ~b rounds, each running confirms on, raw window ~b, confirms "
-                       "off, raw no confirms, in this order. Per round: confirms on ~ts; raw "
-                       "window ~b ~ts; confirms off ~ts; raw no confirms ~ts.",
+                       "off, raw no confirms, raw confirm each, in this order. Per round: "
+                       "confirms on ~ts; raw window ~b ~ts; confirms off ~ts; raw no confirms "
+                       "~ts; raw confirm each ~ts.",
                        [length(Rounds), Window, rates([maps:get(on, X) || X <- Rounds]), Window,
                         rates([maps:get(raw_window, X) || X <- Rounds]),
                         rates([maps:get(off, X) || X <- Rounds]),
-                        rates([maps:get(raw_none, X) || X <- Rounds])]),
-         io_lib:format("Raw lapin loop: target/release/rabbit_ceiling (native/amqp_tools), "
-                       "~b messages per run; confirm each: ~ts messages, once.",
-                       [N, case Each of #{messages := M} -> integer_to_list(M); _ -> "-" end]),
+                        rates([maps:get(raw_none, X) || X <- Rounds]),
+                        rates([maps:get(raw_each, X) || X <- Rounds])]),
+         io_lib:format("Ratios: the median over the rounds of each round's ratio (the two "
+                       "rates of a round are measured seconds apart, under the same load). "
+                       "Per round: confirms on / raw confirm-each ~ts; confirms on / raw "
+                       "window ~b ~ts; confirms off / raw no confirms ~ts.",
+                       [round_ratios(OnEach, times), Window, round_ratios(OnWindow, percent),
+                        round_ratios(OffNone, percent)]),
+         io_lib:format("Raw lapin loop: target/release/rabbit_ceiling (native/amqp_tools): "
+                       "lapin alone on one channel, publishes pipelined, at most W "
+                       "unconfirmed; without confirms timed until the broker has handled the "
+                       "last message. ~b messages per run (confirm each: ~b).", [N, EachN]),
+         "Confirms off, event pusher: delivered = written to the connection by lapin (the "
+         "broker acknowledges nothing), timed until the last is written.",
          case Amqp of
              #{} ->
                  io_lib:format("amqp_client ~ts (from Debian's rabbitmq-server), as "
                                "mongoose_rabbit_worker publishes with confirms enabled: "
                                "amqp_channel:call/3 of basic.publish, then "
                                "amqp_channel:wait_for_confirms/2, one message at a time; "
-                               "~b messages.", [maps:get(vsn, AmqpClient), maps:get(messages, AmqpClient)]);
+                               "~b messages per run, median of ~b (~ts).",
+                               [maps:get(vsn, AmqpClient), maps:get(messages, AmqpClient),
+                                length(maps:get(rates, AmqpClient)),
+                                rates([#{rate => R} || R <- maps:get(rates, AmqpClient)])]);
              {error, Why} ->
                  io_lib:format("amqp_client (MongooseIM's way) not measured: ~ts", [Why])
          end],
@@ -779,12 +808,40 @@ rates(Results) ->
                           {error, _} -> "error"
                       end || R <- Results]).
 
+%% The median of per-round ratios A/B, with the list of them; or the first error.
+paired_ratio(Pairs) ->
+    case [E || {A, B} <- Pairs, E <- [A, B], element(1, E) =:= error] of
+        [Error | _] ->
+            Error;
+        [] ->
+            Ratios = [A / B || {#{rate := A}, #{rate := B}} <- Pairs, B > 0],
+            case Ratios of
+                [] -> {error, "no rate"};
+                _ -> #{ratio => lists:nth((length(Ratios) + 1) div 2, lists:sort(Ratios)),
+                       ratios => Ratios}
+            end
+    end.
+
+ratio_of(#{rate := A}, #{rate := B}) when B > 0 -> #{ratio => A / B, ratios => [A / B]};
+ratio_of(_, _) -> {error, "no rate"}.
+
+at_least(#{ratio := R}, Factor) -> R >= Factor;
+at_least(_, _) -> unknown.
+
+round_ratios(#{ratios := Ratios}, Format) ->
+    lists:join(", ", [case Format of
+                          times -> times(#{ratio => R});
+                          percent -> percent(#{ratio => R})
+                      end || R <- Ratios]);
+round_ratios(_, _) ->
+    "-".
+
+push_times(Runs) ->
+    lists:join(", ", [io_lib:format("~.2f/~.2f", [P, S])
+                      || #{push_seconds := P, seconds := S} <- Runs]).
+
 rate_or(#{rate := Rate}) -> rate(Rate);
 rate_or({error, Why}) -> io_lib:format("not measured: ~ts", [Why]).
-
-%% Met when A >= Factor x B; unknown when either is missing.
-ratio(#{rate := A}, #{rate := B}, Factor) -> A >= Factor * B;
-ratio(_, _, _) -> unknown.
 
 verdict_all(Verdicts) ->
     case {lists:member(unknown, Verdicts), lists:all(fun(V) -> V =:= true end, Verdicts)} of
@@ -792,11 +849,11 @@ verdict_all(Verdicts) ->
         {false, Met} -> verdict(Met, "")
     end.
 
-times(#{rate := A}, #{rate := B}) when B > 0 -> io_lib:format("~.1fx", [A / B]);
-times(_, _) -> "-".
+times(#{ratio := R}) -> io_lib:format("~.1fx", [R]);
+times(_) -> "-".
 
-percent(#{rate := A}, #{rate := B}) when B > 0 -> io_lib:format("~b%", [round(100 * A / B)]);
-percent(_, _) -> "-".
+percent(#{ratio := R}) -> io_lib:format("~b%", [round(100 * R)]);
+percent(_) -> "-".
 
 render(Rows, ThroughputRows, Ratios, Notes) ->
     [<<"### Per-call cost on the routing path\n\n">>,
