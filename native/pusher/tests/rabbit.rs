@@ -1,0 +1,1007 @@
+//! The rabbit backend against the real RabbitMQ on 127.0.0.1:5672 (guest/guest).
+//!
+//! Every test declares its own uniquely named exchanges and reads what arrives through
+//! an exclusive queue of its own, so tests run in parallel without seeing each other.
+//! Faults are made with a TCP proxy between the backend and the broker that a test can
+//! cut (every proxied connection closed at once) or set to refuse new connections.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use pusher::backend::{AttemptOutcome, Backend, Verdict};
+use pusher::rabbit::{
+    ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, Topics,
+};
+use pusher::report::{ReportBatch, ReportSink};
+use pusher::{Envelope, Instance, InstanceConfig, Overflow, QueueLimits, RetryPolicy};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const BROKER_PORT: u16 = 5672;
+
+/// Exchange names no other test (or run) uses.
+struct Names {
+    presence: String,
+    chat: String,
+    groupchat: String,
+}
+
+fn unique_names() -> Names {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let suffix = format!(
+        "{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    Names {
+        presence: format!("test_presence_{suffix}"),
+        chat: format!("test_chat_msg_{suffix}"),
+        groupchat: format!("test_groupchat_msg_{suffix}"),
+    }
+}
+
+fn topic_exchange(name: &str) -> ExchangeConfig {
+    ExchangeConfig {
+        name: name.into(),
+        kind: "topic".into(),
+        durable: false,
+    }
+}
+
+fn config(names: &Names, port: u16) -> RabbitConfig {
+    RabbitConfig {
+        host: "127.0.0.1".into(),
+        port,
+        username: "guest".into(),
+        password: "guest".into(),
+        virtual_host: "/".into(),
+        tls: None,
+        presence_exchange: topic_exchange(&names.presence),
+        chat_exchange: topic_exchange(&names.chat),
+        chat_topics: Topics {
+            sent: "chat_msg_sent".into(),
+            recv: "chat_msg_recv".into(),
+        },
+        groupchat_exchange: topic_exchange(&names.groupchat),
+        groupchat_topics: Topics {
+            sent: "groupchat_msg_sent".into(),
+            recv: "groupchat_msg_recv".into(),
+        },
+        confirms: true,
+        confirm_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        reconnect_base_delay: Duration::from_millis(50),
+        reconnect_max_delay: Duration::from_millis(200),
+    }
+}
+
+async fn connect_backend(config: RabbitConfig) -> RabbitBackend {
+    RabbitBackend::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// The test's own connection to the broker, for declaring, binding and consuming.
+struct Broker {
+    _connection: Connection,
+    channel: Channel,
+}
+
+impl Broker {
+    async fn open() -> Broker {
+        let connection = Connection::connect(BROKER, ConnectionProperties::default())
+            .await
+            .expect("test connection to RabbitMQ on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.expect("channel");
+        Broker {
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// An exclusive queue bound to `exchange` with each key, with `arguments`.
+    async fn queue(&self, exchange: &str, keys: &[&str], arguments: FieldTable) -> String {
+        let queue = self
+            .channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .expect("queue_declare");
+        let name = queue.name().as_str().to_string();
+        for key in keys {
+            self.channel
+                .queue_bind(
+                    &name,
+                    exchange,
+                    key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue_bind");
+        }
+        name
+    }
+
+    async fn consume(&self, queue: &str) -> lapin::Consumer {
+        self.channel
+            .basic_consume(
+                queue,
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("basic_consume")
+    }
+
+    async fn delete_exchanges(&self, names: &Names) {
+        for name in [&names.presence, &names.chat, &names.groupchat] {
+            let _ = self
+                .channel
+                .exchange_delete(name, ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+async fn next_delivery(consumer: &mut lapin::Consumer) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("consumer open")
+        .expect("delivery")
+}
+
+/// Routing key, content type and body of the next message.
+async fn next_message(consumer: &mut lapin::Consumer) -> (String, Option<String>, String) {
+    let delivery = next_delivery(consumer).await;
+    (
+        delivery.routing_key.as_str().to_string(),
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|t| t.as_str().to_string()),
+        String::from_utf8(delivery.data).expect("UTF-8 body"),
+    )
+}
+
+fn presence(user: &str, present: bool) -> RabbitEvent {
+    RabbitEvent::Presence {
+        user_jid: format!("{user}@localhost/res1"),
+        bare_jid: format!("{user}@localhost"),
+        present,
+    }
+}
+
+fn chat(kind: ChatKind, direction: Direction, message: &str) -> RabbitEvent {
+    RabbitEvent::Chat {
+        kind,
+        direction,
+        from_jid: "alice@localhost/res1".into(),
+        to_jid: "bob@localhost/res2".into(),
+        message: message.into(),
+        routing_bare_jid: match direction {
+            Direction::In => "alice@localhost".into(),
+            Direction::Out => "bob@localhost".into(),
+        },
+    }
+}
+
+fn confirmed() -> (Verdict, AttemptOutcome) {
+    (Verdict::Delivered, AttemptOutcome::Confirmed)
+}
+
+async fn deliver(backend: &RabbitBackend, event: &RabbitEvent) -> (Verdict, AttemptOutcome) {
+    let attempt = backend.deliver(event).await;
+    (attempt.verdict, attempt.outcome)
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_online_and_offline_arrive_keyed_by_bare_jid() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let backend = connect_backend(config(&names, BROKER_PORT)).await;
+    let queue = broker
+        .queue(&names.presence, &["alice@localhost"], FieldTable::default())
+        .await;
+    let mut consumer = broker.consume(&queue).await;
+
+    assert_eq!(
+        deliver(&backend, &presence("alice", true)).await,
+        confirmed()
+    );
+    assert_eq!(
+        deliver(&backend, &presence("alice", false)).await,
+        confirmed()
+    );
+    // Bound to alice only: bob's presence must not show up in this queue.
+    assert_eq!(deliver(&backend, &presence("bob", true)).await, confirmed());
+
+    let online = next_message(&mut consumer).await;
+    let offline = next_message(&mut consumer).await;
+    let expected = |present: &str| {
+        (
+            "alice@localhost".to_string(),
+            JSON.map(str::to_string),
+            format!(r#"{{"user_id":"alice@localhost/res1","present":{present}}}"#),
+        )
+    };
+    assert_eq!(online, expected("true"));
+    assert_eq!(offline, expected("false"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "unexpected message"
+    );
+    let counters = backend.connections().expect("counters").snapshot();
+    assert_eq!(
+        (counters.opened, counters.closed, counters.failed),
+        (1, 0, 0)
+    );
+    broker.delete_exchanges(&names).await;
+}
+
+/// Sends a message in both directions on `kind`'s exchange and checks both arrive with
+/// the sender's / recipient's routing key and the exact JSON.
+async fn check_both_directions(kind: ChatKind, confirms: bool) {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let mut config = config(&names, BROKER_PORT);
+    config.confirms = confirms;
+    let (exchange, sent, recv) = match kind {
+        ChatKind::Chat => (&names.chat, "chat_msg_sent", "chat_msg_recv"),
+        ChatKind::Groupchat => (&names.groupchat, "groupchat_msg_sent", "groupchat_msg_recv"),
+    };
+    let backend = connect_backend(config).await;
+    let queue = broker.queue(exchange, &["#"], FieldTable::default()).await;
+    let mut consumer = broker.consume(&queue).await;
+
+    let expected_outcome = if confirms {
+        confirmed()
+    } else {
+        (Verdict::Delivered, AttemptOutcome::Published)
+    };
+    assert_eq!(
+        deliver(&backend, &chat(kind, Direction::In, "hello")).await,
+        expected_outcome
+    );
+    assert_eq!(
+        deliver(&backend, &chat(kind, Direction::Out, "hi there")).await,
+        expected_outcome
+    );
+
+    let json = |message: &str| {
+        format!(
+            r#"{{"to_user_id":"bob@localhost/res2","message":"{message}","from_user_id":"alice@localhost/res1"}}"#
+        )
+    };
+    assert_eq!(
+        next_message(&mut consumer).await,
+        (
+            format!("alice@localhost.{sent}"),
+            JSON.map(str::to_string),
+            json("hello")
+        )
+    );
+    assert_eq!(
+        next_message(&mut consumer).await,
+        (
+            format!("bob@localhost.{recv}"),
+            JSON.map(str::to_string),
+            json("hi there")
+        )
+    );
+    broker.delete_exchanges(&names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sent_and_received_arrive_with_their_topics() {
+    check_both_directions(ChatKind::Chat, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groupchat_sent_and_received_arrive_with_their_topics() {
+    check_both_directions(ChatKind::Groupchat, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_confirms_a_written_message_counts_as_published() {
+    check_both_directions(ChatKind::Chat, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_kib_unicode_body_arrives_intact() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let backend = connect_backend(config(&names, BROKER_PORT)).await;
+    let queue = broker
+        .queue(&names.chat, &["#"], FieldTable::default())
+        .await;
+    let mut consumer = broker.consume(&queue).await;
+
+    // 16 bytes a round (1, 2, 3 and 4-byte characters, a quote, a backslash, a
+    // newline) x 4096 = 64 KiB, past RabbitMQ's frame size for the whole message.
+    let body = "aż€😀\"\\\nxyz".repeat(4096);
+    assert_eq!(body.len(), 64 * 1024);
+    assert_eq!(
+        deliver(&backend, &chat(ChatKind::Chat, Direction::In, &body)).await,
+        confirmed()
+    );
+    let (key, _, json) = next_message(&mut consumer).await;
+    assert_eq!(key, "alice@localhost.chat_msg_sent");
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(parsed["message"].as_str(), Some(body.as_str()));
+    assert_eq!(parsed["to_user_id"], "bob@localhost/res2");
+    assert_eq!(parsed["from_user_id"], "alice@localhost/res1");
+    broker.delete_exchanges(&names).await;
+}
+
+/// Declares `exchange` as `kind` on a fresh channel: true if the broker agreed (an
+/// existing exchange of another type makes it refuse, and close the channel).
+async fn declares_as(connection: &Connection, exchange: &str, kind: ExchangeKind) -> bool {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            exchange,
+            kind,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exchanges_are_declared_on_start_with_the_configured_types() {
+    let names = unique_names();
+    let mut config = config(&names, BROKER_PORT);
+    config.presence_exchange.kind = "fanout".into();
+    config.groupchat_exchange.kind = "direct".into();
+    let _backend = connect_backend(config).await;
+    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("connection");
+    assert!(declares_as(&connection, &names.presence, ExchangeKind::Fanout).await);
+    assert!(!declares_as(&connection, &names.presence, ExchangeKind::Topic).await);
+    assert!(declares_as(&connection, &names.chat, ExchangeKind::Topic).await);
+    assert!(!declares_as(&connection, &names.chat, ExchangeKind::Direct).await);
+    assert!(declares_as(&connection, &names.groupchat, ExchangeKind::Direct).await);
+    Broker::open().await.delete_exchanges(&names).await;
+}
+
+async fn start_error(config: RabbitConfig) -> String {
+    match RabbitBackend::connect(config).await {
+        Ok(_) => panic!("the start succeeded"),
+        Err(error) => {
+            eprintln!("start failed: {error}");
+            error.to_string()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_exchange_type_fails_the_start_naming_the_exchange() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    broker
+        .channel
+        .exchange_declare(
+            &names.chat,
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare direct");
+    let reason = start_error(config(&names, BROKER_PORT)).await;
+    let expected = format!(
+        "cannot declare exchange \"{}\" (type topic): PRECONDITION_FAILED - inequivalent arg 'type'",
+        names.chat
+    );
+    assert!(reason.starts_with(&expected), "{reason}");
+    broker.delete_exchanges(&names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_fails_the_start() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut config = config(&unique_names(), closed_port);
+    config.connect_timeout = Duration::from_millis(500);
+    let reason = start_error(config).await;
+    assert!(
+        reason.starts_with(&format!("cannot connect to 127.0.0.1:{closed_port}: ")),
+        "{reason}"
+    );
+    assert!(reason.contains("refused"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_answers_fails_the_start_after_connect_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accepts and then says nothing.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut config = config(&unique_names(), port);
+    config.connect_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let reason = start_error(config).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        reason,
+        format!("cannot connect to 127.0.0.1:{port}: no answer within 500ms")
+    );
+    silent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_the_start_with_access_refused() {
+    let mut config = config(&unique_names(), BROKER_PORT);
+    config.username = "no_such_user".into();
+    let reason = start_error(config).await;
+    assert!(
+        reason.starts_with("access refused for user \"no_such_user\""),
+        "{reason}"
+    );
+}
+
+/// Collects every report batch.
+#[derive(Default)]
+struct Collect(Mutex<Vec<ReportBatch>>);
+
+impl ReportSink for Collect {
+    fn send(&self, batch: ReportBatch) {
+        self.0.lock().expect("reports").push(batch);
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn envelope(event: RabbitEvent) -> Envelope<RabbitEvent> {
+    let bytes = event.size();
+    Envelope::new(event, b"tag", bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_are_retried_until_the_policy_gives_up_or_the_broker_takes_the_event() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let backend = connect_backend(config(&names, BROKER_PORT)).await;
+    // A queue that holds one message and makes the broker nack the rest.
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = broker.queue(&names.chat, &["#"], arguments).await;
+    let event = chat(ChatKind::Chat, Direction::In, "x");
+    assert_eq!(deliver(&backend, &event).await, confirmed());
+    assert_eq!(
+        deliver(&backend, &event).await,
+        (Verdict::Retry("nacked".into()), AttemptOutcome::Nacked)
+    );
+
+    let sink = Arc::new(Collect::default());
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        backend,
+        InstanceConfig {
+            queue: QueueLimits::default(),
+            retry: RetryPolicy {
+                max_attempts: 4,
+                // Pauses of 200-400 ms: time enough to purge between two attempts.
+                base_backoff: Duration::from_millis(400),
+                max_backoff: Duration::from_millis(400),
+                deadline: Duration::from_secs(30),
+            },
+            concurrency: 2,
+        },
+        sink.clone(),
+    );
+    // The queue stays full: every attempt is nacked, and the fourth is the last.
+    instance.push(envelope(event.clone())).expect("push");
+    wait_until("the first event to fail", Duration::from_secs(10), || {
+        instance.stats().failed == 1
+    })
+    .await;
+    assert_eq!(instance.stats().retried, 3);
+    // The next event is nacked once; then the queue is emptied and a retry gets in.
+    instance.push(envelope(event)).expect("push");
+    wait_until(
+        "a nack of the second event",
+        Duration::from_secs(10),
+        || instance.stats().retried == 4,
+    )
+    .await;
+    broker
+        .channel
+        .queue_purge(&queue, QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    wait_until("the second event", Duration::from_secs(10), || {
+        instance.stats().delivered == 1
+    })
+    .await;
+
+    let summary = instance.stop(Duration::from_secs(5)).await;
+    let stats = summary.stats;
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.failed, stats.dropped),
+        (2, 1, 1, 0)
+    );
+    assert_eq!(stats.retried, 4);
+    let batches = std::mem::take(&mut *sink.0.lock().expect("reports"));
+    let failures: Vec<_> = batches.iter().flat_map(|b| b.failures.iter()).collect();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        (failures[0].reason.as_str(), failures[0].attempts),
+        ("nacked", 4)
+    );
+    let count = |outcome: AttemptOutcome| {
+        batches
+            .iter()
+            .flat_map(|b| b.attempts.iter())
+            .filter(|a| a.outcome == outcome)
+            .count()
+    };
+    // First event: 4 nacks; second: a nack, then the confirm.
+    assert_eq!(count(AttemptOutcome::Nacked), 5);
+    assert_eq!(count(AttemptOutcome::Confirmed), 1);
+    broker.delete_exchanges(&names).await;
+}
+
+/// A TCP proxy to the broker that can cut every connection it carries and refuse new
+/// ones (accepting and closing them at once, as a broker that is going down does).
+struct Proxy {
+    port: u16,
+    refusing: Arc<AtomicBool>,
+    carried: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Local ports of the connections to the broker: the broker's `peer_port`.
+    upstream_ports: Arc<Mutex<Vec<u16>>>,
+    accept_loop: AbortHandle,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let carried = Arc::new(Mutex::new(Vec::<AbortHandle>::new()));
+        let upstream_ports = Arc::new(Mutex::new(Vec::new()));
+        let accept_loop = tokio::spawn({
+            let refusing = refusing.clone();
+            let carried = carried.clone();
+            let upstream_ports = upstream_ports.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if refusing.load(Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
+                    let upstream_ports = upstream_ports.clone();
+                    let pipe = tokio::spawn(async move {
+                        let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", BROKER_PORT)).await
+                        else {
+                            return;
+                        };
+                        if let Ok(local) = upstream.local_addr() {
+                            upstream_ports.lock().expect("ports").push(local.port());
+                        }
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    });
+                    carried.lock().expect("carried").push(pipe.abort_handle());
+                }
+            }
+        })
+        .abort_handle();
+        Proxy {
+            port,
+            refusing,
+            carried,
+            upstream_ports,
+            accept_loop,
+        }
+    }
+
+    /// Closes every connection carried so far (both ends).
+    fn cut(&self) {
+        for pipe in self.carried.lock().expect("carried").drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Has the broker close (connection.close, CONNECTION_FORCED) the connections
+    /// this proxy carries, as `rabbitmqctl close_all_connections` would, without
+    /// touching other tests' connections.
+    fn close_at_broker(&self) -> usize {
+        let ports: Vec<u16> = self.upstream_ports.lock().expect("ports").clone();
+        let listing = rabbitmqctl(&["-q", "list_connections", "pid", "peer_port"]);
+        let mut closed = 0;
+        for line in listing.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(pid), Some(port)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            if port.parse().is_ok_and(|port: u16| ports.contains(&port)) {
+                rabbitmqctl(&["-q", "close_connection", pid, "test: forced close"]);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    fn refuse(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+        self.cut();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Counts what arrives at a queue: unique message ids and everything.
+struct Arrivals {
+    unique: Arc<Mutex<HashSet<String>>>,
+    total: Arc<AtomicUsize>,
+    task: AbortHandle,
+}
+
+impl Arrivals {
+    fn start(mut consumer: lapin::Consumer) -> Arrivals {
+        let unique = Arc::new(Mutex::new(HashSet::new()));
+        let total = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let unique = unique.clone();
+            let total = total.clone();
+            async move {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&delivery.data).expect("JSON");
+                    let id = json["message"].as_str().expect("message").to_string();
+                    unique.lock().expect("unique").insert(id);
+                    total.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .abort_handle();
+        Arrivals {
+            unique,
+            total,
+            task,
+        }
+    }
+
+    fn unique(&self) -> usize {
+        self.unique.lock().expect("unique").len()
+    }
+
+    fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Arrivals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A generous retry budget: what the fault tests check is that nothing is lost.
+fn patient_instance(backend: RabbitBackend, concurrency: usize) -> Instance<RabbitBackend> {
+    Instance::start(
+        &tokio::runtime::Handle::current(),
+        backend,
+        InstanceConfig {
+            queue: QueueLimits {
+                max_events: 50_000,
+                max_bytes: 64 * 1024 * 1024,
+                overflow: Overflow::DropNewest,
+            },
+            retry: RetryPolicy {
+                max_attempts: 100,
+                base_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(300),
+                deadline: Duration::from_secs(60),
+            },
+            concurrency,
+        },
+        Arc::new(pusher::report::NoReports),
+    )
+}
+
+fn numbered(i: usize) -> Envelope<RabbitEvent> {
+    envelope(chat(ChatKind::Chat, Direction::In, &format!("m{i}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cuts_mid_stream_lose_no_event() {
+    const EVENTS: usize = 20_000;
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let proxy = Proxy::start().await;
+    let backend = connect_backend(config(&names, proxy.port)).await;
+    let connections = backend.connections().expect("counters");
+    let queue = broker
+        .queue(&names.chat, &["#"], FieldTable::default())
+        .await;
+    let arrivals = Arrivals::start(broker.consume(&queue).await);
+    // The confirm window is the concurrency: 500 events in flight at most.
+    let instance = patient_instance(backend, 500);
+
+    let mut cuts = 0;
+    for i in 0..EVENTS {
+        instance.push(numbered(i)).expect("push");
+        if i % 1000 == 999 {
+            // Pace the pushes so that the cuts land while events are flowing.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if i == 5_999 || i == 13_999 {
+                wait_until(
+                    "some deliveries before the cut",
+                    Duration::from_secs(10),
+                    || arrivals.unique() > i / 2,
+                )
+                .await;
+                proxy.cut();
+                cuts += 1;
+            }
+        }
+    }
+    wait_until(
+        "every event at the consumer",
+        Duration::from_secs(40),
+        || arrivals.unique() == EVENTS,
+    )
+    .await;
+    let summary = instance.stop(Duration::from_secs(10)).await;
+    let stats = summary.stats;
+    let counters = connections.snapshot();
+    eprintln!(
+        "{EVENTS} events, {cuts} cuts: {} messages arrived ({} duplicates), {} retries, connections {counters:?}",
+        arrivals.total(),
+        arrivals.total() - EVENTS,
+        stats.retried
+    );
+    assert_eq!(summary.lost, 0);
+    assert_eq!(stats.accepted, EVENTS as u64);
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.dropped),
+        (EVENTS as u64, 0, 0)
+    );
+    assert!(counters.closed >= 1, "{counters:?}");
+    assert!(counters.opened >= 2, "{counters:?}");
+    broker.delete_exchanges(&names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_while_the_broker_is_unreachable_and_arrive_once_it_is_back() {
+    const EVENTS: usize = 1_000;
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let proxy = Proxy::start().await;
+    // connect() needs a reachable broker; it becomes unreachable right after.
+    let backend = connect_backend(config(&names, proxy.port)).await;
+    let connections = backend.connections().expect("counters");
+    let queue = broker
+        .queue(&names.chat, &["#"], FieldTable::default())
+        .await;
+    let arrivals = Arrivals::start(broker.consume(&queue).await);
+    let instance = patient_instance(backend, 50);
+
+    proxy.refuse(true);
+    proxy.cut();
+    for i in 0..EVENTS {
+        instance.push(numbered(i)).expect("push");
+    }
+    wait_until("failed reconnect attempts", Duration::from_secs(10), || {
+        connections.snapshot().failed >= 3
+    })
+    .await;
+    let waiting = instance.stats();
+    assert_eq!(arrivals.total(), 0);
+    assert_eq!((waiting.delivered, waiting.failed), (0, 0));
+    assert_eq!(waiting.queued + waiting.in_flight, EVENTS as u64);
+
+    proxy.refuse(false);
+    wait_until(
+        "every event at the consumer",
+        Duration::from_secs(20),
+        || arrivals.unique() == EVENTS,
+    )
+    .await;
+    let stats = instance.stop(Duration::from_secs(5)).await.stats;
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.failed, stats.dropped),
+        (EVENTS as u64, EVENTS as u64, 0, 0)
+    );
+    let counters = connections.snapshot();
+    assert!(counters.closed >= 1 && counters.opened >= 2, "{counters:?}");
+    broker.delete_exchanges(&names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_broker_is_counted_reopened_and_loses_no_event() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let proxy = Proxy::start().await;
+    let backend = connect_backend(config(&names, proxy.port)).await;
+    let connections = backend.connections().expect("counters");
+    let queue = broker
+        .queue(&names.chat, &["#"], FieldTable::default())
+        .await;
+    let arrivals = Arrivals::start(broker.consume(&queue).await);
+    let instance = patient_instance(backend, 100);
+
+    // An idle connection closed by the broker shows in the counters at once.
+    let proxy = Arc::new(proxy);
+    let close_at_broker = || {
+        let proxy = proxy.clone();
+        tokio::task::spawn_blocking(move || proxy.close_at_broker())
+    };
+    assert_eq!(close_at_broker().await.expect("rabbitmqctl"), 1);
+    wait_until("the loss to be counted", Duration::from_secs(5), || {
+        connections.snapshot().closed == 1
+    })
+    .await;
+
+    // Then again while events flow: pushed before, during and after the close. The
+    // first events find the link dead and reconnect (lazily: nothing else would).
+    let mut pushed = 0;
+    while pushed < 500 {
+        instance.push(numbered(pushed)).expect("push");
+        pushed += 1;
+    }
+    wait_until("the reconnect", Duration::from_secs(5), || {
+        connections.snapshot().opened == 2 && arrivals.unique() > 0
+    })
+    .await;
+    let closing = close_at_broker();
+    let mut pushed_after_close = 0;
+    while pushed_after_close < 500 {
+        if closing.is_finished() {
+            pushed_after_close += 25;
+        }
+        for _ in 0..25 {
+            instance.push(numbered(pushed)).expect("push");
+            pushed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(closing.await.expect("rabbitmqctl"), 1);
+    wait_until(
+        "every event at the consumer",
+        Duration::from_secs(20),
+        || arrivals.unique() == pushed,
+    )
+    .await;
+    let stats = instance.stop(Duration::from_secs(5)).await.stats;
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.failed, stats.dropped),
+        (pushed as u64, pushed as u64, 0, 0)
+    );
+    let counters = connections.snapshot();
+    eprintln!(
+        "forced close: {pushed} events, {} duplicates, {} retries, connections {counters:?}",
+        arrivals.total() - pushed,
+        stats.retried
+    );
+    assert_eq!((counters.closed, counters.opened), (2, 3), "{counters:?}");
+    broker.delete_exchanges(&names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_broker_is_unreachable_ends_at_the_drain_deadline() {
+    const EVENTS: usize = 200;
+    let names = unique_names();
+    let proxy = Proxy::start().await;
+    let backend = connect_backend(config(&names, proxy.port)).await;
+    let connections = backend.connections().expect("counters");
+    let instance = patient_instance(backend, 20);
+    proxy.refuse(true);
+    proxy.cut();
+    for i in 0..EVENTS {
+        instance.push(numbered(i)).expect("push");
+    }
+    wait_until("a failed reconnect", Duration::from_secs(5), || {
+        connections.snapshot().failed >= 1
+    })
+    .await;
+    // The workers wait for the broker; the stop aborts them at the deadline.
+    let started = Instant::now();
+    let summary = instance.stop(Duration::from_millis(300)).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let stats = summary.stats;
+    assert_eq!(summary.lost, EVENTS as u64);
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.failed, stats.dropped),
+        (EVENTS as u64, 0, EVENTS as u64, 0)
+    );
+    drop(instance);
+    Broker::open().await.delete_exchanges(&names).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_exchange_is_declared_again_on_reconnect() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    let backend = connect_backend(config(&names, BROKER_PORT)).await;
+    let event = chat(ChatKind::Chat, Direction::In, "again");
+    assert_eq!(deliver(&backend, &event).await, confirmed());
+    broker
+        .channel
+        .exchange_delete(&names.chat, ExchangeDeleteOptions::default())
+        .await
+        .expect("delete");
+    // Publishing to a missing exchange makes the broker close the channel (404).
+    let (verdict, outcome) = deliver(&backend, &event).await;
+    assert!(
+        matches!(verdict, Verdict::Retry(ref r) if r.contains("NOT_FOUND")),
+        "{verdict:?}"
+    );
+    assert!(
+        matches!(outcome, AttemptOutcome::NoResponse(_)),
+        "{outcome:?}"
+    );
+    // The next attempt reconnects, which declares the exchange again.
+    assert_eq!(deliver(&backend, &event).await, confirmed());
+    let queue = broker
+        .queue(&names.chat, &["#"], FieldTable::default())
+        .await;
+    let mut consumer = broker.consume(&queue).await;
+    assert_eq!(deliver(&backend, &event).await, confirmed());
+    let (key, _, _) = next_message(&mut consumer).await;
+    assert_eq!(key, "alice@localhost.chat_msg_sent");
+    let counters = backend.connections().expect("counters").snapshot();
+    assert_eq!((counters.opened, counters.closed), (2, 1));
+    broker.delete_exchanges(&names).await;
+}
