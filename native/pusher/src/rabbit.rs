@@ -6,10 +6,17 @@
 //! While the broker is unreachable, `deliver` waits for the reconnect instead of
 //! failing: the workers stop taking events, and new events wait in the instance's
 //! bounded queue (where overflow is counted) rather than burning their retry budget.
+//! An attempt in flight when the connection drops fails (and is retried by the
+//! instance): the broker may or may not have taken it, so a loss can duplicate an
+//! event but, with confirms on, never drop one.
+//!
+//! Connection counters: `opened` per link set up (connection, channel, confirm mode,
+//! exchanges), `failed` per attempt that could not, `closed` once per link lost (as
+//! lapin reports it, or as a delivery finds it) or closed by `close`.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -520,6 +527,8 @@ pub struct RabbitBackend {
     reconnect: tokio::sync::Mutex<Reconnect>,
     properties: BasicProperties,
     last_connect_error: Mutex<Option<String>>,
+    /// Set by close(): no reconnecting after it.
+    closed: AtomicBool,
 }
 
 impl RabbitBackend {
@@ -545,6 +554,7 @@ impl RabbitBackend {
             link: RwLock::new(Some(Arc::new(link))),
             reconnect: tokio::sync::Mutex::new(Reconnect { failures: 0 }),
             last_connect_error: Mutex::new(None),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -576,22 +586,27 @@ impl RabbitBackend {
     }
 
     /// The current link if it is up; otherwise waits until it has been replaced.
-    async fn live_link(&self) -> Arc<Link> {
+    /// None once the backend is closed.
+    async fn live_link(&self) -> Option<Arc<Link>> {
         match self.current_live_link() {
-            Some(link) => link,
+            Some(link) => Some(link),
             None => self.relink().await,
         }
     }
 
-    /// Replaces a dead link, retrying with backoff for as long as it takes; only the
-    /// caller holding the lock does the work. Cancel-safe: dropping this future
-    /// releases the lock and the next waiter carries on.
-    async fn relink(&self) -> Arc<Link> {
+    /// Replaces a dead link, retrying with backoff for as long as it takes (or until
+    /// the backend is closed); only the caller holding the lock does the work.
+    /// Cancel-safe: dropping this future releases the lock and the next waiter
+    /// carries on.
+    async fn relink(&self) -> Option<Arc<Link>> {
         let mut reconnect = self.reconnect.lock().await;
         loop {
+            if self.closed.load(SeqCst) {
+                return None;
+            }
             // Whoever held the lock before may have reconnected already.
             if let Some(link) = self.current_live_link() {
-                return link;
+                return Some(link);
             }
             let dead = self
                 .link
@@ -608,15 +623,24 @@ impl RabbitBackend {
             tokio::time::sleep(reconnect.delay(&self.config)).await;
             match open_link(&self.target, &self.config, &self.connections).await {
                 Ok(link) => {
+                    let link = Arc::new(link);
+                    {
+                        let mut current = self.link.write().unwrap_or_else(PoisonError::into_inner);
+                        // Checked under the lock that close() takes the link with:
+                        // a link opened after a close is dropped (which closes it)
+                        // instead of being left open.
+                        if self.closed.load(SeqCst) {
+                            return None;
+                        }
+                        *current = Some(link.clone());
+                    }
                     self.connections.opened.fetch_add(1, Relaxed);
                     reconnect.failures = 0;
                     *self
                         .last_connect_error
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner) = None;
-                    let link = Arc::new(link);
-                    *self.link.write().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
-                    return link;
+                    return Some(link);
                 }
                 Err(RabbitError(error)) => {
                     self.connections.failed.fetch_add(1, Relaxed);
@@ -629,6 +653,27 @@ impl RabbitBackend {
             }
         }
     }
+
+    /// Closes the connection for good (module stop), counting it in
+    /// `connections.closed` as MongooseIM's rabbit worker reports its connection
+    /// closing when it terminates; waits at most connect_timeout for the broker's
+    /// close-ok. Deliveries after this fail without retry. Meant for after the
+    /// instance has drained.
+    pub async fn close(&self) {
+        self.closed.store(true, SeqCst);
+        let link = self
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(link) = link {
+            if link.is_live() {
+                let closing = link.connection.close(200, "mongoose_event_pusher stopping");
+                let _ = tokio::time::timeout(self.config.connect_timeout, closing).await;
+            }
+            link.count_loss(&self.connections);
+        }
+    }
 }
 
 impl Backend for RabbitBackend {
@@ -636,7 +681,9 @@ impl Backend for RabbitBackend {
 
     async fn deliver(&self, event: &RabbitEvent) -> Attempt {
         let message = outgoing(&self.config, event);
-        let link = self.live_link().await;
+        let Some(link) = self.live_link().await else {
+            return Attempt::rejected("backend closed");
+        };
         let publish = link.channel.basic_publish(
             message.exchange,
             &message.routing_key,

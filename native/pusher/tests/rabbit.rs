@@ -1005,3 +1005,29 @@ async fn a_deleted_exchange_is_declared_again_on_reconnect() {
     assert_eq!((counters.opened, counters.closed), (2, 1));
     broker.delete_exchanges(&names).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_the_connection_counts_it_and_refuses_later_events() {
+    let names = unique_names();
+    let backend = connect_backend(config(&names, BROKER_PORT)).await;
+    let event = chat(ChatKind::Chat, Direction::In, "last");
+    assert_eq!(deliver(&backend, &event).await, confirmed());
+    backend.close().await;
+    assert!(!backend.is_connected());
+    let counters = backend.connections().expect("counters").snapshot();
+    assert_eq!(
+        (counters.opened, counters.closed, counters.failed),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        deliver(&backend, &event).await,
+        (
+            Verdict::Fatal("backend closed".into()),
+            AttemptOutcome::NoResponse("backend closed".into())
+        )
+    );
+    backend.close().await;
+    let counters = backend.connections().expect("counters").snapshot();
+    assert_eq!((counters.opened, counters.closed), (1, 1), "counted once");
+    Broker::open().await.delete_exchanges(&names).await;
+}
