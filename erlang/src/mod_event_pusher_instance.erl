@@ -28,6 +28,9 @@
 
 -callback handle_report(HostType :: binary(), key(), report()) -> any().
 
+%% How long past its drain deadline a stop may take before the caller gives up.
+-define(STOP_MARGIN_MS, 30000).
+
 -record(state, {host_type :: binary(), key :: key(), module :: module(),
                 instance :: mod_event_pusher_nif:instance()}).
 
@@ -46,7 +49,8 @@ start(HostType, Key, Module, Starter) ->
 
 %% @doc Refuses new events, delivers pending ones for up to DrainMs, then stops.
 -spec stop(binary(), key(), non_neg_integer()) ->
-          {ok, mod_event_pusher_nif:stats()} | {error, not_running}.
+          {ok, mod_event_pusher_nif:stats() | {error, stop_failed}}
+          | {error, not_running | stop_timeout}.
 stop(HostType, Key, DrainMs) ->
     [{Key, Result}] = stop_all(HostType, [Key], DrainMs),
     Result.
@@ -54,10 +58,12 @@ stop(HostType, Key, DrainMs) ->
 %% @doc stop/3 for several instances at once: they drain in parallel, so stopping
 %% takes at most DrainMs, not DrainMs per instance.
 -spec stop_all(binary(), [key()], non_neg_integer()) ->
-          [{key(), {ok, mod_event_pusher_nif:stats()} | {error, not_running}}].
+          [{key(), {ok, mod_event_pusher_nif:stats() | {error, stop_failed}}
+                   | {error, not_running | stop_timeout}}].
 stop_all(HostType, Keys, DrainMs) ->
     Requests = [{Key, request_stop(HostType, Key, DrainMs)} || Key <- Keys],
-    [{Key, wait_stopped(Request)} || {Key, Request} <- Requests].
+    Deadline = erlang:monotonic_time(millisecond) + DrainMs + ?STOP_MARGIN_MS,
+    [{Key, wait_stopped(HostType, Key, Request, Deadline)} || {Key, Request} <- Requests].
 
 request_stop(HostType, Key, DrainMs) ->
     Name = name(HostType, Key),
@@ -69,12 +75,20 @@ request_stop(HostType, Key, DrainMs) ->
             gen_server:send_request(Pid, {stop, DrainMs})
     end.
 
-wait_stopped(not_running) ->
+wait_stopped(_HostType, _Key, not_running, _Deadline) ->
     {error, not_running};
-wait_stopped(RequestId) ->
-    case gen_server:wait_response(RequestId, infinity) of
-        {reply, Reply} -> Reply;
-        {error, _} -> {error, not_running}
+wait_stopped(HostType, Key, RequestId, Deadline) ->
+    Timeout = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    case gen_server:wait_response(RequestId, Timeout) of
+        {reply, Reply} ->
+            Reply;
+        {error, _} ->
+            {error, not_running};
+        timeout ->
+            %% The drain deadline is enforced in Rust; this only guards module stop
+            %% against a stuck instance.
+            ?LOG_ERROR(#{what => event_pusher_stop_timeout, host_type => HostType, key => Key}),
+            {error, stop_timeout}
     end.
 
 -spec stats(binary(), key()) -> mod_event_pusher_nif:stats() | {error, not_running}.
@@ -144,6 +158,9 @@ handle_report(Report, #state{host_type = HostType, key = Key, module = Module}) 
                          class => Class, reason => Reason, stacktrace => Stacktrace})
     end.
 
+log_stop(#state{host_type = HostType, key = Key}, {error, Reason}) ->
+    ?LOG_ERROR(#{what => event_pusher_stop_failed, host_type => HostType, key => Key,
+                 reason => Reason});
 log_stop(#state{host_type = HostType, key = Key}, Stats = #{lost := 0}) ->
     ?LOG_INFO(#{what => event_pusher_stopped, host_type => HostType, key => Key, stats => Stats});
 log_stop(#state{host_type = HostType, key = Key}, Stats = #{lost := Lost}) ->

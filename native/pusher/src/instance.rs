@@ -183,7 +183,9 @@ impl<B: Backend> Instance<B> {
             for worker in &workers {
                 worker.abort();
             }
-            for worker in workers {
+            // Handles join_all saw finish must not be polled again; the others end at
+            // their next await point now that they are aborted.
+            for worker in workers.into_iter().filter(|w| !w.is_finished()) {
                 let _ = worker.await;
             }
             // Aborted workers never decrement in_flight: what they held is lost too.

@@ -4,7 +4,10 @@
 //! `{error, badarg}` instead of an exception, and nothing here can panic across the
 //! boundary on bad input.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
+
+use futures_util::FutureExt;
 use std::time::Duration;
 
 use pusher::backend::AttemptOutcome;
@@ -29,7 +32,7 @@ mod atoms {
         latency_p50_us, latency_p99_us, lost,
         attempts, failures, counters, connections, reports_lost,
         published, confirmed, nacked, timeout, opened, closed,
-        presence, chat, groupchat, out,
+        presence, chat, groupchat, out, stop_failed,
         r#in = "in",
     }
 }
@@ -562,13 +565,20 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
     // Capped so that no deadline arithmetic can overflow: a day is "forever" here.
     let drain = Duration::from_millis(drain_ms.min(86_400_000));
     runtime.spawn(async move {
-        let summary: StopSummary = match &resource.pusher {
-            Pusher::Http(instance) => instance.stop(drain).await,
-            Pusher::Rabbit(instance) => instance.stop(drain).await,
+        let stopping = async {
+            match &resource.pusher {
+                Pusher::Http(instance) => instance.stop(drain).await,
+                Pusher::Rabbit(instance) => instance.stop(drain).await,
+            }
         };
+        // The caller waits for this message: it must come even if stopping panics.
+        let summary: Option<StopSummary> = AssertUnwindSafe(stopping).catch_unwind().await.ok();
         let mut owned = owned;
         let _ = owned.send_and_clear(&caller, |env| {
-            let stats = stats_term(env, &summary.stats, Some(summary.lost));
+            let stats = match &summary {
+                Some(summary) => stats_term(env, &summary.stats, Some(summary.lost)),
+                None => (atoms::error(), atoms::stop_failed()).encode(env),
+            };
             (
                 atoms::mod_event_pusher_nif(),
                 atoms::stopped(),
