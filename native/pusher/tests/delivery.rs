@@ -381,3 +381,21 @@ async fn reports_flow_without_a_stop() {
     }
     eventually("50 attempts reported", || reports.statuses().len() == 50).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_deadline_with_some_workers_idle_still_answers() {
+    // Three idle workers end at once when stopping, one stays stuck in a request:
+    // the drain deadline must abort it without touching the finished ones again.
+    let sink = start_sink(vec![], Duration::from_secs(5)).await;
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        http_backend(format!("http://{}", sink.addr)),
+        config(1, 100),
+        Arc::new(pusher::report::NoReports),
+    );
+    instance.push(event(1)).expect("push");
+    eventually("a request in flight", || instance.stats().in_flight == 1).await;
+    let summary = instance.stop(Duration::from_millis(200)).await;
+    assert_eq!(summary.lost, 1);
+    assert_eq!((summary.stats.failed, summary.stats.in_flight), (1, 0));
+}
