@@ -40,6 +40,9 @@ pub enum AttemptOutcome {
 pub struct Attempt {
     pub verdict: Verdict,
     pub outcome: AttemptOutcome,
+    /// Bytes this attempt put on the wire, when the backend knows them better than the
+    /// queued event's size (the AMQP payload, say); reported with the attempt.
+    pub wire_bytes: Option<usize>,
 }
 
 impl Attempt {
@@ -48,6 +51,7 @@ impl Attempt {
         Attempt {
             verdict: Verdict::Retry(reason.clone()),
             outcome: AttemptOutcome::NoResponse(reason),
+            wire_bytes: None,
         }
     }
 
@@ -56,6 +60,7 @@ impl Attempt {
         Attempt {
             verdict: Verdict::Fatal(reason.clone()),
             outcome: AttemptOutcome::NoResponse(reason),
+            wire_bytes: None,
         }
     }
 }
@@ -71,5 +76,10 @@ pub trait Backend: Send + Sync + 'static {
     /// (reported as MongooseIM's wpool_rabbit_connections, say).
     fn connections(&self) -> Option<Arc<ConnectionCounters>> {
         None
+    }
+
+    /// Called once the instance has drained on stop: close connections cleanly.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }

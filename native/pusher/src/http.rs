@@ -257,6 +257,7 @@ impl Backend for HttpBackend {
                 Attempt {
                     verdict: classify(status),
                     outcome: AttemptOutcome::Response(status),
+                    wire_bytes: None,
                 }
             }
             Err(error) => Attempt::no_response(describe(&error)),

@@ -197,6 +197,7 @@ impl<B: Backend> Instance<B> {
                 lost += 1;
             }
         }
+        shared.backend.shutdown().await;
         shared.reporter.flush().await;
         StopSummary {
             lost,
@@ -293,7 +294,7 @@ impl<B: Backend> Shared<B> {
                 tag: envelope.tag.clone(),
                 outcome: attempt.outcome,
                 elapsed: started.elapsed(),
-                bytes: envelope.bytes,
+                bytes: attempt.wire_bytes.unwrap_or(envelope.bytes),
             }));
             let reason = match attempt.verdict {
                 Verdict::Delivered => {

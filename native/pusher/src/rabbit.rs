@@ -681,6 +681,7 @@ impl Backend for RabbitBackend {
 
     async fn deliver(&self, event: &RabbitEvent) -> Attempt {
         let message = outgoing(&self.config, event);
+        let payload_bytes = message.payload.len();
         let Some(link) = self.live_link().await else {
             return Attempt::rejected("backend closed");
         };
@@ -708,21 +709,25 @@ impl Backend for RabbitBackend {
                 return Attempt {
                     verdict: Verdict::Delivered,
                     outcome: AttemptOutcome::Published,
+                    wire_bytes: Some(payload_bytes),
                 };
             }
             match PendingConfirm(Some(confirm)).wait().await {
                 Ok(Confirmation::Ack(_)) => Attempt {
                     verdict: Verdict::Delivered,
                     outcome: AttemptOutcome::Confirmed,
+                    wire_bytes: Some(payload_bytes),
                 },
                 Ok(Confirmation::Nack(_)) => Attempt {
                     verdict: Verdict::Retry("nacked".into()),
                     outcome: AttemptOutcome::Nacked,
+                    wire_bytes: Some(payload_bytes),
                 },
                 // Only a channel without confirm mode answers this; ours always has it.
                 Ok(Confirmation::NotRequested) => Attempt {
                     verdict: Verdict::Delivered,
                     outcome: AttemptOutcome::Published,
+                    wire_bytes: Some(payload_bytes),
                 },
                 Err(error) => {
                     link.lost.store(true, Relaxed);
@@ -741,11 +746,16 @@ impl Backend for RabbitBackend {
                 .into(),
             ),
             outcome: AttemptOutcome::TimedOut,
+            wire_bytes: Some(payload_bytes),
         })
     }
 
     fn connections(&self) -> Option<Arc<ConnectionCounters>> {
         Some(self.connections.clone())
+    }
+
+    async fn shutdown(&self) {
+        self.close().await;
     }
 }
 
