@@ -740,18 +740,10 @@ wait_until(Check, Tries, SleepMs) ->
 
 rabbitmqctl(Args) ->
     Exe = os:find_executable("rabbitmqctl"),
-    Port = open_port({spawn_executable, Exe},
-                     [binary, exit_status, stderr_to_stdout,
-                      {args, ["-q" | [unicode:characters_to_list(A) || A <- Args]]}]),
-    case collect(Port, []) of
+    case repo_binary:run(Exe, ["-q" | [unicode:characters_to_list(A) || A <- Args]],
+                         [stderr_to_stdout]) of
         {0, Out} -> Out;
         {Status, Out} -> ct:fail({rabbitmqctl, Args, Status, Out})
-    end.
-
-collect(Port, Acc) ->
-    receive
-        {Port, {data, Data}} -> collect(Port, [Acc, Data]);
-        {Port, {exit_status, Status}} -> {Status, iolist_to_binary(Acc)}
     end.
 
 %% name => {type, durable} from rabbitmqctl (one call: it starts a VM each time).

@@ -62,19 +62,12 @@ recv_all(Socket, Acc) ->
         {error, Reason} -> error(#{what => sink_stats_failed, reason => Reason})
     end.
 
-%% @doc The repository root: the first directory above this module's beam that holds
-%% the Cargo workspace's Cargo.toml.
+%% @doc The repository root (see repo_binary:root/0).
 -spec repo_root() -> file:filename().
 repo_root() ->
-    find_root(filename:dirname(filename:absname(code:which(?MODULE)))).
-
-find_root("/") ->
-    error(#{what => repo_root_not_found, beam => code:which(?MODULE)});
-find_root(Dir) ->
-    case filelib:is_regular(filename:join(Dir, "Cargo.toml"))
-        andalso filelib:is_dir(filename:join(Dir, "native")) of
-        true -> Dir;
-        false -> find_root(filename:dirname(Dir))
+    case repo_binary:root() of
+        {ok, Root} -> Root;
+        error -> error(#{what => repo_root_not_found, beam => code:which(?MODULE)})
     end.
 
 -spec executable() -> file:filename().

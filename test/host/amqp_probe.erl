@@ -28,8 +28,6 @@
 -type opts() :: #{uri => string(), timeout => timeout()}.
 -export_type([probe/0, bind/0, message/0, opts/0]).
 
--define(ROOT_MARKER, "Cargo.toml").
--define(BUILT_KEY, {?MODULE, built}).
 -define(DEFAULT_URI, "amqp://guest:guest@127.0.0.1:5672/%2f").
 -define(START_TIMEOUT, 10000).
 %% Lines are at most this long before the port splits them (noeol); they are
@@ -134,10 +132,7 @@ delete(Exchange) ->
 %% @doc The amqp_probe program, built first if needed (see the module doc).
 -spec executable() -> {ok, file:filename()} | {error, term()}.
 executable() ->
-    case os:getenv("AMQP_PROBE") of
-        Exe when Exe =:= false; Exe =:= "" -> built_executable();
-        Exe -> check_exists(Exe)
-    end.
+    repo_binary:executable("AMQP_PROBE", "amqp_tools", "amqp_probe").
 
 %%% The probe process
 
@@ -224,22 +219,13 @@ call(Probe, Request) ->
 run_once(Args) ->
     case executable() of
         {ok, Exe} ->
-            Port = open_port({spawn_executable, Exe},
-                             [binary, exit_status, use_stdio, stderr_to_stdout,
-                              {args, Args ++ ["--exit"]}]),
-            case collect(Port, []) of
+            case repo_binary:run(Exe, Args ++ ["--exit"], [use_stdio, stderr_to_stdout]) of
                 {0, _} -> ok;
                 {_, <<"error ", Reason/binary>>} -> {error, string:trim(Reason)};
                 {Status, Output} -> {error, {exit_status, Status, Output}}
             end;
         {error, _} = Error ->
             Error
-    end.
-
-collect(Port, Acc) ->
-    receive
-        {Port, {data, Data}} -> collect(Port, [Acc, Data]);
-        {Port, {exit_status, Status}} -> {Status, iolist_to_binary(Acc)}
     end.
 
 uri_args(Opts) ->
@@ -251,72 +237,3 @@ arg(Left, Right) ->
 to_list(B) when is_binary(B) -> unicode:characters_to_list(B);
 to_list(L) when is_list(L) -> L;
 to_list(A) when is_atom(A) -> atom_to_list(A).
-
-%%% Finding and building the program
-
-built_executable() ->
-    case repo_root() of
-        {ok, Root} ->
-            Exe = filename:join([Root, "target", "release", "amqp_probe"]),
-            case ensure_built(Root) of
-                ok -> check_exists(Exe);
-                {error, _} = Error ->
-                    case filelib:is_regular(Exe) of
-                        true -> {ok, Exe}; % a stale binary beats none
-                        false -> Error
-                    end
-            end;
-        error ->
-            {error, {amqp_probe_not_found, "no directory with " ?ROOT_MARKER " above "
-                     ++ code:which(?MODULE)}}
-    end.
-
-check_exists(Exe) ->
-    case filelib:is_regular(Exe) of
-        true -> {ok, Exe};
-        false -> {error, {amqp_probe_not_found, Exe}}
-    end.
-
-ensure_built(Root) ->
-    case persistent_term:get(?BUILT_KEY, false) of
-        true -> ok;
-        false ->
-            case os:find_executable("cargo") of
-                false -> ok;
-                Cargo ->
-                    case run_cargo(Cargo, Root) of
-                        ok -> persistent_term:put(?BUILT_KEY, true);
-                        {error, _} = Error -> Error
-                    end
-            end
-    end.
-
-run_cargo(Cargo, Root) ->
-    Port = open_port({spawn_executable, Cargo},
-                     [binary, exit_status, stderr_to_stdout, {cd, Root},
-                      {args, ["build", "--release", "-q", "-p", "amqp_tools",
-                              "--bin", "amqp_probe"]}]),
-    case collect(Port, []) of
-        {0, _} -> ok;
-        {_, Output} -> {error, {cargo_build_failed, unicode:characters_to_list(Output)}}
-    end.
-
-repo_root() ->
-    {ok, Cwd} = file:get_cwd(),
-    Starts = case code:which(?MODULE) of
-                 Beam when is_list(Beam) -> [filename:dirname(filename:absname(Beam)), Cwd];
-                 _ -> [Cwd]
-             end,
-    find_root(Starts).
-
-find_root([]) ->
-    error;
-find_root([Dir | Rest]) ->
-    case filelib:is_regular(filename:join(Dir, ?ROOT_MARKER)) of
-        true -> {ok, Dir};
-        false ->
-            case filename:dirname(Dir) of
-                Dir -> find_root(Rest);
-                Parent -> find_root([Parent | Rest])
-            end
-    end.
