@@ -258,7 +258,7 @@ https_certificate_is_verified_unless_told_not_to(Config) ->
 
 missing_pool_fails_the_start_with_a_reason(Config) ->
     Toml = toml(Config, #{handlers => [#{path => <<"/x">>, pool => no_such_pool}]}),
-    Opts = mongoose_config_parser:parse_file(write_toml(Config, Toml)),
+    Opts = options(Config, Toml),
     try mongoose_host:start(Opts) of
         _ -> ct:fail(started_without_pool)
     catch error:Reason ->
@@ -269,17 +269,13 @@ missing_pool_fails_the_start_with_a_reason(Config) ->
 
 %% Helpers
 
-start(Config, Spec) ->
-    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, Spec))),
-    ok = mongoose_host:start(Opts),
-    mongoose_instrument:clear_events().
+%% The options of this TOML text, as MongooseIM's parser gives them.
+options(Config, Toml) ->
+    mongoose_config_parser:parse_file(mongoose_host:write_toml(?config(priv_dir, Config), Toml)).
 
-write_toml(Config, Toml) ->
-    Path = filename:join(?config(priv_dir, Config),
-                         "mongooseim_" ++ integer_to_list(erlang:unique_integer([positive]))
-                         ++ ".toml"),
-    ok = file:write_file(Path, Toml),
-    Path.
+start(Config, Spec) ->
+    ok = mongoose_host:start_toml(?config(priv_dir, Config), toml(Config, Spec)),
+    mongoose_instrument:clear_events().
 
 toml(Config, Spec) ->
     Port = case Spec of

@@ -117,7 +117,7 @@ mongooseim_default_config_works_unchanged(Config) ->
             <<"  connection.username = \"guest\"\n  connection.password = \"guest\"\n">>,
             <<"  connection.confirms_enabled = false\n  connection.max_worker_queue_len = 100\n\n">>,
             <<"[modules.mod_event_pusher.rabbit]\n">>],
-    ok = mongoose_host:start(mongoose_config_parser:parse_file(write_toml(Config, Toml))),
+    ok = mongoose_host:start_toml(?config(priv_dir, Config), Toml),
     Listed = list_exchanges(),
     [?assertMatch({<<"topic">>, _}, maps:get(Name, Listed))
      || Name <- [<<"presence">>, <<"chat_msg">>, <<"groupchat_msg">>]],
@@ -255,7 +255,7 @@ large_unicode_body_arrives_intact(Config) ->
 conflicting_exchange_type_fails_the_start(Config) ->
     #{chat := C} = ?config(exchanges, Config),
     ok = amqp_probe:declare(C, <<"direct">>),
-    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, #{}))),
+    Opts = options(Config, toml(Config, #{})),
     try mongoose_host:start(Opts) of
         _ -> ct:fail(started_despite_conflict)
     catch error:Reason ->
@@ -273,8 +273,7 @@ conflicting_exchange_type_fails_the_start(Config) ->
 
 unreachable_broker_fails_the_start(Config) ->
     Port = closed_port(),
-    Opts = mongoose_config_parser:parse_file(
-             write_toml(Config, toml(Config, #{port => Port, connect_timeout_ms => 1000}))),
+    Opts = options(Config, toml(Config, #{port => Port, connect_timeout_ms => 1000})),
     T0 = erlang:monotonic_time(millisecond),
     try mongoose_host:start(Opts) of
         _ -> ct:fail(started_without_broker)
@@ -505,7 +504,7 @@ stop_while_unreachable_gives_up_and_can_restart(Config) ->
 
 %% The start must fail; returns the error printed as text.
 start_error(Config, Spec) ->
-    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, Spec))),
+    Opts = options(Config, toml(Config, Spec)),
     try mongoose_host:start(Opts) of
         _ -> ct:fail({started, Spec})
     catch error:Reason ->
@@ -514,16 +513,12 @@ start_error(Config, Spec) ->
             Text
     end.
 
-start(Config, Spec) ->
-    Opts = mongoose_config_parser:parse_file(write_toml(Config, toml(Config, Spec))),
-    ok = mongoose_host:start(Opts).
+%% The options of this TOML text, as MongooseIM's parser gives them.
+options(Config, Toml) ->
+    mongoose_config_parser:parse_file(mongoose_host:write_toml(?config(priv_dir, Config), Toml)).
 
-write_toml(Config, Toml) ->
-    Path = filename:join(?config(priv_dir, Config),
-                         "mongooseim_" ++ integer_to_list(erlang:unique_integer([positive]))
-                         ++ ".toml"),
-    ok = file:write_file(Path, Toml),
-    Path.
+start(Config, Spec) ->
+    ok = mongoose_host:start_toml(?config(priv_dir, Config), toml(Config, Spec)).
 
 %% Spec: port, confirms, workers, types/durable/topics per exchange, queue, retry,
 %% drain_timeout_ms, connect_timeout_ms.

@@ -3,7 +3,7 @@
 %% starts the configured modules, as a MongooseIM node does at boot.
 -module(mongoose_host).
 
--export([start/1, start_file/1, stop/0]).
+-export([start/1, start_file/1, start_toml/2, write_toml/2, stop/0]).
 
 %% Services are started unlinked: tests call start/1 from short-lived processes
 %% (e.g. init_per_suite), and the services must outlive them.
@@ -22,6 +22,20 @@ start(Opts) ->
 -spec start_file(file:name_all()) -> ok.
 start_file(TomlPath) ->
     start(mongoose_config_parser:parse_file(TomlPath)).
+
+%% @doc start_file/1 of TOML text, written to a fresh file in Dir (tests build their
+%% configuration as text; the parser, like MongooseIM's, reads files).
+-spec start_toml(file:name_all(), iodata()) -> ok.
+start_toml(Dir, Toml) ->
+    start_file(write_toml(Dir, Toml)).
+
+%% @doc Writes TOML text to a fresh file in Dir and returns its path.
+-spec write_toml(file:name_all(), iodata()) -> file:filename().
+write_toml(Dir, Toml) ->
+    Path = filename:join(Dir, "mongooseim_" ++ integer_to_list(erlang:unique_integer([positive]))
+                         ++ ".toml"),
+    ok = file:write_file(Path, Toml),
+    Path.
 
 %% @doc Stops the modules and the services and erases the configuration.
 -spec stop() -> ok.
