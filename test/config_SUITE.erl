@@ -29,7 +29,7 @@
          http_empty_pool_name/1, http_path_not_a_string/1, http_duplicate_handlers/1,
          http_unknown_callback_module/1, http_handlers_not_a_list/1,
          rabbit_empty_names/1, rabbit_unknown_key/1, rabbit_bad_additive_options/1,
-         rabbit_additive_options/1,
+         rabbit_additive_options/1, sns_additive_options/1, sns_bad_additive_options/1,
          http_pool_without_host/1, http_pool_bad_request_timeout/1, pool_bad_values/1,
          pool_scope_in_host_config/1, rabbit_pool_bad_connection/1,
          unknown_module/1, unknown_top_level_key/1, no_hosts/1, host_config_unknown_host/1,
@@ -63,7 +63,7 @@ groups() ->
        http_empty_pool_name, http_path_not_a_string, http_duplicate_handlers,
        http_unknown_callback_module, http_handlers_not_a_list,
        rabbit_empty_names, rabbit_unknown_key, rabbit_bad_additive_options,
-       rabbit_additive_options,
+       rabbit_additive_options, sns_additive_options, sns_bad_additive_options,
        http_pool_without_host, http_pool_bad_request_timeout, pool_bad_values,
        pool_scope_in_host_config, rabbit_pool_bad_connection,
        unknown_module, unknown_top_level_key, no_hosts, host_config_unknown_host,
@@ -349,6 +349,22 @@ rabbit_bad_additive_options(Config) ->
               #{reason => validation_failed, validator => positive}},
              {"queue.overflow = \"sideways\"\n", ".queue.overflow",
               #{reason => validation_failed}}]].
+
+sns_additive_options(Config) ->
+    Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.sns]\n",
+                               "batching = false\n", "request_timeout_ms = 750\n",
+                               "queue.overflow = \"drop_oldest\"\n"
+                               | sns_lines(sns_required_toml())]),
+    #{mod_event_pusher := #{sns := Sns}} = opt({modules, ?HT}, Opts),
+    ?assertMatch(#{batching := false, request_timeout_ms := 750,
+                   queue := #{overflow := drop_oldest, max_events := 10000}}, Sns),
+    ?assertNot(maps:is_key(retry, Sns)).
+
+sns_bad_additive_options(Config) ->
+    [assert_module_rejected(Config, sns, [Line | sns_lines(sns_required_toml())], Path, Fields)
+     || {Line, Path, Fields} <- [{"batching = 1\n", ".batching", #{}},
+                                 {"request_timeout_ms = 0\n", ".request_timeout_ms", #{}},
+                                 {"retry.max_attempts = 2\n", ".retry", #{reason => unexpected_key}}]].
 
 rabbit_additive_options(Config) ->
     Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.rabbit]\n",
@@ -668,6 +684,13 @@ rabbit_additive_defaults() ->
                  deadline_ms => 30000}}.
 
 sns_required() ->
+    maps:merge(sns_mongooseim_required(), sns_additive_defaults()).
+
+sns_additive_defaults() ->
+    #{batching => true, request_timeout_ms => 5000, drain_timeout_ms => 5000,
+      queue => #{max_events => 10000, max_bytes => 16777216, overflow => drop_newest}}.
+
+sns_mongooseim_required() ->
     #{sns_host => "sns.eu-west-1.amazonaws.com", region => "eu-west-1",
       access_key_id => "AKIAIOSFODNN7EXAMPLE",
       secret_access_key => "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -677,7 +700,8 @@ sns_required() ->
 
 %% The required sns keys as TOML values (strings or, for bad cases, integers).
 sns_required_toml() ->
-    maps:with([sns_host, region, access_key_id, secret_access_key, account_id], sns_required()).
+    maps:with([sns_host, region, access_key_id, secret_access_key, account_id],
+              sns_mongooseim_required()).
 
 sns_lines(Map) ->
     [[atom_to_list(Key), " = ", toml_literal(Value), "\n"] || {Key, Value} <- maps:to_list(Map)].

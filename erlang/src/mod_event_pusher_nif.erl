@@ -2,9 +2,9 @@
 %% NIF cannot be hot-upgraded; all logic lives in other modules.
 -module(mod_event_pusher_nif).
 
--export([start_http/2, start_rabbit/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-export([start_http/2, start_rabbit/2, start_sns/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
 
--nifs([start_http/2, start_rabbit/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-nifs([start_http/2, start_rabbit/2, start_sns/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
 -on_load(load/0).
 
 -type instance() :: reference().
@@ -37,6 +37,11 @@ start_http(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 %% (on a dirty scheduler), failing with a reason that names the exchange or broker.
 -spec start_rabbit(map(), pid()) -> {ok, instance()} | {error, term()}.
 start_rabbit(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Starts an Amazon SNS backend instance. Sends nothing yet: bad credentials
+%% show as failed publishes.
+-spec start_sns(map(), pid()) -> {ok, instance()} | {error, term()}.
+start_sns(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Enqueues one event without waiting; never blocks.
 -spec push(instance(), tuple()) -> ok | {error, push_error()}.

@@ -72,6 +72,28 @@ pub trait Backend: Send + Sync + 'static {
     /// Sends one event once. Retrying is the instance's business, not the backend's.
     fn deliver(&self, event: &Self::Event) -> impl Future<Output = Attempt> + Send;
 
+    /// Most events one [`Backend::deliver_batch`] call may carry; 1 (the default)
+    /// means the backend has no batch call.
+    fn batch_limit(&self) -> usize {
+        1
+    }
+
+    /// Sends up to `batch_limit` events at once, answering one attempt per event, in
+    /// order (a missing answer counts as a retryable failure). Only called with two
+    /// or more events.
+    fn deliver_batch<'a>(
+        &'a self,
+        events: &'a [&'a Self::Event],
+    ) -> impl Future<Output = Vec<Attempt>> + Send + 'a {
+        async move {
+            let mut attempts = Vec::with_capacity(events.len());
+            for event in events {
+                attempts.push(self.deliver(event).await);
+            }
+            attempts
+        }
+    }
+
     /// Counters of the backend's own connections, for backends that manage them
     /// (reported as MongooseIM's wpool_rabbit_connections, say).
     fn connections(&self) -> Option<Arc<ConnectionCounters>> {

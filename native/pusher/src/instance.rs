@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use smallvec::SmallVec;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -274,55 +275,106 @@ impl<B: Backend> Shared<B> {
         }
     }
 
-    async fn attempt(&self, event: &B::Event) -> Attempt {
-        match AssertUnwindSafe(self.backend.deliver(event))
-            .catch_unwind()
-            .await
-        {
-            Ok(attempt) => attempt,
-            Err(_) => Attempt::rejected("backend_panicked"),
-        }
+    /// One attempt per envelope, in order, whatever the backend does (panics, short
+    /// answers).
+    async fn attempt(&self, batch: &[Envelope<B::Event>]) -> SmallVec<[Attempt; 1]> {
+        let answered = if let [single] = batch {
+            AssertUnwindSafe(self.backend.deliver(&single.event))
+                .catch_unwind()
+                .await
+                .map(|attempt| SmallVec::from_elem(attempt, 1))
+        } else {
+            let events: SmallVec<[&B::Event; 16]> = batch.iter().map(|e| &e.event).collect();
+            AssertUnwindSafe(self.backend.deliver_batch(&events))
+                .catch_unwind()
+                .await
+                .map(SmallVec::from_vec)
+        };
+        let mut attempts = answered.unwrap_or_else(|_| {
+            SmallVec::from_elem(Attempt::rejected("backend_panicked"), batch.len())
+        });
+        attempts.resize(batch.len(), Attempt::no_response("no_answer_in_batch"));
+        attempts
     }
 
-    async fn deliver(&self, envelope: Envelope<B::Event>) {
+    /// Delivers a batch (usually of one), retrying what the backend says to retry,
+    /// together, until each event is delivered or has failed.
+    async fn deliver(&self, mut batch: Batch<B::Event>) {
         let mut attempts = 0;
-        loop {
+        while !batch.is_empty() {
             attempts += 1;
             let started = Instant::now();
-            let attempt = self.attempt(&envelope.event).await;
-            self.reporter.report(ReportItem::Attempt(AttemptReport {
-                tag: envelope.tag.clone(),
-                outcome: attempt.outcome,
-                elapsed: started.elapsed(),
-                bytes: attempt.wire_bytes.unwrap_or(envelope.bytes),
-            }));
-            let reason = match attempt.verdict {
-                Verdict::Delivered => {
-                    self.stats.delivered.fetch_add(1, Relaxed);
-                    self.stats.latency.record(envelope.enqueued_at.elapsed());
-                    return;
+            let answers = self.attempt(&batch).await;
+            let elapsed = started.elapsed();
+            let mut again = Batch::new();
+            let mut last_reason = String::new();
+            for (envelope, attempt) in batch.into_iter().zip(answers) {
+                self.reporter.report(ReportItem::Attempt(AttemptReport {
+                    tag: envelope.tag.clone(),
+                    outcome: attempt.outcome,
+                    elapsed,
+                    bytes: attempt.wire_bytes.unwrap_or(envelope.bytes),
+                }));
+                match attempt.verdict {
+                    Verdict::Delivered => {
+                        self.stats.delivered.fetch_add(1, Relaxed);
+                        self.stats.latency.record(envelope.enqueued_at.elapsed());
+                    }
+                    Verdict::Fatal(reason) => self.fail(envelope.tag, reason, attempts),
+                    Verdict::Retry(reason) if attempts >= self.retry.max_attempts => {
+                        self.fail(envelope.tag, reason, attempts)
+                    }
+                    Verdict::Retry(reason) => {
+                        last_reason = reason;
+                        again.push(envelope);
+                    }
                 }
-                Verdict::Fatal(reason) => return self.fail(envelope.tag, reason, attempts),
-                Verdict::Retry(reason) => reason,
-            };
-            if attempts >= self.retry.max_attempts {
-                return self.fail(envelope.tag, reason, attempts);
+            }
+            if again.is_empty() {
+                return;
             }
             let pause = self.retry.backoff(attempts, rand::random::<f64>());
-            if envelope.enqueued_at.elapsed() + pause > self.retry.deadline {
-                let reason = format!("{reason} (retry deadline passed)");
-                return self.fail(envelope.tag, reason, attempts);
+            batch = Batch::new();
+            for envelope in again {
+                if envelope.enqueued_at.elapsed() + pause > self.retry.deadline {
+                    let reason = format!("{last_reason} (retry deadline passed)");
+                    self.fail(envelope.tag, reason, attempts);
+                } else {
+                    batch.push(envelope);
+                }
             }
-            self.stats.retried.fetch_add(1, Relaxed);
+            if batch.is_empty() {
+                return;
+            }
+            self.stats.retried.fetch_add(batch.len() as u64, Relaxed);
             tokio::time::sleep(pause).await;
         }
     }
+
+    /// The next event and, for a batching backend, whatever else is queued, up to the
+    /// backend's limit: batches fill up under load and cost no waiting when idle.
+    async fn next_batch(&self, limit: usize) -> Option<Batch<B::Event>> {
+        let mut batch = Batch::new();
+        batch.push(self.next().await?);
+        while batch.len() < limit {
+            match self.queue.pop() {
+                Some(envelope) => batch.push(envelope),
+                None => break,
+            }
+        }
+        Some(batch)
+    }
 }
 
+/// Envelopes delivered together; one, inline, for non-batching backends.
+type Batch<E> = SmallVec<[Envelope<E>; 1]>;
+
 async fn work<B: Backend>(shared: Arc<Shared<B>>) {
-    while let Some(envelope) = shared.next().await {
-        shared.stats.in_flight.fetch_add(1, Relaxed);
-        shared.deliver(envelope).await;
-        shared.stats.in_flight.fetch_sub(1, Relaxed);
+    let limit = shared.backend.batch_limit().clamp(1, 64);
+    while let Some(batch) = shared.next_batch(limit).await {
+        let size = batch.len() as u64;
+        shared.stats.in_flight.fetch_add(size, Relaxed);
+        shared.deliver(batch).await;
+        shared.stats.in_flight.fetch_sub(size, Relaxed);
     }
 }

@@ -13,6 +13,7 @@ pub mod queue;
 pub mod rabbit;
 pub mod report;
 pub mod retry;
+pub mod sns;
 pub mod stats;
 
 pub use backend::{Backend, Verdict};

@@ -10,6 +10,19 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// No new attempt starts once an event is older than this.
     pub deadline: Duration,
+    pub jitter: Jitter,
+}
+
+/// How the pause before a retry is drawn from its ceiling (base * 2^(n-1)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Jitter {
+    /// Uniformly in [ceiling/2, ceiling]: retries spread out but never collapse to zero.
+    #[default]
+    Equal,
+    /// MongooseIM's SNS formula, ceiling minus a random part of the base, i.e.
+    /// uniformly in [ceiling - base, ceiling): kept so that `publish_retry_time_ms`
+    /// means what it meant.
+    MinusBase,
 }
 
 impl Default for RetryPolicy {
@@ -19,6 +32,7 @@ impl Default for RetryPolicy {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(5000),
             deadline: Duration::from_millis(30_000),
+            jitter: Jitter::Equal,
         }
     }
 }
@@ -33,12 +47,19 @@ impl RetryPolicy {
             .min(self.max_backoff)
     }
 
-    /// The pause actually taken: "equal jitter", uniformly in [ceiling/2, ceiling], so
-    /// retries of many events spread out but never collapse to zero.
+    /// The pause actually taken, drawn below the ceiling as [`Jitter`] says.
     pub fn backoff(&self, failed_attempts: u32, unit_random: f64) -> Duration {
         let ceiling = self.backoff_ceiling(failed_attempts);
-        let half = ceiling / 2;
-        half + half.mul_f64(unit_random.clamp(0.0, 1.0))
+        let unit_random = unit_random.clamp(0.0, 1.0);
+        match self.jitter {
+            Jitter::Equal => {
+                let half = ceiling / 2;
+                half + half.mul_f64(unit_random)
+            }
+            Jitter::MinusBase => {
+                ceiling.saturating_sub(self.base_backoff.min(ceiling).mul_f64(1.0 - unit_random))
+            }
+        }
     }
 }
 
@@ -52,6 +73,7 @@ mod tests {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(1000),
             deadline: Duration::from_secs(10),
+            jitter: Jitter::Equal,
         }
     }
 
@@ -71,6 +93,21 @@ mod tests {
         assert_eq!(p.backoff(3, 1.0), Duration::from_millis(400));
         assert_eq!(p.backoff(3, 0.5), Duration::from_millis(300));
         assert_eq!(p.backoff(3, 7.0), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn minus_base_jitter_follows_mongooseim_sns() {
+        let p = RetryPolicy {
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(3600),
+            jitter: Jitter::MinusBase,
+            ..policy()
+        };
+        // 2^(n-1) * 50 ms minus up to 50 ms.
+        assert_eq!(p.backoff(1, 0.0), Duration::from_millis(0));
+        assert_eq!(p.backoff(1, 1.0), Duration::from_millis(50));
+        assert_eq!(p.backoff(3, 0.0), Duration::from_millis(150));
+        assert_eq!(p.backoff(3, 0.5), Duration::from_millis(175));
     }
 
     #[test]

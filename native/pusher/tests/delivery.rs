@@ -120,6 +120,7 @@ fn config(max_attempts: u32, max_events: usize) -> InstanceConfig {
             base_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
             deadline: Duration::from_secs(10),
+            ..RetryPolicy::default()
         },
         concurrency: 4,
     }

@@ -533,6 +533,7 @@ async fn nacks_are_retried_until_the_policy_gives_up_or_the_broker_takes_the_eve
                 base_backoff: Duration::from_millis(400),
                 max_backoff: Duration::from_millis(400),
                 deadline: Duration::from_secs(30),
+                ..RetryPolicy::default()
             },
             concurrency: 2,
         },
@@ -753,6 +754,7 @@ fn patient_instance(backend: RabbitBackend, concurrency: usize) -> Instance<Rabb
                 base_backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_millis(300),
                 deadline: Duration::from_secs(60),
+                ..RetryPolicy::default()
             },
             concurrency,
         },

@@ -17,6 +17,8 @@ use pusher::rabbit::{
     Topics,
 };
 use pusher::report::{ReportBatch, ReportSink};
+use pusher::retry::Jitter;
+use pusher::sns::{AttributeValue, Notification, SnsBackend, SnsConfig, SnsEvent};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
 use pusher::{StatsSnapshot, StopSummary};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
@@ -32,7 +34,8 @@ mod atoms {
         latency_p50_us, latency_p99_us, lost,
         attempts, failures, counters, connections, reports_lost,
         published, confirmed, nacked, timeout, opened, closed,
-        presence, chat, groupchat, out, stop_failed,
+        presence, chat, groupchat, out, stop_failed, minus_base,
+        message, string, number, binary,
         r#in = "in",
     }
 }
@@ -68,6 +71,7 @@ fn load(_env: Env, info: Term) -> bool {
 enum Pusher {
     Http(Instance<HttpBackend>),
     Rabbit(Instance<RabbitBackend>),
+    Sns(Instance<SnsBackend>),
 }
 
 /// One backend instance as Erlang holds it; dropping the last reference drops the
@@ -221,6 +225,11 @@ fn instance_config(map: Term) -> Option<InstanceConfig> {
             base_backoff: millis(map, "base_backoff_ms")?,
             max_backoff: millis(map, "max_backoff_ms")?,
             deadline: millis(map, "retry_deadline_ms")?,
+            jitter: match get::<Atom>(map, "jitter") {
+                None => Jitter::Equal,
+                Some(j) if j == atoms::minus_base() => Jitter::MinusBase,
+                Some(_) => return None,
+            },
         },
         concurrency: get::<usize>(map, "concurrency")?.clamp(1, 4096),
     })
@@ -353,6 +362,46 @@ fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<
     (atoms::ok(), resource).encode(env)
 }
 
+fn sns_config(map: Term) -> Option<SnsConfig> {
+    Some(SnsConfig {
+        sns_host: get_string(map, "sns_host")?,
+        region: get_string(map, "region")?,
+        access_key_id: get_string(map, "access_key_id")?,
+        secret_access_key: get_string(map, "secret_access_key")?,
+        request_timeout: millis(map, "request_timeout_ms")?,
+        connect_timeout: millis(map, "connect_timeout_ms")?,
+        batching: get(map, "batching")?,
+    })
+}
+
+/// `start_sns(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, badarg}`.
+/// Sends nothing: SNS has no connection to check, and a wrong credential shows on the
+/// first publish. Dirty: building the TLS client reads the system's root certificates.
+#[rustler::nif(schedule = "DirtyIo")]
+fn start_sns<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
+    let Some(runtime) = RUNTIME.get() else {
+        return error(env, atoms::no_runtime());
+    };
+    let (Ok(pid), Some(sns), Some(instance)) = (
+        reporter.decode::<LocalPid>(),
+        sns_config(config),
+        instance_config(config),
+    ) else {
+        return badarg(env);
+    };
+    // The SDK's client wants a runtime context to be built in.
+    let backend = {
+        let _guard = runtime.enter();
+        SnsBackend::new(&sns)
+    };
+    let sink = Arc::new(PidSink { pid });
+    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let resource = ResourceArc::new(InstanceResource {
+        pusher: Pusher::Sns(instance),
+    });
+    (atoms::ok(), resource).encode(env)
+}
+
 fn push_error(env: Env, e: PushError) -> Term {
     match e {
         PushError::QueueFull => error(env, atoms::queue_full()),
@@ -434,6 +483,72 @@ fn decode_rabbit_event(term: Term) -> Option<Envelope<RabbitEvent>> {
     Some(Envelope::new(event, tag.as_slice(), size))
 }
 
+/// `[{Name, string | number | binary, Value}]`, name and value binaries.
+fn decode_sns_attributes(term: Term) -> Option<Vec<(String, AttributeValue)>> {
+    let items = proper_list(term)?;
+    let mut attributes = Vec::with_capacity(items.len());
+    for item in items {
+        let (name, kind, value): (Binary, Atom, Binary) = item.decode().ok()?;
+        let value = if kind == atoms::string() {
+            AttributeValue::String(utf8(value))
+        } else if kind == atoms::number() {
+            AttributeValue::Number(utf8(value))
+        } else if kind == atoms::binary() {
+            AttributeValue::Binary(value.as_slice().to_vec())
+        } else {
+            return None;
+        };
+        attributes.push((utf8(name), value));
+    }
+    Some(attributes)
+}
+
+/// `{presence, TopicArn, UserId, Present, Attributes}` or
+/// `{message, TopicArn, FromUserId, ToUserId, Message, Attributes}`.
+fn decode_sns_event(term: Term) -> Option<Envelope<SnsEvent>> {
+    let (topic_arn, notification, attributes, tag) = if let Ok((kind, arn, user, present, attrs)) =
+        term.decode::<(Atom, Binary, Binary, bool, Term)>()
+    {
+        if kind != atoms::presence() {
+            return None;
+        }
+        let notification = Notification::Presence {
+            user_id: utf8(user),
+            present,
+        };
+        (arn, notification, attrs, user)
+    } else {
+        let (kind, arn, from, to, message, attrs): (Atom, Binary, Binary, Binary, Binary, Term) =
+            term.decode().ok()?;
+        if kind != atoms::message() {
+            return None;
+        }
+        let notification = Notification::Message {
+            from_user_id: utf8(from),
+            to_user_id: utf8(to),
+            message: utf8(message),
+        };
+        (arn, notification, attrs, from)
+    };
+    let event = SnsEvent {
+        topic_arn: utf8(topic_arn),
+        notification,
+        attributes: decode_sns_attributes(attributes)?,
+    };
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+/// The size of the text-carrying part of an SNS event term, cheaply.
+fn sns_event_size(event: Term) -> Option<usize> {
+    if let Ok((_, arn, user, _, _)) = event.decode::<(Atom, Binary, Binary, Term, Term)>() {
+        return Some(arn.len() + user.len());
+    }
+    let (_, arn, from, to, message, _): (Atom, Binary, Binary, Binary, Binary, Term) =
+        event.decode().ok()?;
+    Some(arn.len() + from.len() + to.len() + message.len())
+}
+
 /// The size of the payload-carrying part of a rabbit event term, cheaply.
 fn rabbit_event_size(event: Term) -> Option<usize> {
     if let Ok((_, user, bare, _)) = event.decode::<(Atom, Binary, Binary, Term)>() {
@@ -486,6 +601,12 @@ fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
                 None => return badarg(env),
             }
         }
+        Pusher::Sns(instance) => {
+            match enqueue(instance, sns_event_size(event), || decode_sns_event(event)) {
+                Some(result) => result,
+                None => return badarg(env),
+            }
+        }
     };
     match result {
         Ok(()) => atoms::ok().encode(env),
@@ -534,6 +655,7 @@ fn pusher_stats(pusher: &Pusher) -> StatsSnapshot {
     match pusher {
         Pusher::Http(instance) => instance.stats(),
         Pusher::Rabbit(instance) => instance.stats(),
+        Pusher::Sns(instance) => instance.stats(),
     }
 }
 
@@ -569,6 +691,7 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
             match &resource.pusher {
                 Pusher::Http(instance) => instance.stop(drain).await,
                 Pusher::Rabbit(instance) => instance.stop(drain).await,
+                Pusher::Sns(instance) => instance.stop(drain).await,
             }
         };
         // The caller waits for this message: it must come even if stopping panics.
