@@ -8,7 +8,7 @@ APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-
                 erlang-jiffy rebar3
 ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
 
-.PHONY: setup rabbitmq build test cargo-test ct erlang-strict demo bench lint clean
+.PHONY: setup venv rabbitmq build test cargo-test ct erlang-strict demo bench lint clean
 
 # Debian packages, installed only when one is missing.
 setup:
@@ -18,6 +18,30 @@ setup:
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# Python tools in _build/venv: moto's SNS/SQS emulator (moto_server) and boto3, for
+# test/host/sns_emulator.erl and tools/sns_emulator.py. Pinned; the stamp file names
+# the pins, so changing one reinstalls and an installed venv costs only a test -f.
+# Debian's python3-venv is installed when `python3 -m venv` lacks ensurepip.
+VENV := _build/venv
+MOTO_VERSION := 5.2.5
+BOTO3_VERSION := 1.44.8
+VENV_STAMP := $(VENV)/.installed-moto-$(MOTO_VERSION)-boto3-$(BOTO3_VERSION)
+venv:
+	@if [ ! -f $(VENV_STAMP) ] || [ ! -x $(VENV)/bin/moto_server ]; then \
+	  echo "creating $(VENV) (moto $(MOTO_VERSION), boto3 $(BOTO3_VERSION))"; \
+	  rm -rf $(VENV); mkdir -p _build; \
+	  if ! python3 -m venv $(VENV) 2>/dev/null; then \
+	    rm -rf $(VENV); \
+	    dpkg-query -W -f='$${Status}' python3-venv 2>/dev/null | grep -q "ok installed" || { \
+	      echo "installing: python3-venv"; \
+	      apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv; }; \
+	    python3 -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); /usr/bin/python3 -m venv $(VENV); } || exit 1; \
+	  fi; \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check \
+	    "moto[server]==$(MOTO_VERSION)" "boto3==$(BOTO3_VERSION)" || exit 1; \
+	  touch $(VENV_STAMP); \
 	fi
 
 # RabbitMQ on 127.0.0.1:5672 (guest/guest) for the rabbit backend: installed and
@@ -37,7 +61,7 @@ build: setup
 cargo-test: setup rabbitmq
 	cargo test --workspace --quiet
 
-ct: build erlang-strict rabbitmq
+ct: build erlang-strict rabbitmq venv
 	rebar3 as test ct
 
 # Production modules with every warning an error and specs on all exports, compiled
@@ -49,10 +73,10 @@ erlang-strict: build
 
 test: cargo-test ct lint
 
-demo: build rabbitmq
+demo: build rabbitmq venv
 	$(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
 
-bench: build rabbitmq
+bench: build rabbitmq venv
 	$(ERL_RUN) -eval 'event_pusher_bench:main(), halt(0).'
 
 # Formatting, lints and Dialyzer over the production code, the stand-in and the tools.

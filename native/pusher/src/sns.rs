@@ -338,12 +338,25 @@ where
         SdkError::ServiceError(context) => {
             let status = context.raw().status().as_u16();
             let service = context.err();
-            let code = service.code().unwrap_or("UnknownError");
-            let reason = format!(
-                "{code}: {} (HTTP {status})",
-                service.message().unwrap_or_default()
-            );
-            let verdict = if status >= 500 || status == 429 || is_throttling(code) {
+            // Some SNS-compatible servers nest <Error> where the SDK does not look:
+            // read the code and message from the body then.
+            let body = context
+                .raw()
+                .body()
+                .bytes()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let code = service
+                .code()
+                .or_else(|| xml_text(&body, "Code"))
+                .unwrap_or("UnknownError")
+                .to_string();
+            let message = service
+                .message()
+                .or_else(|| xml_text(&body, "Message"))
+                .unwrap_or_default();
+            let reason = format!("{code}: {message} (HTTP {status})");
+            let verdict = if status >= 500 || status == 429 || is_throttling(&code) {
                 Verdict::Retry(reason)
             } else {
                 Verdict::Fatal(reason)
@@ -360,6 +373,15 @@ where
         SdkError::TimeoutError(_) => Attempt::no_response("timeout"),
         _ => Attempt::no_response(DisplayErrorContext(error).to_string()),
     }
+}
+
+/// The text of the first `<tag>` element, found by plain search (error bodies are
+/// small and flat).
+fn xml_text<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&format!("</{tag}>"))?;
+    Some(body[start..end].trim())
 }
 
 /// Splits events into PublishBatch calls: one topic per call, at most 10 entries and
@@ -513,6 +535,18 @@ mod tests {
             batching: true,
         };
         assert!(!format!("{config:?}").contains("very-secret-key"));
+    }
+
+    #[test]
+    fn error_code_and_message_are_found_in_nested_bodies() {
+        let body = "<ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code>\
+                    <Message>The security token is invalid.</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(xml_text(body, "Code"), Some("InvalidClientTokenId"));
+        assert_eq!(
+            xml_text(body, "Message"),
+            Some("The security token is invalid.")
+        );
+        assert_eq!(xml_text(body, "Type"), None);
     }
 
     #[test]
