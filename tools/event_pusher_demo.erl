@@ -1,9 +1,10 @@
 %% @doc `make demo': the event pusher running in the MongooseIM stand-in, fed by
-%% simulated users, delivering webhooks to a local pusher-sink and publishing to
-%% RabbitMQ on localhost:5672.
+%% simulated users, delivering webhooks to a local pusher-sink, publishing to
+%% RabbitMQ on localhost:5672 and to Amazon SNS as moto's emulator serves it.
 %%
-%% 1. starts pusher-sink on a free port;
-%% 2. loads examples/mongooseim.toml with the sink's port filled in and starts the
+%% 1. starts pusher-sink and moto's SNS server on free ports, and creates the
+%%    configured SNS topics there, each with an SQS queue subscribed;
+%% 2. loads examples/mongooseim.toml with those ports filled in and starts the
 %%    configured modules, as a MongooseIM node does at boot (the rabbit backend
 %%    declares its exchanges);
 %% 3. binds a queue of its own to the rabbit backend's exchanges (amqp_probe, a
@@ -16,7 +17,8 @@
 %%    was accepted, delivered, failed and dropped, the delivery latency, and one
 %%    machine-readable line each:
 %%    `demo: http accepted=N delivered=N failed=N dropped=N' and the same for rabbit,
-%%    where delivered means confirmed by the broker (publisher confirms are on).
+%%    where delivered means confirmed by the broker (publisher confirms are on), and
+%%    sns, where delivered means accepted by SNS.
 %%
 %% main/0 returns ok when every backend's books balance (accepted = delivered +
 %% failed + dropped), something was delivered, each backend accepted exactly the
@@ -45,7 +47,8 @@
 -define(C_RABBIT_CHAT, 7).      % chat messages with a body, sent and received
 -define(C_RABBIT_GROUPCHAT, 8). % groupchat messages (all have a body), sent and received
 -define(C_RABBIT_SKIPPED, 9).   % chat messages without a body, sent and received
--define(N_COUNTERS, 9).
+-define(C_GROUPCHAT_SENT, 10).  % groupchat messages sent: what the sns backend publishes
+-define(N_COUNTERS, 10).
 
 -type opts() :: #{users => pos_integer(), duration_ms => pos_integer(),
                   think_ms => pos_integer()}.
@@ -58,29 +61,35 @@ main() ->
 main(Opts0) ->
     Opts = maps:merge(#{users => 50, duration_ms => 5000, think_ms => 20}, Opts0),
     Sink = event_pusher_sink:start([]),
+    {ok, Sns} = sns_emulator:start(),
     try
-        run(Opts, Sink)
+        run(Opts, Sink, Sns)
     after
         _ = (catch mongoose_host:stop()),
-        event_pusher_sink:stop(Sink)
+        event_pusher_sink:stop(Sink),
+        sns_emulator:stop(Sns)
     end.
 
-run(Opts, Sink) ->
-    io:format("demo: pusher-sink listening on 127.0.0.1:~b~n", [event_pusher_sink:port(Sink)]),
-    %% examples/mongooseim.toml with the sink's port filled in.
-    ok = mongoose_host:start(event_pusher_sink:load_config(
-                               "examples/mongooseim.toml",
-                               #{sink_port => event_pusher_sink:port(Sink)})),
+run(Opts, Sink, Sns) ->
+    io:format("demo: pusher-sink listening on 127.0.0.1:~b, moto's SNS server on ~ts~n",
+              [event_pusher_sink:port(Sink), maps:get(endpoint, Sns)]),
+    %% examples/mongooseim.toml with the sink's and the emulator's ports filled in.
+    Config = event_pusher_sink:load_config("examples/mongooseim.toml",
+                                           #{sink_port => event_pusher_sink:port(Sink),
+                                             sns_port => maps:get(port, Sns)}),
+    SnsTopics = sns_topics(Sns, Config),
+    ok = mongoose_host:start(Config),
     Backends = backends(),
     Exchanges = rabbit_exchanges(),
     Probe = start_probe(Exchanges),
     try
-        simulate(Opts, Sink, Backends, Exchanges, Probe)
+        simulate(Opts, Sink, Backends, Exchanges, Probe, {Sns, SnsTopics})
     after
         stop_probe(Probe)
     end.
 
-simulate(#{users := NUsers, duration_ms := Duration} = Opts, Sink, Backends, Exchanges, Probe) ->
+simulate(#{users := NUsers, duration_ms := Duration} = Opts, Sink, Backends, Exchanges, Probe,
+         Sns) ->
     io:format("demo: backends ~ts; ~b users for ~.1f s~n",
               [lists:join(", ", [Name || {Name, _} <- Backends]), NUsers, Duration / 1000]),
     Counters = counters:new(?N_COUNTERS, [write_concurrency]),
@@ -107,11 +116,13 @@ simulate(#{users := NUsers, duration_ms := Duration} = Opts, Sink, Backends, Exc
                  presence => counters:get(Counters, ?C_RABBIT_PRESENCE),
                  chat => counters:get(Counters, ?C_RABBIT_CHAT),
                  groupchat => counters:get(Counters, ?C_RABBIT_GROUPCHAT),
-                 skipped => counters:get(Counters, ?C_RABBIT_SKIPPED)},
+                 skipped => counters:get(Counters, ?C_RABBIT_SKIPPED),
+                 groupchat_sent => counters:get(Counters, ?C_GROUPCHAT_SENT)},
     Context = #{expected => Expected,
                 sink_requests => event_pusher_sink:requests(Sink),
                 rabbit_skipped => rabbit_skipped_metrics(),
-                arrived => arrived(Probe, Exchanges, Final)},
+                arrived => arrived(Probe, Exchanges, Final),
+                sns_presence => sns_presence_arrived(Sns, Expected)},
     ets:delete(?PRESENCE),
     report(Final, Sent, Context).
 
@@ -129,8 +140,8 @@ instances(http, #{handlers := Handlers}) ->
     Pools = lists:usort([Pool || #{pool_name := Pool} <- Handlers]),
     [I || Pool <- Pools, I <- [mod_event_pusher_instance:instance(?HOST, {http, Pool})],
           I =/= undefined];
-instances(rabbit, _Opts) ->
-    [I || I <- [mod_event_pusher_instance:instance(?HOST, rabbit)], I =/= undefined];
+instances(Backend, _Opts) when Backend =:= rabbit; Backend =:= sns ->
+    [I || I <- [mod_event_pusher_instance:instance(?HOST, Backend)], I =/= undefined];
 instances(_Backend, _Opts) ->
     [].
 
@@ -154,6 +165,41 @@ rabbit_skipped_metrics() ->
     Events = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery,
                                             #{host_type => ?HOST}),
     lists:sum([N || #{skipped := N} <- Events]).
+
+%% SNS: the sns backend's topics in moto, and what reached the presence topic
+
+%% Creates the configured topics in the emulator; the presence topic gets an SQS queue
+%% subscribed (the chat topics get thousands of messages: moto slows down a lot as
+%% its queues fill).
+sns_topics(Sns, Config) ->
+    Modules = proplists:get_value({modules, ?HOST}, Config, #{}),
+    case maps:get(mod_event_pusher, Modules, #{}) of
+        #{sns := Opts} ->
+            Names = fun(Keys) -> [list_to_binary(maps:get(K, Opts))
+                                  || K <- Keys, maps:is_key(K, Opts)]
+                    end,
+            Queued = Names([presence_updates_topic]),
+            Bare = Names([pm_messages_topic, muc_messages_topic]),
+            Topics = sns_emulator:setup(Sns, Queued, Bare),
+            io:format("demo: SNS topics created in moto: ~ts (with an SQS queue subscribed), "
+                      "~ts~n", [lists:join(", ", Queued), lists:join(", ", Bare)]),
+            case maps:find(presence_updates_topic, Opts) of
+                {ok, Presence} -> maps:get(list_to_binary(Presence), Topics);
+                error -> none
+            end;
+        _ ->
+            none
+    end.
+
+%% Every presence notification, read back from the SQS queue subscribed to the
+%% presence topic.
+sns_presence_arrived({_Sns, none}, _Expected) ->
+    skipped;
+sns_presence_arrived({Sns, #{queue_url := Queue}}, #{presence := N}) ->
+    Messages = sns_emulator:receive_messages(Sns, Queue, N, 20000),
+    Good = [M || #{<<"decoded_message">> := #{<<"user_id">> := U, <<"present">> := P}} = M
+                     <- Messages, is_binary(U), is_boolean(P)],
+    #{total => length(Messages), good => length(Good)}.
 
 %% RabbitMQ: the rabbit backend's exchanges and what arrived there
 
@@ -303,6 +349,7 @@ groupchat(Me, NUsers, Counters) ->
     Msg = message(Me, Room, <<"groupchat">>, [body(Me)]),
     send(Me, Room, Msg, Counters),
     counters:add(Counters, ?C_RABBIT_GROUPCHAT, 1),
+    counters:add(Counters, ?C_GROUPCHAT_SENT, 1),
     Nick = jid:make_noprep(<<"lobby">>, ?MUC, Me#jid.luser),
     [begin
          deliver(Nick, Occupant, message(Nick, Occupant, <<"groupchat">>, [body(Me)]), Counters),
@@ -470,6 +517,19 @@ backend_checks("rabbit", #{accepted := A, delivered := D},
                                    [Total, D, max(0, Total - D)]), Total >= D},
                     {io_lib:format("rabbit: every message has MongooseIM's JSON and routing "
                                    "key (~b do not)", [length(Bad)]), Bad =:= []}]
+           end;
+backend_checks("sns", #{accepted := A},
+               #{expected := #{presence := P, webhooks := C, groupchat_sent := G},
+                 sns_presence := Arrived}) ->
+    [{io_lib:format("sns: accepted ~b = presence ~b + chat ~b + groupchat ~b messages with "
+                    "a body sent", [A, P, C, G]), A =:= P + C + G}]
+        ++ case Arrived of
+               skipped ->
+                   [];
+               #{total := Total, good := Good} ->
+                   [{io_lib:format("sns: the presence topic's SQS queue received ~b = presence "
+                                   "events ~b, ~b with MongooseIM's JSON", [Total, P, Good]),
+                     Total =:= P andalso Good =:= P}]
            end;
 backend_checks(_Name, _Stats, _Context) ->
     [].

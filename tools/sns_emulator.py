@@ -60,9 +60,11 @@ def cmd_setup(args):
     sns = client(args, "sns")
     sqs = client(args, "sqs")
     topics = [t for t in args.topics.split(",") if t]
-    if not topics:
+    if not topics and not args.bare_topics:
         raise ValueError("--topics names no topic")
     result = {}
+    for topic in [t for t in (args.bare_topics or "").split(",") if t]:
+        result[topic] = {"topic_arn": sns.create_topic(Name=topic)["TopicArn"], "queue_url": None}
     for topic in topics:
         topic_arn = sns.create_topic(Name=topic)["TopicArn"]
         queue_url = sqs.create_queue(QueueName=f"{topic}-queue")["QueueUrl"]
@@ -187,7 +189,10 @@ def parser():
     top = argparse.ArgumentParser(description="moto SNS/SQS emulator helper")
     sub = top.add_subparsers(dest="command", required=True)
     setup = sub.add_parser("setup", parents=[common])
-    setup.add_argument("--topics", required=True, help="comma-separated topic names")
+    setup.add_argument("--topics", default="", help="comma-separated topic names")
+    setup.add_argument(
+        "--bare-topics", default="", help="topics created without a subscribed queue"
+    )
     setup.set_defaults(run=cmd_setup)
     receive = sub.add_parser("receive", parents=[common])
     receive.add_argument("--queue-url", required=True)

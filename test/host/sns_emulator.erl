@@ -18,7 +18,7 @@
 %% access_key_id/secret_access_key are what a client should sign with.
 -module(sns_emulator).
 
--export([start/0, start/1, stop/1, setup/2, receive_messages/4, purge/2]).
+-export([start/0, start/1, stop/1, setup/2, setup/3, receive_messages/4, purge/2]).
 
 -export_type([emulator/0, topics/0]).
 
@@ -34,7 +34,7 @@
                       python := file:filename(),
                       script := file:filename(),
                       dir := file:filename()}.
--type topics() :: #{binary() => #{topic_arn := binary(), queue_url := binary()}}.
+-type topics() :: #{binary() => #{topic_arn := binary(), queue_url := binary() | null}}.
 
 -define(REGION, <<"eu-west-1">>).
 -define(DUMMY_ACCESS_KEY, <<"AKIAEXAMPLEEXAMPLE00">>).
@@ -128,8 +128,15 @@ stop(#{owner := Owner, port := Port}) ->
 %% JSON envelope). Idempotent.
 -spec setup(emulator(), [binary()]) -> topics().
 setup(Emulator, Topics) ->
+    setup(Emulator, Topics, []).
+
+%% @doc setup/2, plus BareTopics created with no queue subscribed (queue_url null):
+%% moto slows down a lot as its queues fill, so high-volume topics go without.
+-spec setup(emulator(), [binary()], [binary()]) -> topics().
+setup(Emulator, Topics, BareTopics) ->
+    Names = fun(List) -> lists:join(",", [binary_to_list(T) || T <- List]) end,
     Result = run_script(Emulator, "setup",
-                        ["--topics", lists:join(",", [binary_to_list(T) || T <- Topics])],
+                        ["--topics", Names(Topics), "--bare-topics", Names(BareTopics)],
                         ?SCRIPT_TIMEOUT_MS),
     maps:map(fun(_Topic, #{<<"topic_arn">> := Arn, <<"queue_url">> := Url}) ->
                      #{topic_arn => Arn, queue_url => Url}

@@ -237,6 +237,16 @@ impl<B: Backend> Shared<B> {
         }));
     }
 
+    /// An event a worker held is finished with.
+    fn done(&self) {
+        self.stats.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    fn fail_in_flight(&self, tag: Tag, reason: String, attempts: u32) {
+        self.done();
+        self.fail(tag, reason, attempts);
+    }
+
     fn wake_one_if_idle(&self) {
         if self.idle_workers.load(SeqCst) > 0 && !self.wake_pending.swap(true, SeqCst) {
             self.wakeup.notify_one();
@@ -319,10 +329,11 @@ impl<B: Backend> Shared<B> {
                     Verdict::Delivered => {
                         self.stats.delivered.fetch_add(1, Relaxed);
                         self.stats.latency.record(envelope.enqueued_at.elapsed());
+                        self.done();
                     }
-                    Verdict::Fatal(reason) => self.fail(envelope.tag, reason, attempts),
+                    Verdict::Fatal(reason) => self.fail_in_flight(envelope.tag, reason, attempts),
                     Verdict::Retry(reason) if attempts >= self.retry.max_attempts => {
-                        self.fail(envelope.tag, reason, attempts)
+                        self.fail_in_flight(envelope.tag, reason, attempts)
                     }
                     Verdict::Retry(reason) => {
                         last_reason = reason;
@@ -338,7 +349,7 @@ impl<B: Backend> Shared<B> {
             for envelope in again {
                 if envelope.enqueued_at.elapsed() + pause > self.retry.deadline {
                     let reason = format!("{last_reason} (retry deadline passed)");
-                    self.fail(envelope.tag, reason, attempts);
+                    self.fail_in_flight(envelope.tag, reason, attempts);
                 } else {
                     batch.push(envelope);
                 }
@@ -372,9 +383,12 @@ type Batch<E> = SmallVec<[Envelope<E>; 1]>;
 async fn work<B: Backend>(shared: Arc<Shared<B>>) {
     let limit = shared.backend.batch_limit().clamp(1, 64);
     while let Some(batch) = shared.next_batch(limit).await {
-        let size = batch.len() as u64;
-        shared.stats.in_flight.fetch_add(size, Relaxed);
+        // Each event leaves in_flight when it is done (see `done`), not with its
+        // batch: a drain cut short then counts exactly the unfinished ones as lost.
+        shared
+            .stats
+            .in_flight
+            .fetch_add(batch.len() as u64, Relaxed);
         shared.deliver(batch).await;
-        shared.stats.in_flight.fetch_sub(size, Relaxed);
     }
 }
