@@ -26,6 +26,8 @@ all() ->
      bodiless_and_unconfigured_topics_are_skipped,
      custom_plugin_guid_and_attributes,
      large_unicode_body_arrives_intact,
+     invalid_utf8_body_is_delivered_with_replacement_characters,
+     plugin_errors_skip_the_event_and_are_counted,
      batching_on_and_off_deliver_each_message_once,
      emulator_back_within_retry_budget_delivers,
      emulator_down_too_long_counts_failures_and_recovers,
@@ -165,6 +167,27 @@ large_unicode_body_arrives_intact(Config) ->
     ?assertEqual(Body, maps:get(<<"message">>, decoded(Pm))),
     wait_stats(#{delivered => 1, failed => 0}).
 
+%% Bytes that are not UTF-8 cannot go into JSON: they become U+FFFD, the rest arrives.
+invalid_utf8_body_is_delivered_with_replacement_characters(Config) ->
+    start(Config, #{}),
+    hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/a">>, <<"bob@localhost">>,
+                     <<"ok ", 16#ff, 16#fe, " end">>),
+    [Pm] = receive_messages(Config, pm, 1),
+    ?assertEqual(<<"ok ", 16#ef, 16#bf, 16#bd, 16#ef, 16#bf, 16#bd, " end">>,
+                 maps:get(<<"message">>, decoded(Pm))).
+
+%% A plugin that crashes or returns an attribute SNS cannot type: that event is
+%% skipped (counted, logged), the hook goes on, the next events are published.
+plugin_errors_skip_the_event_and_are_counted(Config) ->
+    start(Config, #{plugin_module => mod_event_pusher_sns_broken}),
+    hook_driver:send(?HT, <<"chat">>, <<"crash@localhost/a">>, <<"bob@localhost">>, <<"1">>),
+    hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/a">>, <<"tuple@localhost">>, <<"2">>),
+    hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/a">>, <<"bob@localhost">>, <<"3">>),
+    ?assertEqual([<<"3">>], [maps:get(<<"message">>, decoded(M))
+                             || M <- receive_messages(Config, pm, 1)]),
+    ?assertEqual(2, lists:sum([N || #{skipped := N} <- events(mod_event_pusher_sns_delivery)])),
+    wait_stats(#{accepted => 1, delivered => 1}).
+
 %% Batching (PublishBatch, on by default) and single Publish calls deliver the same.
 batching_on_and_off_deliver_each_message_once(Config) ->
     lists:foreach(
@@ -242,6 +265,11 @@ wrong_credentials_fail_with_a_clear_reason_and_no_secret(Config) ->
         hook_driver:presence(?HT, <<"alice@localhost/a">>, online),
         wait_stats(#{failed => 1, delivered => 0, retried => 0}),
         [#{failed := 1}] = wait_events(mod_event_pusher_sns_publish, 1),
+        %% A crash report of the process that started the instance.
+        {Pid, _Instance} = persistent_term:get({mod_event_pusher_instance, ?HT, sns}),
+        MRef = monitor(process, Pid),
+        catch gen_server:call(Pid, this_request_crashes_the_server),
+        receive {'DOWN', MRef, process, Pid, _} -> ok end,
         mongoose_host:stop()
     after
         logger:update_primary_config(#{level => Level}),
@@ -254,7 +282,9 @@ wrong_credentials_fail_with_a_clear_reason_and_no_secret(Config) ->
     ?assertNotEqual([], Logged),
     [?assertEqual(nomatch, binary:match(L, <<?SECRET>>)) || L <- Logged],
     ?assertMatch([_ | _], [L || L <- Logged, binary:match(L, <<"InvalidClientTokenId">>) =/= nomatch,
-                                binary:match(L, <<"event_pusher_delivery_failed">>) =/= nomatch]).
+                                binary:match(L, <<"event_pusher_delivery_failed">>) =/= nomatch]),
+    ?assertMatch([_ | _], [L || L <- Logged,
+                                binary:match(L, <<"this_request_crashes_the_server">>) =/= nomatch]).
 
 %%% logger handler collecting every event of the case that installs it
 
