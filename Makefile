@@ -82,13 +82,13 @@ bench: build rabbitmq venv
 # Formatting, lints and Dialyzer over the production code, the stand-in and the tools.
 # (Dialyzer runs on the ebin directly: `rebar3 ct` also compiles test/host into its
 # extras directory, and rebar3's dialyzer would see every stand-in module twice.)
-PLT := _build/otp_$(shell erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().').plt
+PLT := _build/otp_$(shell erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().')_2.plt
 lint: build
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	@test -f $(PLT) || { echo "building $(PLT) (once, a few minutes)"; \
 	  dialyzer --build_plt --output_plt $(PLT) --apps erts kernel stdlib compiler crypto \
-	    public_key ssl inets tools common_test jiffy; }
+	    public_key ssl inets tools common_test jiffy mnesia; }
 	dialyzer --plt $(PLT) _build/test/lib/mongoose_event_pusher/ebin
 
 clean:

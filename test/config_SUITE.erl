@@ -30,6 +30,7 @@
          http_unknown_callback_module/1, http_handlers_not_a_list/1,
          rabbit_empty_names/1, rabbit_unknown_key/1, rabbit_bad_additive_options/1,
          rabbit_additive_options/1, sns_additive_options/1, sns_bad_additive_options/1,
+         push_additive_options/1,
          http_pool_without_host/1, http_pool_bad_request_timeout/1, pool_bad_values/1,
          pool_scope_in_host_config/1, rabbit_pool_bad_connection/1,
          unknown_module/1, unknown_top_level_key/1, no_hosts/1, host_config_unknown_host/1,
@@ -64,6 +65,7 @@ groups() ->
        http_unknown_callback_module, http_handlers_not_a_list,
        rabbit_empty_names, rabbit_unknown_key, rabbit_bad_additive_options,
        rabbit_additive_options, sns_additive_options, sns_bad_additive_options,
+       push_additive_options,
        http_pool_without_host, http_pool_bad_request_timeout, pool_bad_values,
        pool_scope_in_host_config, rabbit_pool_bad_connection,
        unknown_module, unknown_top_level_key, no_hosts, host_config_unknown_host,
@@ -360,6 +362,16 @@ sns_additive_options(Config) ->
                    queue := #{overflow := drop_oldest, max_events := 10000}}, Sns),
     ?assertNot(maps:is_key(retry, Sns)).
 
+push_additive_options(Config) ->
+    Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.push]\n",
+                               "publish_timeout_ms = 1500\n", "queue.max_events = 5\n"]),
+    #{mod_event_pusher := #{push := Push}} = opt({modules, ?HT}, Opts),
+    ?assertMatch(#{publish_timeout_ms := 1500, queue := #{max_events := 5},
+                   wpool := #{workers := 10}}, Push),
+    [assert_module_rejected(Config, push, Line, Path, #{})
+     || {Line, Path} <- [{"publish_timeout_ms = 0\n", ".publish_timeout_ms"},
+                         {"queue.max_events = -1\n", ".queue.max_events"}]].
+
 sns_bad_additive_options(Config) ->
     [assert_module_rejected(Config, sns, [Line | sns_lines(sns_required_toml())], Path, Fields)
      || {Line, Path, Fields} <- [{"batching = 1\n", ".batching", #{}},
@@ -644,8 +656,14 @@ http_additive_defaults() ->
     maps:with(?HTTP_ADDITIVE_KEYS, Http).
 
 push_defaults() ->
-    #{iqdisc => one_queue, backend => mnesia, wpool => wpool(#{}),
-      plugin_module => mod_event_pusher_push_plugin_defaults, virtual_pubsub_hosts => []}.
+    maps:merge(#{iqdisc => one_queue, backend => mnesia, wpool => wpool(#{}),
+                 plugin_module => mod_event_pusher_push_plugin_defaults,
+                 virtual_pubsub_hosts => []},
+               push_additive_defaults()).
+
+push_additive_defaults() ->
+    #{publish_timeout_ms => 32000, drain_timeout_ms => 5000,
+      queue => #{max_events => 10000, max_bytes => 16777216, overflow => drop_newest}}.
 
 push_defaults(Overrides) ->
     maps:merge(push_defaults(), Overrides).

@@ -27,6 +27,11 @@
 -export_type([key/0, report/0]).
 
 -callback handle_report(HostType :: binary(), key(), report()) -> any().
+%% Backends whose instance asks Erlang to route stanzas (push) handle those requests.
+-callback handle_route(HostType :: binary(), key(), mod_event_pusher_nif:instance(),
+                       {Id :: non_neg_integer(), From :: binary(), To :: binary(),
+                        exml:element()}) -> any().
+-optional_callbacks([handle_route/4]).
 
 %% How long past its drain deadline a stop may take before the caller gives up.
 -define(STOP_MARGIN_MS, 30000).
@@ -138,6 +143,15 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({mod_event_pusher_nif, report, Report}, State) ->
     handle_report(Report, State),
+    {noreply, State};
+handle_info({mod_event_pusher_nif, route, Id, From, To, El},
+            State = #state{host_type = HostType, key = Key, module = Module, instance = Instance}) ->
+    try Module:handle_route(HostType, Key, Instance, {Id, From, To, El})
+    catch Class:Reason:Stacktrace ->
+            ?LOG_ERROR(#{what => event_pusher_route_failed, host_type => HostType, key => Key,
+                         class => Class, reason => Reason, stacktrace => Stacktrace}),
+            mod_event_pusher_nif:push_reply(Instance, Id, {error, <<"route_failed">>})
+    end,
     {noreply, State};
 handle_info(Other, State) ->
     ?LOG_WARNING(#{what => event_pusher_unexpected_message, msg => Other}),

@@ -2,9 +2,9 @@
 %% NIF cannot be hot-upgraded; all logic lives in other modules.
 -module(mod_event_pusher_nif).
 
--export([start_http/2, start_rabbit/2, start_sns/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-export([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
 
--nifs([start_http/2, start_rabbit/2, start_sns/2, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
 -on_load(load/0).
 
 -type instance() :: reference().
@@ -42,6 +42,16 @@ start_rabbit(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 %% show as failed publishes.
 -spec start_sns(map(), pid()) -> {ok, instance()} | {error, term()}.
 start_sns(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Starts an XEP-0357 push instance. Reporter gets the reports and also the
+%% publish IQs to route: `{mod_event_pusher_nif, route, Id, From, PubSub, PubsubEl}'.
+-spec start_push(map(), pid()) -> {ok, instance()} | {error, term()}.
+start_push(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc The reply to the routed publish Id.
+-spec push_reply(instance(), non_neg_integer(), result | timeout | {error, binary()}) ->
+          ok | {error, unknown_request | badarg}.
+push_reply(_Instance, _Id, _Reply) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Enqueues one event without waiting; never blocks.
 -spec push(instance(), tuple()) -> ok | {error, push_error()}.

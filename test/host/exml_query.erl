@@ -4,7 +4,7 @@
 
 -include("exml.hrl").
 
--export([path/2, path/3,
+-export([path/2, path/3, paths/2,
          attr/2, attr/3,
          subelement/2, subelement/3,
          subelement_with_name_and_ns/3, subelement_with_name_and_ns/4,
@@ -23,6 +23,18 @@
 -spec path(exml:element(), path()) -> exml:element() | binary() | undefined.
 path(Element, Path) ->
     path(Element, Path, undefined).
+
+%% @doc Every element (or attribute value, or cdata) Path leads to from Element,
+%% following each matching child at every step.
+-spec paths(exml:element(), path()) -> [exml:element() | binary()].
+paths(#xmlel{} = Element, []) ->
+    [Element];
+paths(#xmlel{} = Element, [cdata]) ->
+    [cdata(Element)];
+paths(#xmlel{} = Element, [{attr, Name}]) ->
+    [V || V <- [attr(Element, Name)], V =/= undefined];
+paths(#xmlel{children = Children}, [Step | Rest]) ->
+    lists:append([paths(Child, Rest) || Child <- Children, step_matches(Step, Child)]).
 
 %% @doc Follows Path from Element; Default when any step does not match.
 %% Each element step picks the first matching child.

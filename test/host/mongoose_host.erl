@@ -7,7 +7,8 @@
 
 %% Services are started unlinked: tests call start/1 from short-lived processes
 %% (e.g. init_per_suite), and the services must outlive them.
--define(SERVICES, [gen_hook, mongoose_instrument]).
+-define(SERVICES, [gen_hook, mongoose_instrument, ejabberd_sm, ejabberd_local, gen_iq_handler,
+                   ejabberd_auth]).
 
 %% @doc Starts the services that are not running yet, replaces the
 %% configuration with Opts and starts the configured modules.

@@ -29,8 +29,12 @@ pub enum AttemptOutcome {
     Confirmed,
     /// Refused by the broker (AMQP nack).
     Nacked,
-    /// No confirm came in time (AMQP).
+    /// No confirm (AMQP) or reply (XMPP) came in time.
     TimedOut,
+    /// The service answered with an IQ result (XMPP push).
+    Replied,
+    /// The service answered with an IQ error of this type (XMPP push).
+    ErrorReply(String),
     /// No answer came; the reason says why.
     NoResponse(String),
 }

@@ -163,6 +163,11 @@ impl<B: Backend> Instance<B> {
         snapshot
     }
 
+    /// The backend, for callers that feed it from outside (replies to push IQs).
+    pub fn backend(&self) -> &B {
+        &self.shared.backend
+    }
+
     pub fn limits(&self) -> QueueLimits {
         self.shared.queue.limits()
     }

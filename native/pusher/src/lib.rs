@@ -9,6 +9,7 @@ pub mod backend;
 pub mod form;
 pub mod http;
 pub mod instance;
+pub mod push;
 pub mod queue;
 pub mod rabbit;
 pub mod report;

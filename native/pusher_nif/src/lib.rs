@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use pusher::backend::AttemptOutcome;
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
+use pusher::push::{Element, Node, PushBackend, PushEvent, Reply, Router};
 use pusher::rabbit::{
     ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, RabbitTls,
     Topics,
@@ -36,6 +37,7 @@ mod atoms {
         published, confirmed, nacked, timeout, opened, closed,
         presence, chat, groupchat, out, stop_failed, minus_base,
         message, string, number, binary,
+        publish, route, result, error_reply, xmlel, xmlcdata, escaped, unknown_request,
         r#in = "in",
     }
 }
@@ -72,6 +74,7 @@ enum Pusher {
     Http(Instance<HttpBackend>),
     Rabbit(Instance<RabbitBackend>),
     Sns(Instance<SnsBackend>),
+    Push(Instance<PushBackend<PidRouter>>),
 }
 
 /// One backend instance as Erlang holds it; dropping the last reference drops the
@@ -107,6 +110,10 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
                 AttemptOutcome::Confirmed => atoms::confirmed().encode(env),
                 AttemptOutcome::Nacked => atoms::nacked().encode(env),
                 AttemptOutcome::TimedOut => atoms::timeout().encode(env),
+                AttemptOutcome::Replied => atoms::result().encode(env),
+                AttemptOutcome::ErrorReply(kind) => {
+                    (atoms::error_reply(), kind.as_str()).encode(env)
+                }
                 AttemptOutcome::NoResponse(reason) => (atoms::error(), reason.as_str()).encode(env),
             };
             let elapsed = u64::try_from(a.elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -402,6 +409,110 @@ fn start_sns<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a>
     (atoms::ok(), resource).encode(env)
 }
 
+/// Hands publish IQs to the Erlang process that routes them:
+/// `{mod_event_pusher_nif, route, Id, From, PubSub, PubsubElement}`.
+struct PidRouter {
+    pid: LocalPid,
+}
+
+fn element_term<'a>(env: Env<'a>, element: &Element) -> Term<'a> {
+    let keys: Vec<Term> = element
+        .attrs
+        .iter()
+        .map(|(k, _)| k.as_str().encode(env))
+        .collect();
+    let values: Vec<Term> = element
+        .attrs
+        .iter()
+        .map(|(_, v)| v.as_str().encode(env))
+        .collect();
+    let attrs =
+        Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env));
+    let children: Vec<Term> = element
+        .children
+        .iter()
+        .map(|child| match child {
+            Node::Element(child) => element_term(env, child),
+            Node::Text(text) => (atoms::xmlcdata(), text.as_str(), atoms::escaped()).encode(env),
+        })
+        .collect();
+    (atoms::xmlel(), element.name.as_str(), attrs, children).encode(env)
+}
+
+impl Router for PidRouter {
+    fn route(&self, id: u64, event: &PushEvent, pubsub: &Element) -> bool {
+        let mut owned = OwnedEnv::new();
+        owned
+            .send_and_clear(&self.pid, |env| {
+                (
+                    atoms::mod_event_pusher_nif(),
+                    atoms::route(),
+                    id,
+                    event.from.as_str(),
+                    event.pubsub.as_str(),
+                    element_term(env, pubsub),
+                )
+                    .encode(env)
+            })
+            .is_ok()
+    }
+}
+
+/// `start_push(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, badarg}`.
+/// The reporter also gets the routing requests.
+#[rustler::nif]
+fn start_push<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
+    let Some(runtime) = RUNTIME.get() else {
+        return error(env, atoms::no_runtime());
+    };
+    let (Ok(pid), Some(timeout), Some(instance)) = (
+        reporter.decode::<LocalPid>(),
+        millis(config, "publish_timeout_ms"),
+        instance_config(config),
+    ) else {
+        return badarg(env);
+    };
+    let backend = PushBackend::new(PidRouter { pid }, timeout);
+    let sink = Arc::new(PidSink { pid });
+    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let resource = ResourceArc::new(InstanceResource {
+        pusher: Pusher::Push(instance),
+    });
+    (atoms::ok(), resource).encode(env)
+}
+
+/// `push_reply(Instance, Id, result | {error, Type} | timeout)` -> `ok | {error, unknown_request}`
+/// (the publish already timed out here, or the id is unknown).
+#[rustler::nif]
+fn push_reply<'a>(env: Env<'a>, instance: Term<'a>, id: Term<'a>, reply: Term<'a>) -> Term<'a> {
+    let (Ok(resource), Ok(id)) = (
+        instance.decode::<ResourceArc<InstanceResource>>(),
+        id.decode::<u64>(),
+    ) else {
+        return badarg(env);
+    };
+    let Pusher::Push(instance) = &resource.pusher else {
+        return badarg(env);
+    };
+    let reply = if reply.decode::<Atom>().ok() == Some(atoms::result()) {
+        Reply::Result
+    } else if reply.decode::<Atom>().ok() == Some(atoms::timeout()) {
+        Reply::Timeout
+    } else if let Ok((tag, kind)) = reply.decode::<(Atom, Binary)>() {
+        if tag != atoms::error() {
+            return badarg(env);
+        }
+        Reply::Error(utf8(kind))
+    } else {
+        return badarg(env);
+    };
+    if instance.backend().reply(id, reply) {
+        atoms::ok().encode(env)
+    } else {
+        error(env, atoms::unknown_request())
+    }
+}
+
 fn push_error(env: Env, e: PushError) -> Term {
     match e {
         PushError::QueueFull => error(env, atoms::queue_full()),
@@ -539,6 +650,48 @@ fn decode_sns_event(term: Term) -> Option<Envelope<SnsEvent>> {
     Some(Envelope::new(event, tag.as_slice(), size))
 }
 
+fn string_pairs(term: Term) -> Option<Vec<(String, String)>> {
+    proper_list(term)?
+        .into_iter()
+        .map(|pair| {
+            let (k, v): (Binary, Binary) = pair.decode().ok()?;
+            Some((utf8(k), utf8(v)))
+        })
+        .collect()
+}
+
+/// `{publish, From, PubSub, Node, Payload, PublishOptions, Tag}`; Payload and
+/// PublishOptions are `[{Name, Value}]` binaries; Tag comes back in reports.
+fn decode_push_event(term: Term) -> Option<Envelope<PushEvent>> {
+    let (kind, from, pubsub, node, payload, options, tag): (
+        Atom,
+        Binary,
+        Binary,
+        Binary,
+        Term,
+        Term,
+        Binary,
+    ) = term.decode().ok()?;
+    if kind != atoms::publish() {
+        return None;
+    }
+    let event = PushEvent {
+        from: utf8(from),
+        pubsub: utf8(pubsub),
+        node: utf8(node),
+        payload: string_pairs(payload)?,
+        publish_options: string_pairs(options)?,
+    };
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+fn push_event_size(event: Term) -> Option<usize> {
+    let (_, from, pubsub, node, _, _, tag): (Atom, Binary, Binary, Binary, Term, Term, Binary) =
+        event.decode().ok()?;
+    Some(from.len() + pubsub.len() + node.len() + tag.len())
+}
+
 /// The size of the text-carrying part of an SNS event term, cheaply.
 fn sns_event_size(event: Term) -> Option<usize> {
     if let Ok((_, arn, user, _, _)) = event.decode::<(Atom, Binary, Binary, Term, Term)>() {
@@ -607,6 +760,14 @@ fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
                 None => return badarg(env),
             }
         }
+        Pusher::Push(instance) => {
+            match enqueue(instance, push_event_size(event), || {
+                decode_push_event(event)
+            }) {
+                Some(result) => result,
+                None => return badarg(env),
+            }
+        }
     };
     match result {
         Ok(()) => atoms::ok().encode(env),
@@ -656,6 +817,7 @@ fn pusher_stats(pusher: &Pusher) -> StatsSnapshot {
         Pusher::Http(instance) => instance.stats(),
         Pusher::Rabbit(instance) => instance.stats(),
         Pusher::Sns(instance) => instance.stats(),
+        Pusher::Push(instance) => instance.stats(),
     }
 }
 
@@ -692,6 +854,7 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
                 Pusher::Http(instance) => instance.stop(drain).await,
                 Pusher::Rabbit(instance) => instance.stop(drain).await,
                 Pusher::Sns(instance) => instance.stop(drain).await,
+                Pusher::Push(instance) => instance.stop(drain).await,
             }
         };
         // The caller waits for this message: it must come even if stopping panics.
