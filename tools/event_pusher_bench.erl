@@ -22,7 +22,15 @@
 %%  e. MongooseIM's way to RabbitMQ, if the Erlang amqp_client bundled with Debian's
 %%     rabbitmq-server can be loaded: one process publishing with amqp_client,
 %%     waiting for the confirm of each message (as mongoose_rabbit_worker does).
-%%     Median of 5 runs.
+%%     Median of 5 runs;
+%%  f. Amazon SNS: chat events pushed through push_event/2 with only the sns backend
+%%     configured (tools/event_pusher_bench_sns.toml; aws-sdk-sns in the NIF), wall
+%%     time until every one is delivered, with batching on (PublishBatch, up to 10
+%%     entries a call) and off (a Publish per event), against `pusher-sink --sns'
+%%     (median of rounds of both, with the calls the sink answered and the CPU the
+%%     VM and the sink used), and for reference a small run of each against moto's
+%%     SNS emulator when _build/venv/bin/moto_server exists (`make venv').
+%% The SNS part alone: event_pusher_bench:main(#{phases => [sns]}).
 %% It prints a table with the targets and writes it as markdown to _build/bench.md.
 %% Benchmarks measure; nothing here asserts.
 -module(event_pusher_bench).
@@ -44,6 +52,11 @@
 -define(RABBIT_PLUGINS, "/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins").
 %% amqp_client and what it needs that OTP does not ship.
 -define(AMQP_CLIENT_APPS, [amqp_client, rabbit_common, credentials_obfuscation, recon, jsx]).
+%% The SNS phases' topic (see tools/event_pusher_bench_sns.toml).
+-define(SNS_TOPIC_ARN, <<"arn:aws:sns:us-east-1:123456789012:bench">>).
+%% moto checks no signature, but finds the service in the credential scope.
+-define(MOTO_AUTHORIZATION, "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEEXAMPLE00/20250101/"
+        "us-east-1/sns/aws4_request, SignedHeaders=host, Signature=0").
 
 -type opts() :: #{samples => pos_integer(), warmup => pos_integer(),
                   events => pos_integer(), workers => pos_integer(),
@@ -53,8 +66,12 @@
                   rabbit_window => pos_integer(), rabbit_workers => pos_integer(),
                   confirm_each_messages => pos_integer(),
                   amqp_client_messages => pos_integer(),
+                  sns_events => pos_integer(), sns_runs => pos_integer(),
+                  sns_pool_size => pos_integer(), sns_warmup => non_neg_integer(),
+                  moto_batching_events => pos_integer(), moto_single_events => pos_integer(),
+                  moto_server => file:filename(),
                   phases => [phase()]}.
--type phase() :: per_call | slow | dead | throughput | httpc | rabbit | amqp_client.
+-type phase() :: per_call | slow | dead | throughput | httpc | rabbit | amqp_client | sns.
 -define(HTTP_PHASES, [dead, httpc, per_call, slow, throughput]).
 -type result() :: {atom(), term()}.
 
@@ -70,7 +87,12 @@ main(Opts0) ->
                         rabbit_events => 50000, rabbit_runs => 5, rabbit_window => 1000,
                         rabbit_workers => 20, confirm_each_messages => 5000,
                         amqp_client_messages => 3000,
-                        phases => [per_call, slow, dead, throughput, httpc, rabbit,
+                        sns_events => 50000, sns_runs => 5, sns_pool_size => 100,
+                        sns_warmup => 2000, moto_batching_events => 1000,
+                        moto_single_events => 300,
+                        moto_server => filename:join([event_pusher_sink:repo_root(), "_build",
+                                                      "venv", "bin", "moto_server"]),
+                        phases => [per_call, slow, dead, throughput, httpc, rabbit, sns,
                                    amqp_client]}, Opts0),
     {ok, _} = application:ensure_all_started(inets),
     #{level := Level} = logger:get_primary_config(),
@@ -84,7 +106,8 @@ main(Opts0) ->
                   [os_name(), erlang:system_info(otp_release),
                    erlang:system_info(schedulers_online), erlang:system_info(logical_processors)]),
         Results = run(Opts, Sink, SlowSink),
-        %% The report needs every http phase, or none (e.g. only rabbit and amqp_client).
+        %% The report needs every http phase, or none (e.g. only rabbit and amqp_client,
+        %% or only sns).
         case ?HTTP_PHASES -- maps:get(phases, Opts) of
             [] -> report(Results, Opts);
             ?HTTP_PHASES -> report(Results, Opts);
@@ -137,6 +160,8 @@ run(Opts = #{phases := Phases}, Sink, SlowSink) ->
          {httpc, fun() -> httpc_bench(Opts, Live, Slow) end},
          %% d. RabbitMQ: the rabbit backend and the raw lapin loop.
          {rabbit, fun() -> rabbit_bench(Opts, Acc, Event) end},
+         %% f. Amazon SNS: pusher-sink --sns, and moto for reference.
+         {sns, fun() -> sns_bench(Opts, Acc, Event) end},
          %% e. MongooseIM's way, last: it loads RabbitMQ's own Erlang code into the VM.
          {amqp_client, fun() -> amqp_client_bench(Opts, Event) end}],
     lists:append([Fun() || {Phase, Fun} <- All, lists:member(Phase, Phases)]).
@@ -543,6 +568,190 @@ publish_confirm_each(Ch, Publish, Msg, N) ->
     true = amqp(amqp_channel, wait_for_confirms, [Ch, 5000]),
     publish_confirm_each(Ch, Publish, Msg, N - 1).
 
+%% f. Amazon SNS: the sns backend against pusher-sink --sns, and against moto
+
+%% Rounds of batching on, then off, against one sink; then moto, once each.
+sns_bench(#{sns_runs := Runs, sns_events := N, sink_threads := Threads} = Opts, Acc, Event) ->
+    io:format("  sns: ~b chat events per run, topic ~ts~n", [N, ?SNS_TOPIC_ARN]),
+    Sink = event_pusher_sink:start(["--sns", "--threads", integer_to_list(Threads)]),
+    SinkResult =
+        try
+            #{port := SinkPort} = Sink,
+            Server = #{name => "pusher-sink", url => url(event_pusher_sink:port(Sink)),
+                       os_pid => port_os_pid(SinkPort),
+                       counts => fun() -> sink_counts(event_pusher_sink:port(Sink)) end},
+            Rounds = [#{on => sns_run(Opts, Server, true, N, Acc, Event),
+                        off => sns_run(Opts, Server, false, N, Acc, Event)}
+                      || _ <- lists:seq(1, Runs)],
+            #{rounds => Rounds, events => N}
+        catch
+            Class:Reason:Stack ->
+                io:format("  sns: failed: ~p:~p~n    ~p~n", [Class, Reason, hd(Stack ++ [none])]),
+                {error, io_lib:format("~p", [Reason])}
+        after
+            event_pusher_sink:stop(Sink)
+        end,
+    [{sns, #{sink => SinkResult, moto => moto_bench(Opts, Acc, Event)}}].
+
+%% The module started with only the sns backend; a warm-up (connections), then N
+%% events timed until every one is delivered; the calls the server answered and the
+%% CPU the VM (caller, NIF and SDK) and the server used meanwhile.
+sns_run(#{sns_pool_size := Pool} = Opts, Server, Batching, N, Acc, Event) ->
+    #{name := ServerName, url := Url, os_pid := ServerPid, counts := Counts} = Server,
+    Values = #{sns_host => Url, batching => atom_to_binary(Batching), pool_size => Pool,
+               max_events => max(200000, 2 * N), max_bytes => 1 bsl 30},
+    with_config("tools/event_pusher_bench_sns.toml", Values,
+                fun() ->
+                        Instance = mod_event_pusher_instance:instance(?HOST, sns),
+                        Warmup = min(maps:get(sns_warmup, Opts), N),
+                        ok = loop_push_event(Acc, Event, Warmup),
+                        _ = wait_settled(Instance, erlang:monotonic_time(microsecond) + 30000000),
+                        Name = io_lib:format("sns -> ~ts, batching ~ts",
+                                             [ServerName, on_off(Batching)]),
+                        Pids = [os:getpid(), ServerPid],
+                        Counts0 = Counts(),
+                        Cpu0 = [cpu_seconds(P) || P <- Pids],
+                        Run = timed_push(Name, Instance, N, Acc, Event, 120),
+                        Cpu1 = [cpu_seconds(P) || P <- Pids],
+                        Counts1 = Counts(),
+                        #{seconds := S} = Run,
+                        [VmCpu, ServerCpu] = [cpu_share(C0, C1, S)
+                                              || {C0, C1} <- lists:zip(Cpu0, Cpu1)],
+                        Calls = case {Counts0, Counts1} of
+                                    {{R0, M0}, {R1, M1}} ->
+                                        io:format("    ~ts answered ~b calls (~b messages): "
+                                                  "~b calls/s~n",
+                                                  [ServerName, R1 - R0, M1 - M0,
+                                                   round((R1 - R0) / S)]),
+                                        #{calls => R1 - R0, server_messages => M1 - M0,
+                                          calls_rate => (R1 - R0) / S};
+                                    _ ->
+                                        #{}
+                                end,
+                        maps:merge(Run#{vm_cpu => VmCpu, server_cpu => ServerCpu}, Calls)
+                end).
+
+on_off(true) -> "on";
+on_off(false) -> "off".
+
+%% Requests and messages pusher-sink --sns has answered so far (its GET /stats).
+sink_counts(TcpPort) ->
+    Url = "http://127.0.0.1:" ++ integer_to_list(TcpPort) ++ "/stats",
+    {ok, {{_, 200, _}, _, Body}} = httpc:request(get, {Url, []}, [{timeout, 5000}],
+                                                 [{body_format, binary}]),
+    #{<<"requests">> := Requests, <<"messages">> := Messages} = jiffy:decode(Body, [return_maps]),
+    {Requests, Messages}.
+
+port_os_pid(Port) ->
+    case erlang:port_info(Port, os_pid) of
+        {os_pid, Pid} -> integer_to_list(Pid);
+        undefined -> undefined
+    end.
+
+%% User + system CPU seconds of an OS process so far (Linux /proc), or undefined.
+cpu_seconds(undefined) ->
+    undefined;
+cpu_seconds(Pid) ->
+    case file:read_file("/proc/" ++ Pid ++ "/stat") of
+        {ok, Stat} ->
+            %% The fields after the command name (in parentheses): state is the 3rd
+            %% field, utime the 14th and stime the 15th.
+            [_, After] = string:split(Stat, <<")">>, trailing),
+            Fields = string:lexemes(After, " "),
+            (binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)))
+                / clock_ticks();
+        {error, _} ->
+            undefined
+    end.
+
+clock_ticks() ->
+    case string:to_integer(os:cmd("getconf CLK_TCK")) of
+        {Ticks, _} when is_integer(Ticks), Ticks > 0 -> Ticks;
+        _ -> 100
+    end.
+
+%% CPU used per second of wall time (1.0 = one core busy), or undefined.
+cpu_share(C0, C1, Seconds) when is_number(C0), is_number(C1), Seconds > 0 ->
+    (C1 - C0) / Seconds;
+cpu_share(_, _, _) ->
+    undefined.
+
+%% moto_server on a free port, the topic created, then a run with batching on and
+%% one with batching off.
+moto_bench(#{moto_server := Exe} = Opts, Acc, Event) ->
+    case filelib:is_regular(Exe) of
+        false ->
+            io:format("  sns: no ~ts (make venv): moto not measured~n", [Exe]),
+            {error, io_lib:format("no ~ts (make venv)", [Exe])};
+        true ->
+            try moto_runs(Opts, Exe, Acc, Event)
+            catch
+                Class:Reason:Stack ->
+                    io:format("  sns -> moto: failed: ~p:~p~n    ~p~n",
+                              [Class, Reason, hd(Stack ++ [none])]),
+                    {error, io_lib:format("~p", [Reason])}
+            end
+    end.
+
+moto_runs(#{moto_batching_events := OnN, moto_single_events := OffN} = Opts, Exe, Acc, Event) ->
+    TcpPort = closed_port(),
+    %% The shell runs moto in the background and kills it when its stdin closes, so
+    %% moto goes when the port is closed or the VM dies.
+    Script = "\"$0\" -H 127.0.0.1 -p \"$1\" >/dev/null 2>&1 & pid=$!; echo \"pid $pid\"; "
+             "cat >/dev/null; kill $pid 2>/dev/null; wait $pid",
+    Port = open_port({spawn_executable, "/bin/sh"},
+                     [{args, ["-c", Script, Exe, integer_to_list(TcpPort)]}, {line, 256}, binary,
+                      exit_status]),
+    try
+        MotoPid = receive
+                      {Port, {data, {eol, <<"pid ", P/binary>>}}} -> binary_to_list(P)
+                  after 5000 -> error(moto_did_not_start)
+                  end,
+        Url = url(TcpPort),
+        ok = moto_create_topic(binary_to_list(Url) ++ "/",
+                               erlang:monotonic_time(millisecond) + 30000),
+        Server = #{name => "moto", url => Url, os_pid => MotoPid,
+                   counts => fun() -> undefined end},
+        Small = Opts#{sns_warmup => 50},
+        On = sns_run(Small, Server, true, OnN, Acc, Event),
+        Off = sns_run(Small, Server, false, OffN, Acc, Event),
+        #{on => On, off => Off, vsn => moto_version(Exe)}
+    after
+        catch port_close(Port),
+        receive {Port, {exit_status, _}} -> ok after 5000 -> ok end
+    end.
+
+%% CreateTopic (idempotent), retried until moto answers.
+moto_create_topic(Url, Deadline) ->
+    Request = {Url, [{"authorization", ?MOTO_AUTHORIZATION}], "application/x-www-form-urlencoded",
+               "Action=CreateTopic&Name=bench&Version=2010-03-31"},
+    Arn = binary_to_list(?SNS_TOPIC_ARN),
+    case httpc:request(post, Request, [{timeout, 5000}], []) of
+        {ok, {{_, 200, _}, _, Body}} ->
+            case string:find(Body, "<TopicArn>" ++ Arn ++ "</TopicArn>") of
+                nomatch -> error({unexpected_create_topic_answer, Body});
+                _ -> ok
+            end;
+        Other ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> error({moto_not_answering, Other});
+                false -> timer:sleep(200), moto_create_topic(Url, Deadline)
+            end
+    end.
+
+moto_version(Exe) ->
+    Python = filename:join(filename:dirname(Exe), "python"),
+    case filelib:is_regular(Python) of
+        true ->
+            case repo_binary:run(Python, ["-c", "import moto; print(moto.__version__)"],
+                                 [stderr_to_stdout]) of
+                {0, Out} -> string:trim(binary_to_list(Out));
+                _ -> "?"
+            end;
+        false ->
+            "?"
+    end.
+
 %% The event and what the http backend makes of it
 
 chat_event() ->
@@ -618,6 +827,10 @@ report(Results, Opts) ->
     Text = [case Http of true -> http_text(R, Opts); false -> [] end,
             case maps:find(rabbit, R) of
                 {ok, Rabbit} -> rabbit_text(Rabbit, maps:get(amqp_client, R, undefined), Opts);
+                error -> []
+            end,
+            case maps:find(sns, R) of
+                {ok, Sns} -> sns_text(Sns, Opts);
                 error -> []
             end],
     io:format("~n~ts", [Text]),
@@ -791,6 +1004,109 @@ rabbit_text(#{payload_bytes := Size, events := N, window := Window, rounds := Ro
      [io_lib:format("| ~ts | ~ts | ~ts | ~ts |~n", [A, B, C, D]) || {A, B, C, D} <- Ratios],
      <<"\n">>,
      [io_lib:format("- ~ts~n", [Note]) || Note <- Notes]].
+
+sns_text(#{sink := Sink, moto := Moto}, Opts) ->
+    {SinkRows, SinkRatio, SinkNotes} = sns_sink_text(Sink, Opts),
+    {MotoRows, MotoRatio, MotoNotes} = sns_moto_text(Moto),
+    Rows = SinkRows ++ MotoRows,
+    [<<"\n### Amazon SNS (messages/s)\n\n">>,
+     <<"Chat messages pushed through push_event/2 with only the sns backend configured "
+       "(aws-sdk-sns in the NIF, SigV4-signed AWS query calls), timed from the first push "
+       "until every message is published; batching on sends PublishBatch calls of up to 10 "
+       "entries, batching off a Publish per message.\n\n">>,
+     <<"| path | messages/s | calls/s | messages/call | CPU: VM / server | target | |\n"
+       "|---|---:|---:|---:|---|---|---|\n">>,
+     [io_lib:format("| ~ts | ~ts | ~ts | ~ts | ~ts | ~ts | ~ts |~n", tuple_to_list(Row))
+      || Row <- Rows],
+     <<"\n| ratio | | target | |\n|---|---:|---|---|\n">>,
+     [io_lib:format("| ~ts | ~ts | ~ts | ~ts |~n", [A, B, C, D])
+      || {A, B, C, D} <- SinkRatio ++ MotoRatio],
+     <<"\n">>,
+     [io_lib:format("- ~ts~n", [Note]) || Note <- SinkNotes ++ MotoNotes]].
+
+sns_sink_text({error, Why}, _Opts) ->
+    {[{"event pusher -> pusher-sink --sns", io_lib:format("not measured: ~ts", [Why]), "", "",
+       "", ">= 10k, batching on", "not measured"}],
+     [{"batching on / off, pusher-sink", "-", ">= 5x", "not measured"}], []};
+sns_sink_text(#{rounds := Rounds, events := N},
+              #{sns_pool_size := Pool, sink_threads := Threads, sns_warmup := Warmup}) ->
+    On = median_run([maps:get(on, X) || X <- Rounds]),
+    Off = median_run([maps:get(off, X) || X <- Rounds]),
+    Ratio = paired_ratio([{maps:get(on, X), maps:get(off, X)} || X <- Rounds]),
+    #{rate := OnRate} = On,
+    Rows = [{io_lib:format("event pusher -> pusher-sink --sns, batching on (pool_size ~b, median "
+                           "of ~b)", [Pool, length(Rounds)]),
+             rate(OnRate), calls_rate(On), messages_per_call(On), cpu(On), "messages/s >= 10k",
+             verdict(OnRate >= 10000, "")},
+            {io_lib:format("event pusher -> pusher-sink --sns, batching off (pool_size ~b, "
+                           "median of ~b)", [Pool, length(Rounds)]),
+             rate(maps:get(rate, Off)), calls_rate(Off), messages_per_call(Off), cpu(Off), "", ""}],
+    Ratios = [{"batching on / off, pusher-sink (median of the rounds' ratios)", times(Ratio),
+               ">= 5x", verdict_all([at_least(Ratio, 5)])}],
+    All = [Run || X <- Rounds, Run <- [maps:get(on, X), maps:get(off, X)]],
+    Total = fun(K) -> lists:sum([maps:get(K, Run, 0) || Run <- All]) end,
+    Notes =
+        [io_lib:format("pusher-sink --sns (native/sink, ~ts): answers every Publish and "
+                       "PublishBatch as SNS does, all entries successful, without checking "
+                       "signatures; it counts the calls (calls/s) and the messages in them. "
+                       "~b messages per run after ~b warm-up messages, ~b rounds of batching "
+                       "on, then off; the rows are the median runs.",
+                       [threads(Threads), N, min(Warmup, N), length(Rounds)]),
+         io_lib:format("Per round: batching on ~ts; batching off ~ts; on / off ~ts.",
+                       [rates([maps:get(on, X) || X <- Rounds]),
+                        rates([maps:get(off, X) || X <- Rounds]), round_ratios(Ratio, times)]),
+         io_lib:format("Over all runs: delivered ~b, failed ~b, dropped ~b; pusher-sink counted "
+                       "~b messages in ~b calls.",
+                       [Total(delivered), Total(failed), Total(dropped), Total(server_messages),
+                        Total(calls)]),
+         "CPU: CPU seconds per second of the run (1.00 = one core busy) of the VM (the "
+         "pushing process, the NIF's delivery threads and the SDK: JSON, SigV4 signing, "
+         "HTTP) and of the server, from /proc; the machine has " ++
+             integer_to_list(erlang:system_info(logical_processors)) ++ " cores."],
+    {Rows, Ratios, Notes}.
+
+sns_moto_text({error, Why}) ->
+    {[{"event pusher -> moto_server", io_lib:format("not measured: ~ts", [Why]), "", "", "", "",
+       ""}], [], []};
+sns_moto_text(#{on := On, off := Off, vsn := Vsn}) ->
+    Rows = [{io_lib:format("event pusher -> moto ~ts, batching on (~b messages)",
+                           [Vsn, maps:get(events, On)]),
+             rate(maps:get(rate, On)), "-", "-", cpu(On), "", ""},
+            {io_lib:format("event pusher -> moto ~ts, batching off (~b messages)",
+                           [Vsn, maps:get(events, Off)]),
+             rate(maps:get(rate, Off)), "-", "-", cpu(Off), "", ""}],
+    Ratio = ratio_of(On, Off),
+    Ratios = [{"batching on / off, moto (one run each)", times(Ratio), "", ""}],
+    Notes = [io_lib:format("moto ~ts (_build/venv/bin/moto_server, moto's SNS emulator in "
+                           "Python, one run each, for reference): delivered ~b / ~b, failed "
+                           "~b / ~b (batching on / off). Its rates are moto's own speed, not "
+                           "the event pusher's.",
+                           [Vsn, maps:get(delivered, On), maps:get(delivered, Off),
+                            maps:get(failed, On), maps:get(failed, Off)])],
+    {Rows, Ratios, Notes}.
+
+%% The run of median rate.
+median_run(Runs) ->
+    Sorted = lists:sort(fun(#{rate := R1}, #{rate := R2}) -> R1 =< R2 end, Runs),
+    lists:nth((length(Sorted) + 1) div 2, Sorted).
+
+calls_rate(#{calls_rate := Rate}) -> rate(Rate);
+calls_rate(_) -> "-".
+
+messages_per_call(#{calls := Calls, server_messages := Messages}) when Calls > 0 ->
+    io_lib:format("~.1f", [Messages / Calls]);
+messages_per_call(_) -> "-".
+
+cpu(Run) ->
+    Share = fun(undefined) -> "?";
+               (X) -> io_lib:format("~.2f", [X])
+            end,
+    io_lib:format("~ts / ~ts", [Share(maps:get(vm_cpu, Run, undefined)),
+                                Share(maps:get(server_cpu, Run, undefined))]).
+
+threads(1) -> "one thread";
+threads(0) -> "a thread per core";
+threads(N) -> io_lib:format("~b threads", [N]).
 
 %% The median rate of measurements (maps with `rate'), or the first error.
 median(Results) ->
