@@ -1,0 +1,232 @@
+//! The SNS backend against a scripted SNS-compatible server started by the test:
+//! what is retried (throttling, entries SNS failed on its side) and what is final.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use pusher::report::{ReportBatch, ReportSink};
+use pusher::retry::Jitter;
+use pusher::sns::{topic_arn, Notification, SnsBackend, SnsConfig, SnsEvent};
+use pusher::{Envelope, Instance, InstanceConfig, QueueLimits, RetryPolicy, StatsSnapshot};
+use tokio::net::TcpListener;
+
+const NS: &str = "http://sns.amazonaws.com/doc/2010-03-31/";
+
+/// One scripted answer: status and body, after a delay.
+type Answer = (u16, String, Duration);
+
+struct Server {
+    url: String,
+    /// Request bodies, in arrival order.
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+async fn start_server(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let answer = Arc::new(answer);
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    let answer = answer.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        let body = String::from_utf8_lossy(&body.unwrap_or_default()).to_string();
+                        let index = {
+                            let mut log = log.lock().expect("log");
+                            log.push(body.clone());
+                            log.len() - 1
+                        };
+                        let (status, text, delay) = answer(index, &body);
+                        tokio::time::sleep(delay).await;
+                        let mut response = Response::new(Full::new(Bytes::from(text)));
+                        *response.status_mut() =
+                            hyper::StatusCode::from_u16(status).expect("status");
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    Server { url, received }
+}
+
+fn published() -> String {
+    format!(
+        "<PublishResponse xmlns=\"{NS}\"><PublishResult><MessageId>m</MessageId></PublishResult>\
+         <ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></PublishResponse>"
+    )
+}
+
+fn error(code: &str, message: &str) -> String {
+    format!(
+        "<ErrorResponse xmlns=\"{NS}\"><Error><Type>Sender</Type><Code>{code}</Code>\
+         <Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    )
+}
+
+/// Every entry id of a PublishBatch body succeeds but `failed_id`, which fails on
+/// SNS's side (SenderFault false).
+fn batch_answer(body: &str, failed_id: &str) -> String {
+    let ids: Vec<&str> = body
+        .split('&')
+        .filter(|kv| kv.starts_with("PublishBatchRequestEntries.member.") && kv.contains(".Id="))
+        .filter_map(|kv| kv.split('=').nth(1))
+        .collect();
+    let ok: String = ids
+        .iter()
+        .filter(|id| **id != failed_id)
+        .map(|id| format!("<member><Id>{id}</Id><MessageId>m{id}</MessageId></member>"))
+        .collect();
+    format!(
+        "<PublishBatchResponse xmlns=\"{NS}\"><PublishBatchResult><Successful>{ok}</Successful>\
+         <Failed><member><Id>{failed_id}</Id><Code>InternalError</Code><Message>try again</Message>\
+         <SenderFault>false</SenderFault></member></Failed></PublishBatchResult>\
+         <ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></PublishBatchResponse>"
+    )
+}
+
+#[derive(Default)]
+struct Reports(Mutex<Vec<ReportBatch>>);
+
+impl ReportSink for Reports {
+    fn send(&self, batch: ReportBatch) {
+        self.0.lock().expect("reports").push(batch);
+    }
+}
+
+fn start(url: &str, batching: bool, concurrency: usize) -> Instance<SnsBackend> {
+    let backend = SnsBackend::new(&SnsConfig {
+        sns_host: url.to_string(),
+        region: "eu-west-1".into(),
+        access_key_id: "AKIAEXAMPLE".into(),
+        secret_access_key: "secret".into(),
+        request_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        batching,
+    });
+    let config = InstanceConfig {
+        queue: QueueLimits::default(),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            deadline: Duration::from_secs(30),
+            jitter: Jitter::MinusBase,
+        },
+        concurrency,
+    };
+    Instance::start(
+        &tokio::runtime::Handle::current(),
+        backend,
+        config,
+        Arc::new(Reports::default()),
+    )
+}
+
+fn event(message: &str) -> Envelope<SnsEvent> {
+    let event = SnsEvent {
+        topic_arn: topic_arn("eu-west-1", "123456789012", "pm"),
+        notification: Notification::Message {
+            from_user_id: "alice@localhost".into(),
+            to_user_id: "bob@localhost".into(),
+            message: message.into(),
+        },
+        attributes: vec![],
+    };
+    let size = event.size();
+    Envelope::new(event, b"alice", size)
+}
+
+async fn settled(instance: &Instance<SnsBackend>, events: u64) -> StatsSnapshot {
+    for _ in 0..500 {
+        let stats = instance.stats();
+        if stats.delivered + stats.failed >= events && stats.in_flight == 0 {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not settled: {:?}", instance.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_and_invalid_parameters_are_not() {
+    let server = start_server(|index, body| {
+        let none = Duration::ZERO;
+        if body.contains(
+            "Message=%7B%22from_user_id%22%3A%22alice%40localhost%22%2C%22message%22%3A%22bad",
+        ) {
+            (
+                400,
+                error("InvalidParameter", "Invalid parameter: Message too long"),
+                none,
+            )
+        } else if index < 2 {
+            (400, error("Throttling", "Rate exceeded"), none)
+        } else {
+            (200, published(), none)
+        }
+    })
+    .await;
+    let instance = start(&server.url, false, 1);
+    instance.push(event("throttled")).expect("push");
+    let stats = settled(&instance, 1).await;
+    assert_eq!((stats.delivered, stats.retried, stats.failed), (1, 2, 0));
+    instance.push(event("bad")).expect("push");
+    let stats = settled(&instance, 2).await;
+    assert_eq!((stats.delivered, stats.retried, stats.failed), (1, 2, 1));
+    assert_eq!(server.received.lock().expect("log").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_entries_failed_by_sns_are_retried_alone() {
+    let server = start_server(|index, body| {
+        if body.contains("Action=PublishBatch") {
+            (200, batch_answer(body, "1"), Duration::ZERO)
+        } else if index == 0 {
+            // Slow, so that the next events queue up behind it and form a batch.
+            (200, published(), Duration::from_millis(300))
+        } else {
+            (200, published(), Duration::ZERO)
+        }
+    })
+    .await;
+    let instance = start(&server.url, true, 1);
+    instance.push(event("first")).expect("push");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for message in ["b0", "b1", "b2"] {
+        instance.push(event(message)).expect("push");
+    }
+    let stats = settled(&instance, 4).await;
+    assert_eq!((stats.delivered, stats.retried, stats.failed), (4, 1, 0));
+    let received = server.received.lock().expect("log").clone();
+    let actions: Vec<&str> = received
+        .iter()
+        .map(|b| {
+            if b.contains("Action=PublishBatch") {
+                "batch"
+            } else {
+                "publish"
+            }
+        })
+        .collect();
+    assert_eq!(actions, vec!["publish", "batch", "publish"]);
+    assert_eq!(received[1].matches(".Id=").count(), 3);
+    // The retry carries the entry SNS failed: b1.
+    assert!(received[2].contains("b1"), "{}", received[2]);
+}
