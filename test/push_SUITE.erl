@@ -35,6 +35,9 @@ all() ->
      virtual_pubsub_host_runs_the_hook,
      enhanced_plugin_pushes_unacknowledged_messages,
      one_publish_per_service_per_stanza,
+     custom_plugin_callbacks_fall_back_to_the_defaults,
+     full_queue_drops_are_counted,
+     stop_drains_pending_publishes,
      remove_user_clears_registrations,
      registrations_survive_a_module_restart].
 
@@ -324,6 +327,51 @@ one_publish_per_service_per_stanza(Config) ->
     timer:sleep(300),
     ?assertEqual(1, length(publishes())).
 
+%% A plugin exporting only prepare_notification/2: its payload, the default filter
+%% and publishing.
+custom_plugin_callbacks_fall_back_to_the_defaults(Config) ->
+    start(Config, #{plugin_module => mod_event_pusher_push_custom}),
+    service(?PUBSUB, result),
+    register_offline_bob(?PUBSUB, <<"node-b">>, []),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"secret text">>),
+    [Request] = wait_publishes(1),
+    ?assertEqual(#{<<"message-count">> => <<"1">>, <<"last-message-sender">> => <<"alice">>,
+                   <<"last-message-body">> => <<"New message">>}, summary_values(Request)),
+    %% The default filter still applies: online, nothing.
+    _ = ejabberd_sm:open_session(?HT, jid:from_binary(?BOB), 0),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"online">>),
+    timer:sleep(200),
+    ?assertEqual(1, length(publishes())).
+
+%% One publish in progress (wpool.workers = 1, the service never answers), one queued:
+%% the rest are dropped and counted.
+full_queue_drops_are_counted(Config) ->
+    start(Config, #{workers => 1, publish_timeout_ms => 1000,
+                    extra => "  queue.max_events = 1\n"}),
+    service(?PUBSUB, noreply),
+    register_offline_bob(?PUBSUB, <<"node-b">>, []),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"1">>),
+    wait_stats(#{in_flight => 1}),
+    [deliver(<<"chat">>, ?ALICE, ?BOB, integer_to_binary(N)) || N <- lists:seq(2, 5)],
+    wait_stats(#{accepted => 5, in_flight => 1, queued => 1, dropped => 3}),
+    wait_until(fun() -> 3 =:= lists:sum([D || #{dropped := D} <- mongoose_instrument:get_events(
+                                                                    mod_event_pusher_push_delivery,
+                                                                    ?LABELS)])
+               end).
+
+%% Stopping the module delivers what is queued: the reporter keeps routing while the
+%% instance drains.
+stop_drains_pending_publishes(Config) ->
+    start(Config, #{workers => 1}),
+    service(?PUBSUB, {slow, 50}),
+    register_offline_bob(?PUBSUB, <<"node-b">>, []),
+    [deliver(<<"chat">>, ?ALICE, ?BOB, integer_to_binary(N)) || N <- lists:seq(1, 5)],
+    Instance = mod_event_pusher_instance:instance(?HT, push),
+    ok = mongoose_modules:stop(),
+    ?assertMatch(#{accepted := 5, delivered := 5, failed := 0, queued := 0},
+                 mod_event_pusher_nif:stats(Instance)),
+    ?assertEqual(5, length(publishes())).
+
 %%% Storage
 
 remove_user_clears_registrations(Config) ->
@@ -354,12 +402,13 @@ registrations_survive_a_module_restart(Config) ->
 
 %%% Helpers: the host
 
-%% Spec: plugin_module, virtual_pubsub_hosts, publish_timeout_ms.
+%% Spec: plugin_module, virtual_pubsub_hosts, publish_timeout_ms, workers, extra.
 start(Config, Spec) ->
     Toml = ["[general]\n  hosts = [\"localhost\"]\n\n",
             "[modules.mod_event_pusher.push]\n",
             "  backend = \"mnesia\"\n",
-            "  wpool.workers = 4\n",
+            "  wpool.workers = ", integer_to_list(maps:get(workers, Spec, 4)), "\n",
+            maps:get(extra, Spec, ""),
             [["  plugin_module = \"", atom_to_list(M), "\"\n"]
              || {ok, M} <- [maps:find(plugin_module, Spec)]],
             [["  virtual_pubsub_hosts = [", lists:join(", ", [["\"", H, "\""] || H <- Hosts]),
@@ -400,6 +449,7 @@ service(Jid, Answer) ->
            Jid, fun(Request) ->
                         case Answer of
                             noreply -> noreply;
+                            {slow, Ms} -> timer:sleep(Ms), {reply, reply(Request, <<"result">>, [])};
                             result -> {reply, reply(Request, <<"result">>, [])};
                             {error, Type} ->
                                 Error = el(<<"error">>, #{<<"type">> => Type},

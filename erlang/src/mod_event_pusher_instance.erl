@@ -131,7 +131,7 @@ handle_call(instance, _From, State) ->
 handle_call({stop, DrainMs}, _From, State = #state{instance = Instance}) ->
     Tag = make_ref(),
     ok = mod_event_pusher_nif:stop(Instance, DrainMs, Tag),
-    Stats = receive {mod_event_pusher_nif, stopped, Tag, S} -> S end,
+    Stats = wait_stopped(Tag, State),
     flush_reports(State),
     log_stop(State, Stats),
     {stop, normal, {ok, Stats}, State}.
@@ -144,18 +144,31 @@ handle_cast(_Msg, State) ->
 handle_info({mod_event_pusher_nif, report, Report}, State) ->
     handle_report(Report, State),
     {noreply, State};
-handle_info({mod_event_pusher_nif, route, Id, From, To, El},
-            State = #state{host_type = HostType, key = Key, module = Module, instance = Instance}) ->
+handle_info({mod_event_pusher_nif, route, _Id, _From, _To, _El} = Request, State) ->
+    handle_route(Request, State),
+    {noreply, State};
+handle_info(Other, State) ->
+    ?LOG_WARNING(#{what => event_pusher_unexpected_message, msg => Other}),
+    {noreply, State}.
+
+%% Draining may need stanzas routed (push): keep routing until the instance stops.
+wait_stopped(Tag, State) ->
+    receive
+        {mod_event_pusher_nif, stopped, Tag, Stats} ->
+            Stats;
+        {mod_event_pusher_nif, route, _Id, _From, _To, _El} = Request ->
+            handle_route(Request, State),
+            wait_stopped(Tag, State)
+    end.
+
+handle_route({mod_event_pusher_nif, route, Id, From, To, El},
+             #state{host_type = HostType, key = Key, module = Module, instance = Instance}) ->
     try Module:handle_route(HostType, Key, Instance, {Id, From, To, El})
     catch Class:Reason:Stacktrace ->
             ?LOG_ERROR(#{what => event_pusher_route_failed, host_type => HostType, key => Key,
                          class => Class, reason => Reason, stacktrace => Stacktrace}),
             mod_event_pusher_nif:push_reply(Instance, Id, {error, <<"route_failed">>})
-    end,
-    {noreply, State};
-handle_info(Other, State) ->
-    ?LOG_WARNING(#{what => event_pusher_unexpected_message, msg => Other}),
-    {noreply, State}.
+    end.
 
 %% The final batch is sent before the stopped message; handle what is in the mailbox.
 flush_reports(State) ->
