@@ -8,7 +8,7 @@ APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-
                 erlang-jiffy rebar3
 ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
 
-.PHONY: setup venv rabbitmq build test cargo-test ct erlang-strict demo bench lint clean
+.PHONY: setup venv rabbitmq postgres build test cargo-test ct erlang-strict demo bench lint clean
 
 # Debian packages, installed only when one is missing.
 setup:
@@ -54,6 +54,23 @@ rabbitmq:
 	  timeout 120 rabbitmqctl await_startup >/dev/null; \
 	fi
 
+# PostgreSQL on 127.0.0.1:5432 for the rdbms push backend (test/push_rdbms_SUITE):
+# installed and started only when nothing answers there. A fresh install gets user
+# postgres with password postgres and a database test, which is what
+# mongoose_rdbms:default_conninfo/0 uses (PG_CONNINFO overrides it).
+postgres:
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
+	  ls /etc/postgresql/*/main/postgresql.conf >/dev/null 2>&1 || { apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; }; \
+	  ver=$$(ls /etc/postgresql | sort -V | tail -n 1); \
+	  pg_ctlcluster $$ver main status >/dev/null 2>&1 || { echo "starting PostgreSQL $$ver"; \
+	    pg_ctlcluster $$ver main start || exit 1; }; \
+	  for i in $$(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 1; done; \
+	  su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" && \
+	  { su postgres -c "psql -tA -c \"SELECT 1 FROM pg_database WHERE datname = 'test'\"" | grep -q 1 || \
+	    su postgres -c "createdb test"; }; \
+	fi
+
 build: setup
 	cargo build --release --workspace --bins
 	rebar3 as test compile
@@ -61,7 +78,7 @@ build: setup
 cargo-test: setup rabbitmq
 	cargo test --workspace --quiet
 
-ct: build erlang-strict rabbitmq venv
+ct: build erlang-strict rabbitmq postgres venv
 	rebar3 as test ct
 
 # Production modules with every warning an error and specs on all exports, compiled

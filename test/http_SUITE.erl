@@ -197,11 +197,18 @@ full_queue_drops_and_counts(Config) ->
     ?assertEqual(50, Dropped + 5 + InFlight + Delivered),
     ?assert(Dropped >= 44),
     %% Reported in batches: the drops add up over the batches.
-    wait_until(fun() ->
+    Reported = fun() ->
                        Batches = mongoose_instrument:get_events(mod_event_pusher_http_delivery,
                                                                 #{host_type => ?HT}),
-                       lists:sum([maps:get(dropped, B, 0) || B <- Batches]) =:= Dropped
-               end).
+                       lists:sum([maps:get(dropped, B, 0) || B <- Batches])
+               end,
+    try wait_until(fun() -> Reported() =:= Dropped end)
+    catch exit:{test_case_failed, _} ->
+            ct:fail({drops_reported, Reported(), stats_dropped, Dropped, now,
+                     pool_stats(http_pool),
+                     mongoose_instrument:get_events(mod_event_pusher_http_delivery,
+                                                    #{host_type => ?HT})})
+    end.
 
 stop_drains_pending_events(Config) ->
     test_http_listener:set_reply(?config(listener, Config), {delay, 20, 200}),

@@ -1,0 +1,688 @@
+%% The rdbms backend of XEP-0357 registrations (mod_event_pusher_push_rdbms) on a
+%% REAL PostgreSQL, through the stand-in's mongoose_rdbms (native/pg_port):
+%% - stand_in: mongoose_rdbms itself (placeholders, parameter and result types,
+%%   error shapes, prepare semantics, reconnection);
+%% - backend: the backend through mod_event_pusher_push_backend, with the rows
+%%   checked in PostgreSQL against MongooseIM's schema and column values;
+%% - end_to_end: mod_event_pusher_push started from TOML with `backend = "rdbms"',
+%%   registrations made with IQs, notifications published from them.
+%%
+%% Each run works in a fresh schema (push_rdbms_<pid>_<time>, dropped at the end)
+%% holding the table of priv/pg.sql: the connection's search_path names it. The
+%% database is mongoose_rdbms:default_conninfo/0 (PG_CONNINFO, key=value form,
+%% overrides it); when it cannot be reached the suite FAILS (`make postgres'
+%% starts a server).
+-module(push_rdbms_SUITE).
+-compile([export_all, nowarn_export_all]).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-include("jlib.hrl").
+
+-define(HT, <<"localhost">>).
+-define(LABELS, #{host_type => ?HT}).
+-define(PUBSUB, <<"pubsub.push.example">>).
+-define(ALICE, <<"alice@localhost/phone">>).
+-define(BOB, <<"bob@localhost/pc">>).
+-define(NS_PUBSUB_OPTIONS, <<"http://jabber.org/protocol/pubsub#publish-options">>).
+-define(QUERIES, [event_pusher_push_insert, event_pusher_push_select, event_pusher_push_delete,
+                  event_pusher_push_delete_pubsub_jid, event_pusher_push_delete_node]).
+
+all() ->
+    [{group, stand_in}, {group, backend}, {group, end_to_end}].
+
+groups() ->
+    [{stand_in, [], [placeholders_are_numbered,
+                     params_and_cells,
+                     errors_are_returned_or_raised,
+                     prepare_keeps_the_first_query,
+                     reconnects_after_the_connection_is_lost,
+                     not_started_is_an_error]},
+     {backend, [], [schema_is_mongooseim_s,
+                    init_prepares_mongooseim_s_queries,
+                    enable_get_and_disable,
+                    enable_replaces_the_same_node,
+                    forms_round_trip,
+                    rows_hold_mongooseim_s_values,
+                    rows_written_by_mongooseim_are_read,
+                    calls_are_instrumented,
+                    errors_are_returned]},
+     {end_to_end, [], [enable_and_disable_via_iq,
+                       offline_recipient_gets_a_publish,
+                       cancel_error_deletes_the_row,
+                       remove_user_clears_registrations,
+                       registrations_survive_a_module_restart]}].
+
+suite() ->
+    [{timetrap, {seconds, 60}}].
+
+init_per_suite(Config) ->
+    ok = mongoose_rdbms:stop(),
+    Base = mongoose_rdbms:default_conninfo(),
+    Schema = "push_rdbms_" ++ os:getpid() ++ "_" ++ integer_to_list(erlang:system_time(millisecond)),
+    ok = start_rdbms(Base),
+    {updated, _} = mongoose_rdbms:sql_query(global, ["CREATE SCHEMA ", Schema]),
+    ok = mongoose_rdbms:stop(),
+    ConnInfo = Base ++ " options='-c search_path=" ++ Schema ++ "'",
+    ok = start_rdbms(ConnInfo),
+    ok = create_table(),
+    ct:log("PostgreSQL: ~s", [ConnInfo]),
+    [{schema, Schema}, {conninfo, ConnInfo} | Config].
+
+end_per_suite(Config) ->
+    catch mongoose_host:stop(),
+    Result = mongoose_rdbms:sql_query(global, ["DROP SCHEMA ", ?config(schema, Config), " CASCADE"]),
+    ok = mongoose_rdbms:stop(),
+    {updated, _} = Result,
+    ok.
+
+init_per_group(backend, Config) ->
+    mongoose_host:start([{hosts, [?HT]}]),
+    ok = mod_event_pusher_push_backend:init(?HT, #{backend => rdbms}),
+    Config;
+init_per_group(_Group, Config) ->
+    Config.
+
+end_per_group(backend, _Config) ->
+    mongoose_host:stop();
+end_per_group(_Group, _Config) ->
+    ok.
+
+init_per_testcase(_Case, Config) ->
+    {updated, _} = mongoose_rdbms:sql_query(global, "DELETE FROM event_pusher_push_subscription"),
+    Config.
+
+end_per_testcase(Case, _Config) ->
+    case lists:member(Case, element(3, lists:keyfind(end_to_end, 1, groups()))) of
+        true -> catch mongoose_host:stop();
+        false -> ok
+    end,
+    ok.
+
+%%% mongoose_rdbms (the stand-in)
+
+placeholders_are_numbered(_Config) ->
+    ?assertEqual(<<"SELECT 1">>, mongoose_rdbms:to_dollar_placeholders(<<"SELECT 1">>)),
+    ?assertEqual(<<"a = $1 AND b = $2">>, mongoose_rdbms:to_dollar_placeholders(<<"a = ? AND b = ?">>)),
+    ?assertEqual(<<"$1$2">>, mongoose_rdbms:to_dollar_placeholders(<<"??">>)),
+    {ok, push_rdbms_suite_add} = mongoose_rdbms:prepare(push_rdbms_suite_add, none, [a, b],
+                                                       ["SELECT ?::int + ", <<"?::int">>]),
+    ?assertEqual({selected, [{5}]}, mongoose_rdbms:execute(?HT, push_rdbms_suite_add, [2, 3])).
+
+params_and_cells(_Config) ->
+    {updated, 0} = mongoose_rdbms:sql_query(
+                     global, "CREATE TABLE stand_in_types (t TEXT, v VARCHAR(10), i INT, s SMALLINT,"
+                             " b BIGINT, f DOUBLE PRECISION, ok BOOLEAN, j JSON, jb JSONB, by BYTEA,"
+                             " n TEXT)"),
+    try
+        {ok, _} = mongoose_rdbms:prepare(push_rdbms_suite_types_insert, stand_in_types,
+                                         [t, v, i, s, b, f, ok, j, jb, by, n],
+                                         "INSERT INTO stand_in_types VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+        {ok, _} = mongoose_rdbms:prepare(push_rdbms_suite_types_select, stand_in_types, [],
+                                         "SELECT * FROM stand_in_types ORDER BY i"),
+        Text = <<"é ✓ 𝄞 'quoted' \"double\" \\ ?"/utf8>>,
+        Big = 1 bsl 62,
+        ?assertEqual({updated, 1},
+                     mongoose_rdbms:execute(global, push_rdbms_suite_types_insert,
+                                            [Text, <<"v">>, -5, 7, Big, 2.5, true,
+                                             <<"{\"k\": \"é\"}"/utf8>>, <<"{\"k\": \"é\"}"/utf8>>,
+                                             <<"\\xdeadbeef">>, null])),
+        ?assertEqual({updated, 1},
+                     mongoose_rdbms:execute(global, push_rdbms_suite_types_insert,
+                                            [<<>>, undefined, 6, null, null, null, false, null,
+                                             null, null, undefined])),
+        ?assertEqual({selected, [{Text, <<"v">>, -5, 7, Big, 2.5, true, <<"{\"k\": \"é\"}"/utf8>>,
+                                  <<"{\"k\": \"é\"}"/utf8>>, <<16#de, 16#ad, 16#be, 16#ef>>, null},
+                                 {<<>>, null, 6, null, null, null, false, null, null, null, null}]},
+                     mongoose_rdbms:execute(global, push_rdbms_suite_types_select, [])),
+        %% The simple protocol: every cell is text.
+        ?assertEqual({selected, [{<<"-5">>, integer_to_binary(Big), <<"t">>, <<"\\xdeadbeef">>}]},
+                     mongoose_rdbms:sql_query(global, "SELECT i, b, ok, by FROM stand_in_types"
+                                                      " WHERE i < 0")),
+        ?assertEqual({selected, []},
+                     mongoose_rdbms:sql_query(global, "SELECT * FROM stand_in_types WHERE false")),
+        ?assertEqual({updated, 2}, mongoose_rdbms:sql_query(global, "UPDATE stand_in_types SET n = 'x'")),
+        ?assertEqual({updated, 0},
+                     mongoose_rdbms:sql_query(global, "DELETE FROM stand_in_types WHERE i = 0"))
+    after
+        {updated, 0} = mongoose_rdbms:sql_query(global, "DROP TABLE stand_in_types")
+    end.
+
+errors_are_returned_or_raised(_Config) ->
+    {ok, _} = mongoose_rdbms:prepare(push_rdbms_suite_two, none, [a, b], "SELECT ?::int, ?::text"),
+    {ok, _} = mongoose_rdbms:prepare(push_rdbms_suite_numeric, none, [], "SELECT 1.5::numeric AS x"),
+    ?assertEqual({error, {statement_not_prepared, push_rdbms_suite_nope}},
+                 mongoose_rdbms:execute(?HT, push_rdbms_suite_nope, [])),
+    [?assertEqual({error, {bad_param, 2, Bad}},
+                  mongoose_rdbms:execute(?HT, push_rdbms_suite_two, [1, Bad]))
+     || Bad <- [<<255>>, foo, "list", {1}]],
+    ?assertEqual({error, <<"the statement has 2 parameters, 1 given">>},
+                 mongoose_rdbms:execute(?HT, push_rdbms_suite_two, [1])),
+    ?assertMatch({error, <<"ERROR 22P02: invalid input syntax for type integer", _/binary>>},
+                 mongoose_rdbms:execute(?HT, push_rdbms_suite_two, [<<"x">>, <<"y">>])),
+    {error, Unsupported} = mongoose_rdbms:execute(?HT, push_rdbms_suite_numeric, []),
+    ?assertMatch({_, _}, binary:match(Unsupported, <<"numeric">>)),
+    ?assertMatch({error, <<"ERROR 42601: syntax error", _/binary>>},
+                 mongoose_rdbms:sql_query(?HT, "SELEC 1")),
+    ?assertMatch({error, <<"ERROR 42P01: relation \"no_such_table\" does not exist">>},
+                 mongoose_rdbms:sql_query(?HT, "SELECT * FROM no_such_table")),
+    %% execute_successfully/3 raises what MongooseIM's raises.
+    ?assertError(#{what := sql_execute_failed, host := ?HT, statement_name := push_rdbms_suite_two,
+                   statement_query := <<"SELECT ?::int, ?::text">>,
+                   statement_params := [<<"x">>, <<"y">>],
+                   reason := {error, <<"ERROR 22P02", _/binary>>}},
+                 mongoose_rdbms:execute_successfully(?HT, push_rdbms_suite_two, [<<"x">>, <<"y">>])),
+    ?assertEqual({selected, [{1, <<"a">>}]},
+                 mongoose_rdbms:execute_successfully(?HT, push_rdbms_suite_two, [1, <<"a">>])),
+    %% A duplicate key, with the server's detail.
+    {updated, 0} = mongoose_rdbms:sql_query(?HT, "CREATE TABLE stand_in_keys (k INT PRIMARY KEY)"),
+    try
+        {ok, _} = mongoose_rdbms:prepare(push_rdbms_suite_key, stand_in_keys, [k],
+                                         "INSERT INTO stand_in_keys VALUES (?)"),
+        {updated, 1} = mongoose_rdbms:execute(?HT, push_rdbms_suite_key, [1]),
+        ?assertEqual({error, <<"ERROR 23505: duplicate key value violates unique constraint"
+                               " \"stand_in_keys_pkey\" (Key (k)=(1) already exists.)">>},
+                     mongoose_rdbms:execute(?HT, push_rdbms_suite_key, [1]))
+    after
+        {updated, 0} = mongoose_rdbms:sql_query(?HT, "DROP TABLE stand_in_keys")
+    end,
+    %% The connection survives errors.
+    ?assertEqual({selected, [{<<"1">>}]}, mongoose_rdbms:sql_query(?HT, "SELECT 1")).
+
+prepare_keeps_the_first_query(_Config) ->
+    ?assertEqual({ok, push_rdbms_suite_first},
+                 mongoose_rdbms:prepare(push_rdbms_suite_first, <<"t">>, [<<"a">>], <<"SELECT 1">>)),
+    ?assertEqual({error, already_exists},
+                 mongoose_rdbms:prepare(push_rdbms_suite_first, t, [a], <<"SELECT 2">>)),
+    ?assertEqual({selected, [{1}]}, mongoose_rdbms:execute(global, push_rdbms_suite_first, [])).
+
+reconnects_after_the_connection_is_lost(Config) ->
+    {ok, _} = mongoose_rdbms:prepare(push_rdbms_suite_pid, none, [], "SELECT pg_backend_pid()"),
+    {selected, [{Pid}]} = mongoose_rdbms:execute(?HT, push_rdbms_suite_pid, []),
+    %% (the driver reports the server's FATAL 57P01 as "connection closed")
+    ?assertMatch({error, <<_/binary>>},
+                 mongoose_rdbms:sql_query(?HT, "SELECT pg_terminate_backend(pg_backend_pid())")),
+    {selected, [{NewPid}]} = mongoose_rdbms:execute(?HT, push_rdbms_suite_pid, []),
+    ?assertNotEqual(Pid, NewPid),
+    %% The new connection has the conninfo's settings.
+    Schema = list_to_binary(?config(schema, Config)),
+    ?assertEqual({selected, [{Schema}]}, mongoose_rdbms:sql_query(?HT, "SELECT current_schema()")).
+
+not_started_is_an_error(Config) ->
+    ok = mongoose_rdbms:stop(),
+    try
+        ?assertEqual({error, mongoose_rdbms_not_started},
+                     mongoose_rdbms:execute(?HT, push_rdbms_suite_first, [])),
+        ?assertEqual({error, mongoose_rdbms_not_started}, mongoose_rdbms:sql_query(?HT, "SELECT 1")),
+        ?assertError(#{what := mongoose_rdbms_not_started},
+                     mongoose_rdbms:prepare(push_rdbms_suite_first, t, [], "SELECT 1")),
+        ?assertMatch({error, {connect_failed, <<_/binary>>}},
+                     mongoose_rdbms:start("host=127.0.0.1 port=1 user=nobody connect_timeout=5")),
+        ?assertEqual(undefined, whereis(mongoose_rdbms))
+    after
+        ok = mongoose_rdbms:start(?config(conninfo, Config))
+    end,
+    %% Prepared queries went with the server.
+    ?assertEqual({error, {statement_not_prepared, push_rdbms_suite_first}},
+                 mongoose_rdbms:execute(?HT, push_rdbms_suite_first, [])).
+
+%%% The backend
+
+schema_is_mongooseim_s(_Config) ->
+    Column = fun(Name, Type, Length) -> {Name, Type, Length, <<"NO">>} end,
+    ?assertEqual({selected, [Column(<<"owner_jid">>, <<"character varying">>, <<"250">>),
+                             Column(<<"node">>, <<"character varying">>, <<"250">>),
+                             Column(<<"pubsub_jid">>, <<"character varying">>, <<"250">>),
+                             Column(<<"form">>, <<"json">>, null),
+                             Column(<<"created_at">>, <<"bigint">>, null)]},
+                 mongoose_rdbms:sql_query(
+                   global, "SELECT column_name, data_type, character_maximum_length, is_nullable"
+                           " FROM information_schema.columns WHERE table_schema = current_schema()"
+                           " AND table_name = 'event_pusher_push_subscription'"
+                           " ORDER BY ordinal_position")),
+    ?assertEqual({selected, [{<<"owner_jid">>}, {<<"node">>}, {<<"pubsub_jid">>}]},
+                 mongoose_rdbms:sql_query(
+                   global, "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
+                           " ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                           " WHERE i.indrelid = 'event_pusher_push_subscription'::regclass"
+                           " AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)")),
+    {selected, [{IndexDef}]} =
+        mongoose_rdbms:sql_query(
+          global, "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                  " AND indexname = 'i_event_pusher_push_subscription'"),
+    ?assertMatch({_, _}, binary:match(IndexDef, <<"event_pusher_push_subscription USING btree (owner_jid)">>)).
+
+init_prepares_mongooseim_s_queries(_Config) ->
+    Owner = <<"alice@localhost">>,
+    P = fun(Name, Params) -> mongoose_rdbms:execute_successfully(?HT, Name, Params) end,
+    ?assertEqual({updated, 1}, P(event_pusher_push_insert, [Owner, <<"n1">>, ?PUBSUB, <<"{}">>, 1])),
+    ?assertEqual({updated, 1}, P(event_pusher_push_insert, [Owner, <<"n2">>, ?PUBSUB, <<"{}">>, 2])),
+    ?assertEqual({updated, 1}, P(event_pusher_push_insert, [Owner, <<"n1">>, <<"other">>, <<"{}">>, 3])),
+    {selected, Rows} = P(event_pusher_push_select, [Owner]),
+    ?assertEqual([{<<"n1">>, <<"other">>, <<"{}">>}, {<<"n1">>, ?PUBSUB, <<"{}">>},
+                  {<<"n2">>, ?PUBSUB, <<"{}">>}], lists:sort(Rows)),
+    ?assertEqual({updated, 1}, P(event_pusher_push_delete_node, [Owner, <<"n1">>, ?PUBSUB])),
+    ?assertEqual({updated, 1}, P(event_pusher_push_delete_pubsub_jid, [Owner, ?PUBSUB])),
+    ?assertEqual({updated, 1}, P(event_pusher_push_delete, [Owner])),
+    ?assertEqual({selected, []}, P(event_pusher_push_select, [Owner])),
+    %% Initialising again (another host type, a restart) keeps them.
+    ?assertEqual(ok, mod_event_pusher_push_backend:init(?HT, #{backend => rdbms})),
+    ?assertEqual(ok, mod_event_pusher_push_backend:init(<<"other.host">>, #{backend => rdbms})),
+    [?assertEqual({error, already_exists}, mongoose_rdbms:prepare(Name, t, [], "SELECT 1"))
+     || Name <- ?QUERIES].
+
+enable_get_and_disable(_Config) ->
+    Alice = alice(),
+    Bob = jid:make(<<"bob">>, ?HT, <<>>),
+    Form = #{<<"secret">> => <<"x">>},
+    ?assertEqual({ok, []}, mod_event_pusher_push_backend:get_publish_services(?HT, Alice)),
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n1">>, #{}),
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n2">>, Form),
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(2), <<"n1">>, #{}),
+    ok = mod_event_pusher_push_backend:enable(?HT, Bob, pubsub(1), <<"n1">>, #{}),
+    ?assertEqual([{pubsub(1), <<"n1">>, #{}}, {pubsub(1), <<"n2">>, Form},
+                  {pubsub(2), <<"n1">>, #{}}],
+                 services(Alice)),
+    %% the resource does not matter
+    ?assertEqual(services(Alice), services(jid:to_bare(Alice))),
+    %% nothing matches: nothing goes
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), <<"other">>),
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(3), undefined),
+    ?assertEqual(3, length(services(Alice))),
+    %% one node
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), <<"n1">>),
+    ?assertEqual([{pubsub(1), <<"n2">>, Form}, {pubsub(2), <<"n1">>, #{}}], services(Alice)),
+    %% all nodes of a service
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n3">>, #{}),
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), undefined),
+    ?assertEqual([{pubsub(2), <<"n1">>, #{}}], services(Alice)),
+    %% all of the user
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(3), <<"n1">>, #{}),
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
+    ?assertEqual([], services(Alice)),
+    ?assertEqual([{pubsub(1), <<"n1">>, #{}}], services(Bob)),
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
+    ?assertEqual([{<<"bob@localhost">>, <<"n1">>, <<"pubsub1.remote.example">>}],
+                 [{O, N, P} || {O, N, P, _, _} <- rows()]).
+
+enable_replaces_the_same_node(_Config) ->
+    Alice = alice(),
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{<<"a">> => <<"1">>}),
+    [{_, _, _, _, Created1}] = rows(),
+    timer:sleep(2),
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{<<"a">> => <<"2">>}),
+    ok = mod_event_pusher_push_backend:enable(?HT, jid:to_bare(Alice), pubsub(1), <<"n">>,
+                                              #{<<"a">> => <<"2">>}),
+    ?assertEqual([{pubsub(1), <<"n">>, #{<<"a">> => <<"2">>}}], services(Alice)),
+    [{<<"alice@localhost">>, <<"n">>, <<"pubsub1.remote.example">>, <<"{\"a\":\"2\"}">>, Created3}] =
+        rows(),
+    ?assert(Created3 > Created1).
+
+forms_round_trip(_Config) ->
+    Alice = alice(),
+    Forms = [#{},
+             #{<<"secret">> => <<"s3">>},
+             #{<<"clé"/utf8>> => <<"värde ✓ 𝄞 日本語"/utf8>>, <<"emoji">> => <<"🙂"/utf8>>},
+             #{<<"q">> => <<"\"quoted\" \\back\\ \n\t/ 'single' ?">>, <<"empty">> => <<>>,
+               <<"">> => <<"empty key">>},
+             maps:from_list([{integer_to_binary(I), binary:copy(<<"x">>, I)} || I <- lists:seq(1, 50)])],
+    Nodes = [<<"node", (integer_to_binary(I))/binary>> || I <- lists:seq(1, length(Forms))],
+    [ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), Node, Form)
+     || {Node, Form} <- lists:zip(Nodes, Forms)],
+    ?assertEqual([{pubsub(1), Node, Form} || {Node, Form} <- lists:zip(Nodes, Forms)],
+                 services(Alice)),
+    %% In the database: JSON objects that PostgreSQL reads as the same maps.
+    Stored = [{Node, jiffy:decode(FormText, [return_maps])} || {_, Node, _, FormText, _} <- rows()],
+    ?assertEqual(lists:zip(Nodes, Forms), lists:sort(Stored)),
+    {selected, [{Value}]} = mongoose_rdbms:sql_query(
+                              ?HT, "SELECT form->>'clé' FROM event_pusher_push_subscription"
+                                   " WHERE node = 'node3'"),
+    ?assertEqual(<<"värde ✓ 𝄞 日本語"/utf8>>, Value),
+    %% Unicode in node and JIDs too.
+    Unicode = jid:make(<<"żółw"/utf8>>, ?HT, <<"Ŕes"/utf8>>),
+    UPubSub = jid:from_binary(<<"push@pubsub.żółw.example"/utf8>>),
+    ok = mod_event_pusher_push_backend:enable(?HT, Unicode, UPubSub, <<"węzeł"/utf8>>, #{}),
+    ?assertEqual([{UPubSub, <<"węzeł"/utf8>>, #{}}], services(Unicode)),
+    ?assertMatch([{<<"żółw@localhost"/utf8>>, <<"węzeł"/utf8>>,
+                   <<"push@pubsub.żółw.example"/utf8>>, <<"{}">>, _}],
+                 [Row || Row = {<<"ż"/utf8, _/binary>>, _, _, _, _} <- rows()]).
+
+rows_hold_mongooseim_s_values(_Config) ->
+    User = jid:make(<<"Alice">>, <<"LocalHost">>, <<"Phone">>),
+    PubSub = jid:from_binary(<<"Push@PubSub.Remote.Example">>),
+    Form = #{<<"token">> => <<"T0k">>, <<"secret">> => <<"s3">>},
+    Before = os:system_time(microsecond),
+    ok = mod_event_pusher_push_backend:enable(?HT, User, PubSub, <<"Node-1">>, Form),
+    After = os:system_time(microsecond),
+    [{Owner, Node, PubSubBin, FormText, CreatedAt}] = rows(),
+    %% owner_jid = jid:to_bare_binary(User), pubsub_jid = jid:to_binary(PubSub)
+    ?assertEqual(<<"alice@localhost">>, Owner),
+    ?assertEqual(jid:to_bare_binary(User), Owner),
+    ?assertEqual(<<"Node-1">>, Node),
+    ?assertEqual(<<"push@pubsub.remote.example">>, PubSubBin),
+    ?assertEqual(jid:to_binary(PubSub), PubSubBin),
+    %% form = jiffy:encode(Form), stored verbatim in the JSON column
+    ?assertEqual(iolist_to_binary(jiffy:encode(Form)), FormText),
+    ?assertEqual({selected, [{<<"T0k">>}]},
+                 mongoose_rdbms:sql_query(?HT, "SELECT form->>'token' FROM event_pusher_push_subscription")),
+    %% created_at = os:system_time(microsecond)
+    ?assert(Before =< CreatedAt andalso CreatedAt =< After, {Before, CreatedAt, After}),
+    ?assertEqual([{PubSub, <<"Node-1">>, Form}], services(jid:make(<<"alice">>, <<"localhost">>, <<>>))).
+
+%% A row as MongooseIM writes it (any JSON spacing) is read back.
+rows_written_by_mongooseim_are_read(_Config) ->
+    {updated, 2} = mongoose_rdbms:sql_query(
+                     ?HT, <<"INSERT INTO event_pusher_push_subscription VALUES"
+                            " ('alice@localhost', 'n1', 'pubsub.mim.example', '{ \"token\" : \"abc\" }',"
+                            " 1700000000000000),"
+                            " ('alice@localhost', 'n2', 'pubsub.mim.example', '{}', 1700000000000001)">>),
+    ?assertEqual([{jid:from_binary(<<"pubsub.mim.example">>), <<"n1">>, #{<<"token">> => <<"abc">>}},
+                  {jid:from_binary(<<"pubsub.mim.example">>), <<"n2">>, #{}}],
+                 services(alice())).
+
+calls_are_instrumented(_Config) ->
+    mongoose_instrument:clear_events(),
+    Alice = alice(),
+    [?assert(mongoose_instrument:is_set_up(mod_event_pusher_push_rdbms,
+                                           #{function => F, host_type => ?HT}))
+     || F <- [enable, disable, get_publish_services]],
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{}),
+    {ok, _} = mod_event_pusher_push_backend:get_publish_services(?HT, Alice),
+    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
+    [#{count := 1, time := Time, args := Args}] =
+        mongoose_instrument:get_events(mod_event_pusher_push_rdbms,
+                                       #{function => enable, host_type => ?HT}),
+    ?assert(is_integer(Time) andalso Time >= 0),
+    ?assertEqual([?HT, Alice, pubsub(1), <<"n">>, #{}], Args),
+    ?assertMatch([#{count := 1, args := [?HT, Alice]}],
+                 mongoose_instrument:get_events(mod_event_pusher_push_rdbms,
+                                                #{function => get_publish_services,
+                                                  host_type => ?HT})),
+    ?assertMatch([#{count := 1, args := [?HT, Alice]}],
+                 mongoose_instrument:get_events(mod_event_pusher_push_rdbms,
+                                                #{function => disable, host_type => ?HT})).
+
+errors_are_returned(_Config) ->
+    Alice = alice(),
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{}),
+    {updated, 0} = mongoose_rdbms:sql_query(?HT, "DROP TABLE event_pusher_push_subscription"),
+    try
+        Missing = {error, #{what => sql_execute_failed,
+                            reason => {error, <<"ERROR 42P01: relation"
+                                               " \"event_pusher_push_subscription\""
+                                               " does not exist">>}}},
+        ?assertMatch(Missing, sql_error(mod_event_pusher_push_backend:get_publish_services(?HT, Alice))),
+        ?assertMatch(Missing, sql_error(mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1),
+                                                                             <<"n">>, #{}))),
+        ?assertMatch(Missing, sql_error(mod_event_pusher_push_backend:disable(?HT, Alice))),
+        ?assertMatch(Missing, sql_error(mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1),
+                                                                              undefined))),
+        ?assertMatch(Missing, sql_error(mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1),
+                                                                              <<"n">>)))
+    after
+        ok = create_table()
+    end,
+    %% The same prepared queries work on the new table.
+    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{}),
+    ?assertEqual([{pubsub(1), <<"n">>, #{}}], services(Alice)),
+    %% Rows the backend cannot decode make the read fail, not crash.
+    Corrupt = fun(Values) ->
+                      {updated, _} = mongoose_rdbms:sql_query(?HT, "DELETE FROM event_pusher_push_subscription"),
+                      {updated, 1} = mongoose_rdbms:sql_query(
+                                       ?HT, ["INSERT INTO event_pusher_push_subscription VALUES"
+                                             " ('alice@localhost', ", Values, ", 1)"]),
+                      mod_event_pusher_push_backend:get_publish_services(?HT, Alice)
+              end,
+    ?assertMatch({error, {badmatch, <<"not an object">>}}, Corrupt("'n', 'pubsub', '\"not an object\"'")),
+    ?assertEqual({error, {bad_pubsub_jid, <<"@">>}}, Corrupt("'n', '@', '{}'")).
+
+%%% End to end: mod_event_pusher_push with backend = "rdbms"
+
+enable_and_disable_via_iq(Config) ->
+    start(Config),
+    Sid = login(?ALICE),
+    Form = form(<<"submit">>, [?NS_PUBSUB_OPTIONS], [{<<"secret">>, [<<"s3 ✓"/utf8>>]},
+                                                    {<<"token">>, [<<"t0k">>]}]),
+    Before = os:system_time(microsecond),
+    result = iq_type(iq(?ALICE, Sid, enable(<<?PUBSUB/binary, "/resource">>, <<"n1">>, [Form]))),
+    Stored = #{<<"secret">> => <<"s3 ✓"/utf8>>, <<"token">> => <<"t0k">>},
+    [{Owner, Node, PubSub, FormText, CreatedAt}] = rows(),
+    ?assertEqual({<<"alice@localhost">>, <<"n1">>, ?PUBSUB}, {Owner, Node, PubSub}),
+    ?assertEqual(Stored, jiffy:decode(FormText, [return_maps])),
+    ?assert(CreatedAt >= Before),
+    ?assertEqual([{jid:from_binary(?PUBSUB), <<"n1">>, Stored}], services(<<"alice@localhost">>)),
+    ?assertEqual({ok, {jid:from_binary(?PUBSUB), <<"n1">>, Stored}},
+                 ejabberd_sm:get_info(jid:from_binary(?ALICE), publish_service)),
+    %% Two more; disable one node, then every node of the service.
+    result = iq_type(iq(?ALICE, Sid, enable(?PUBSUB, <<"n2">>, []))),
+    result = iq_type(iq(?ALICE, Sid, enable(<<"pubsub.other.example">>, <<"n1">>, []))),
+    ?assertEqual(3, length(rows())),
+    result = iq_type(iq(?ALICE, Sid, disable(?PUBSUB, <<"n1">>))),
+    ?assertEqual([{<<"pubsub.other.example">>, <<"n1">>}, {?PUBSUB, <<"n2">>}],
+                 lists:sort([{P, N} || {_, N, P, _, _} <- rows()])),
+    result = iq_type(iq(?ALICE, Sid, disable(?PUBSUB, undefined))),
+    ?assertEqual([{<<"pubsub.other.example">>, <<"n1">>}], [{P, N} || {_, N, P, _, _} <- rows()]),
+    %% A storage failure is an internal-server-error, as in MongooseIM.
+    {updated, 0} = mongoose_rdbms:sql_query(?HT, "DROP TABLE event_pusher_push_subscription"),
+    try
+        Reply = iq(?ALICE, Sid, enable(?PUBSUB, <<"n3">>, [])),
+        ?assertEqual(error, iq_type(Reply)),
+        [#xmlel{children = Conditions}] = [E || E = #xmlel{name = <<"error">>}
+                                                    <- Reply#xmlel.children],
+        ?assertEqual([<<"internal-server-error">>], [Name || #xmlel{name = Name} <- Conditions])
+    after
+        ok = create_table()
+    end.
+
+offline_recipient_gets_a_publish(Config) ->
+    start(Config),
+    service(?PUBSUB, result),
+    register_offline_bob(?PUBSUB, <<"node-b">>, [{<<"secret">>, [<<"s3">>]}]),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"hello Bob">>),
+    [Request] = wait_publishes(1),
+    ?assertEqual(?PUBSUB, exml_query:attr(Request, <<"to">>)),
+    ?assertEqual(<<"node-b">>, exml_query:path(Request, [{element, <<"pubsub">>},
+                                                         {element, <<"publish">>},
+                                                         {attr, <<"node">>}])),
+    %% The form read back from PostgreSQL goes out as publish-options.
+    #xmlel{children = [#xmlel{children = [_Publish, Options]}]} = Request,
+    ?assertEqual(el(<<"publish-options">>, #{},
+                    [form(<<"submit">>, [?NS_PUBSUB_OPTIONS], [{<<"secret">>, [<<"s3">>]}])]),
+                 Options),
+    wait_stats(#{delivered => 1, failed => 0}).
+
+cancel_error_deletes_the_row(Config) ->
+    start(Config),
+    service(?PUBSUB, {error, <<"cancel">>}),
+    register_offline_bob(?PUBSUB, <<"node-b">>, []),
+    register_offline_bob(<<"pubsub.other.example">>, <<"node-b">>, []),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"one">>),
+    wait_events(mod_event_pusher_push_publish, #{disabled => 1}, 1),
+    wait_until(fun() -> length(rows()) =:= 1 end),
+    ?assertMatch([{<<"bob@localhost">>, <<"node-b">>, <<"pubsub.other.example">>, _, _}], rows()).
+
+remove_user_clears_registrations(Config) ->
+    start(Config),
+    register_offline_bob(?PUBSUB, <<"n1">>, []),
+    register_offline_bob(<<"pubsub.other.example">>, <<"n2">>, []),
+    Sid = login(?ALICE),
+    result = iq_type(iq(?ALICE, Sid, enable(?PUBSUB, <<"n1">>, []))),
+    ?assertEqual(3, length(rows())),
+    Acc = mongoose_acc:new(#{location => #{mfa => {?MODULE, ?FUNCTION_NAME, ?FUNCTION_ARITY},
+                                           file => ?FILE, line => ?LINE},
+                             host_type => ?HT, lserver => ?HT, element => undefined}),
+    {ok, _} = gen_hook:run_fold(remove_user, ?HT, Acc, #{jid => jid:from_binary(<<"bob@localhost">>)}),
+    ?assertMatch([{<<"alice@localhost">>, <<"n1">>, ?PUBSUB, _, _}], rows()).
+
+registrations_survive_a_module_restart(Config) ->
+    start(Config),
+    register_offline_bob(?PUBSUB, <<"n1">>, [{<<"secret">>, [<<"s">>]}]),
+    mongoose_host:stop(),
+    start(Config),
+    ?assertEqual([{jid:from_binary(?PUBSUB), <<"n1">>, #{<<"secret">> => <<"s">>}}],
+                 services(<<"bob@localhost">>)),
+    service(?PUBSUB, result),
+    ok = ejabberd_auth:register_user(jid:from_binary(?BOB)),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"after restart">>),
+    [_] = wait_publishes(1).
+
+%%% Helpers: the database
+
+start_rdbms(ConnInfo) ->
+    case mongoose_rdbms:start(ConnInfo) of
+        ok ->
+            ok;
+        {error, Reason} ->
+            ct:fail("PostgreSQL cannot be reached with conninfo \"~ts\": ~0p~n"
+                    "(`make postgres` installs and starts it; PG_CONNINFO sets the conninfo)",
+                    [ConnInfo, Reason])
+    end.
+
+%% MongooseIM's table and index, from priv/pg.sql.
+create_table() ->
+    Path = filename:join(code:priv_dir(mongoose_event_pusher), "pg.sql"),
+    {ok, SQL} = file:read_file(Path),
+    {updated, 0} = mongoose_rdbms:sql_query(global, SQL),
+    ok.
+
+%% Every row, as {owner_jid, node, pubsub_jid, form text, created_at}.
+rows() ->
+    {selected, Rows} = mongoose_rdbms:sql_query(
+                         global, "SELECT owner_jid, node, pubsub_jid, form, created_at"
+                                 " FROM event_pusher_push_subscription"
+                                 " ORDER BY owner_jid, node, pubsub_jid"),
+    [{Owner, Node, PubSub, Form, binary_to_integer(CreatedAt)}
+     || {Owner, Node, PubSub, Form, CreatedAt} <- Rows].
+
+%% The parts of a backend error that do not depend on the call.
+sql_error({error, #{what := What, reason := Reason}}) ->
+    {error, #{what => What, reason => Reason}};
+sql_error(Other) ->
+    Other.
+
+alice() ->
+    jid:make(<<"alice">>, ?HT, <<"phone">>).
+
+pubsub(N) ->
+    jid:from_binary(<<"pubsub", (integer_to_binary(N))/binary, ".remote.example">>).
+
+services(#jid{} = User) ->
+    {ok, Services} = mod_event_pusher_push_backend:get_publish_services(?HT, User),
+    lists:sort(Services);
+services(BareJid) ->
+    services(jid:from_binary(BareJid)).
+
+%%% Helpers: the host (as in push_SUITE)
+
+start(Config) ->
+    Toml = ["[general]\n  hosts = [\"localhost\"]\n\n",
+            "[modules.mod_event_pusher.push]\n",
+            "  backend = \"rdbms\"\n",
+            "  wpool.workers = 4\n"],
+    ok = mongoose_host:start_toml(?config(priv_dir, Config), Toml),
+    ?assertEqual(mod_event_pusher_push_rdbms,
+                 mongoose_backend:get_backend_module(?HT, mod_event_pusher_push)),
+    ejabberd_sm:reset(),
+    ejabberd_local:reset(),
+    ejabberd_auth:reset().
+
+login(Jid) ->
+    ejabberd_sm:open_session(?HT, jid:from_binary(Jid), 0).
+
+%% Bob exists, enables from a session that then closes: he is offline.
+register_offline_bob(PubSub, Node, FormFields) ->
+    ok = ejabberd_auth:register_user(jid:from_binary(?BOB)),
+    Sid = login(?BOB),
+    Form = case FormFields of
+               [] -> [];
+               _ -> [form(<<"submit">>, [?NS_PUBSUB_OPTIONS], FormFields)]
+           end,
+    result = iq_type(iq(?BOB, Sid, enable(PubSub, Node, Form))),
+    ok = ejabberd_sm:close_session(jid:from_binary(?BOB)).
+
+deliver(Type, From, To, Body) ->
+    hook_driver:deliver(?HT, Type, From, To, Body).
+
+%% The fake pubsub service: answers result or an error of a type.
+service(Jid, Answer) ->
+    ok = ejabberd_local:register_service(
+           Jid, fun(Request) ->
+                        case Answer of
+                            result -> {reply, reply(Request, <<"result">>, [])};
+                            {error, Type} ->
+                                Error = el(<<"error">>, #{<<"type">> => Type},
+                                           [mongoose_xmpp_errors:item_not_found()]),
+                                {reply, reply(Request, <<"error">>, [Error])}
+                        end
+                end).
+
+reply(Request, Type, Children) ->
+    el(<<"iq">>, #{<<"type">> => Type, <<"id">> => exml_query:attr(Request, <<"id">>)}, Children).
+
+%% The publish IQs routed to pubsub services so far, with the routing To.
+publishes() ->
+    [El#xmlel{attrs = Attrs#{<<"to">> => jid:to_binary(To)}}
+     || {_From, To, El = #xmlel{name = <<"iq">>, attrs = Attrs = #{<<"type">> := <<"set">>}}}
+            <- ejabberd_local:routed()].
+
+wait_publishes(N) ->
+    wait_until(fun() -> length(publishes()) >= N end),
+    publishes().
+
+iq(From, Sid, Request) ->
+    FromJid = jid:from_binary(From),
+    To = jid:to_bare(FromJid),
+    El = el(<<"iq">>, #{<<"type">> => <<"set">>, <<"id">> => <<"iq1">>, <<"from">> => From,
+                        <<"to">> => jid:to_binary(To)}, [Request]),
+    Acc0 = hook_driver:acc(?HT, From, jid:to_binary(To), El),
+    Acc = mongoose_acc:set_permanent(c2s, origin_sid, Sid, Acc0),
+    gen_iq_handler:process_iq(ejabberd_sm, ?HT, Acc, FromJid, To, El).
+
+iq_type(#xmlel{attrs = #{<<"type">> := Type}}) ->
+    binary_to_atom(Type).
+
+enable(Jid, Node, Children) ->
+    el(<<"enable">>, #{<<"xmlns">> => <<"urn:xmpp:push:0">>, <<"jid">> => Jid,
+                       <<"node">> => Node}, Children).
+
+disable(Jid, Node) ->
+    Attrs = #{<<"xmlns">> => <<"urn:xmpp:push:0">>, <<"jid">> => Jid},
+    el(<<"disable">>, case Node of undefined -> Attrs; _ -> Attrs#{<<"node">> => Node} end, []).
+
+%% An x-data form: FORM_TYPE with these values, then fields.
+form(Type, FormTypes, Fields) ->
+    FormType = [field(<<"FORM_TYPE">>, #{<<"type">> => <<"hidden">>}, FormTypes)],
+    el(<<"x">>, #{<<"xmlns">> => <<"jabber:x:data">>, <<"type">> => Type},
+       FormType ++ [field(Var, #{}, Values) || {Var, Values} <- Fields]).
+
+field(Var, Attrs, Values) ->
+    el(<<"field">>, Attrs#{<<"var">> => Var},
+       [el(<<"value">>, #{}, [#xmlcdata{content = V}]) || V <- Values]).
+
+el(Name, Attrs, Children) ->
+    #xmlel{name = Name, attrs = Attrs, children = Children}.
+
+wait_stats(Expected) ->
+    wait_until(fun() ->
+                       Stats = mod_event_pusher_push:stats(?HT),
+                       is_map(Stats) andalso maps:with(maps:keys(Expected), Stats) =:= Expected
+               end).
+
+wait_events(Event, Pattern, N) ->
+    wait_until(fun() -> length(matching(Event, Pattern)) >= N end),
+    matching(Event, Pattern).
+
+matching(Event, Pattern) ->
+    [E || E <- mongoose_instrument:get_events(Event, ?LABELS),
+          maps:with(maps:keys(Pattern), E) =:= Pattern].
+
+wait_until(Fun) ->
+    wait_until(Fun, 250).
+
+wait_until(_Fun, 0) ->
+    ct:fail({condition_not_met, mod_event_pusher_push:stats(?HT), ejabberd_local:routed()});
+wait_until(Fun, Tries) ->
+    case Fun() of
+        true -> ok;
+        false -> timer:sleep(20), wait_until(Fun, Tries - 1)
+    end.
