@@ -87,6 +87,12 @@ log_failures(HostType, Key, [{Tag, Reason, Attempts} | _] = Failures) ->
 
 log_drops(_HostType, _Key, 0, 0) ->
     ok;
+log_drops(HostType, Key, 0, ReportsLost) ->
+    %% Deliveries went on; only per-attempt metrics and failure details were skipped.
+    ?LOG_WARNING(#{what => event_pusher_reports_lost, host_type => HostType, instance => Key,
+                   reports_lost => ReportsLost,
+                   text => <<"Outcome reports came faster than they could be passed on: "
+                             "some attempt metrics and failure details are missing">>});
 log_drops(HostType, Key, Dropped, ReportsLost) ->
     ?LOG_WARNING(#{what => event_pusher_events_dropped, host_type => HostType, instance => Key,
                    dropped => Dropped, reports_lost => ReportsLost,
