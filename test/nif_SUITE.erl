@@ -8,6 +8,7 @@
 
 all() ->
     [wrong_terms_give_errors_not_crashes,
+     wrong_sns_and_push_terms_give_errors_not_crashes,
      bad_connection_settings_are_refused_with_a_reason,
      full_queue_refuses_and_counts,
      oversized_event_is_refused_without_queueing,
@@ -80,6 +81,61 @@ wrong_terms_give_errors_not_crashes(Config) ->
     ok = mod_event_pusher_nif:push(Instance, event(1)),
     {ok, [_]} = test_http_listener:wait_for_requests(?config(listener, Config), 1, 5000),
     ?assertEqual(<<"a=b+c">>, mod_event_pusher_nif:form_urlencode([{<<"a">>, <<"b c">>}])).
+
+%% The sns and push NIFs: bad start configs, events and replies are refused; push
+%% events go to the right kind of instance only; the instances still work after.
+wrong_sns_and_push_terms_give_errors_not_crashes(_Config) ->
+    Base = maps:with([max_events, max_bytes, overflow, max_attempts, base_backoff_ms,
+                      max_backoff_ms, retry_deadline_ms, concurrency], config(1)),
+    Sns = Base#{sns_host => <<"http://127.0.0.1:1">>, region => <<"eu-west-1">>,
+                access_key_id => <<"AK">>, secret_access_key => <<"secret">>,
+                request_timeout_ms => 100, connect_timeout_ms => 100, batching => true,
+                jitter => minus_base},
+    Push = Base#{publish_timeout_ms => 100},
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_sns(C, self()))
+     || C <- [x, Base, maps:remove(secret_access_key, Sns), Sns#{batching => yes},
+              Sns#{jitter => sideways}, Sns#{region => "list"}, Sns#{request_timeout_ms => -1}]],
+    ?assertEqual({error, badarg}, mod_event_pusher_nif:start_sns(Sns, not_a_pid)),
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_push(C, self()))
+     || C <- [x, Base, Push#{publish_timeout_ms => infinity}]],
+    {ok, SnsInstance} = mod_event_pusher_nif:start_sns(Sns, self()),
+    {ok, PushInstance} = mod_event_pusher_nif:start_push(Push, self()),
+    Arn = <<"arn:aws:sns:eu-west-1:123456789012:t">>,
+    BadSns = [x, {presence, Arn, <<"u">>, true}, {presence, Arn, <<"u">>, maybe, []},
+              {presence, "arn", <<"u">>, true, []}, {other, Arn, <<"u">>, true, []},
+              {message, Arn, <<"a">>, <<"b">>, <<"m">>, [{<<"n">>, unknown_type, <<"v">>}]},
+              {message, Arn, <<"a">>, <<"b">>, <<"m">>, [{<<"n">>, string}]},
+              {message, Arn, <<"a">>, <<"b">>, <<"m">>, [{<<"n">>, string, <<"v">>} | x]},
+              {message, Arn, <<"a">>, <<"b">>, [<<"iolist">>], []}],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:push(SnsInstance, E)) || E <- BadSns],
+    BadPush = [x, {publish, <<"d">>, <<"p">>, <<"n">>, [], []},
+               {publish, <<"d">>, <<"p">>, <<"n">>, [{<<"k">>}], [], <<"t">>},
+               {publish, <<"d">>, <<"p">>, <<"n">>, [], [x], <<"t">>},
+               {publish, <<"d">>, <<"p">>, <<"n">>, [], [], tag},
+               {other, <<"d">>, <<"p">>, <<"n">>, [], [], <<"t">>}],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:push(PushInstance, E)) || E <- BadPush],
+    %% A push event is not an SNS event, nor the reverse.
+    ?assertEqual({error, badarg},
+                 mod_event_pusher_nif:push(SnsInstance, {publish, <<"d">>, <<"p">>, <<"n">>, [],
+                                                         [], <<"t">>})),
+    ?assertEqual({error, badarg},
+                 mod_event_pusher_nif:push(PushInstance, {presence, Arn, <<"u">>, true, []})),
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:push_reply(I, Id, R))
+     || {I, Id, R} <- [{SnsInstance, 1, result}, {PushInstance, -1, result},
+                       {PushInstance, 1, maybe}, {PushInstance, 1, {error, cancel}},
+                       {PushInstance, 1, {oops, <<"cancel">>}}, {make_ref(), 1, result}]],
+    ?assertEqual({error, unknown_request}, mod_event_pusher_nif:push_reply(PushInstance, 12345, result)),
+    ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(SnsInstance)),
+    ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(PushInstance)),
+    %% Both still take good events: the push one asks this process to route it.
+    ok = mod_event_pusher_nif:push(PushInstance, {publish, <<"localhost">>, <<"pubsub.example">>,
+                                                  <<"n">>, [{<<"k">>, <<"v">>}], [], <<"t">>}),
+    receive {mod_event_pusher_nif, route, Id, <<"localhost">>, <<"pubsub.example">>,
+             {xmlel, <<"pubsub">>, _, _}} ->
+            ok = mod_event_pusher_nif:push_reply(PushInstance, Id, result)
+    after 5000 -> ct:fail(no_route_request)
+    end,
+    ok = mod_event_pusher_nif:push(SnsInstance, {presence, Arn, <<"u">>, true, []}).
 
 bad_connection_settings_are_refused_with_a_reason(_Config) ->
     Cases = [{#{host => <<"localhost:8000">>}, <<"host">>},
