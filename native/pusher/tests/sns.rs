@@ -24,23 +24,33 @@ struct Server {
     url: String,
     /// Request bodies, in arrival order.
     received: Arc<Mutex<Vec<String>>>,
+    /// Request paths, in arrival order.
+    paths: Arc<Mutex<Vec<String>>>,
 }
 
 async fn start_server(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let received = Arc::new(Mutex::new(Vec::new()));
+    let paths = Arc::new(Mutex::new(Vec::new()));
     let answer = Arc::new(answer);
     let log = received.clone();
+    let path_log = paths.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let log = log.clone();
+            let path_log = path_log.clone();
             let answer = answer.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let log = log.clone();
+                    let path_log = path_log.clone();
                     let answer = answer.clone();
                     async move {
+                        path_log
+                            .lock()
+                            .expect("paths")
+                            .push(req.uri().path().to_string());
                         let body = req.into_body().collect().await.map(|b| b.to_bytes());
                         let body = String::from_utf8_lossy(&body.unwrap_or_default()).to_string();
                         let index = {
@@ -63,7 +73,11 @@ async fn start_server(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'st
             });
         }
     });
-    Server { url, received }
+    Server {
+        url,
+        received,
+        paths,
+    }
 }
 
 fn published() -> String {
@@ -191,6 +205,18 @@ async fn throttling_is_retried_and_invalid_parameters_are_not() {
     let stats = settled(&instance, 2).await;
     assert_eq!((stats.delivered, stats.retried, stats.failed), (1, 2, 1));
     assert_eq!(server.received.lock().expect("log").len(), 4);
+}
+
+/// MongooseIM's sns_host may carry a path (an SNS-compatible proxy, say): it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_in_sns_host_is_kept() {
+    let server = start_server(|_, _| (200, published(), Duration::ZERO)).await;
+    let instance = start(&format!("{}/sns/eu", server.url), false, 1);
+    instance.push(event("via a path")).expect("push");
+    let stats = settled(&instance, 1).await;
+    assert_eq!(stats.delivered, 1);
+    let paths = server.paths.lock().expect("paths").clone();
+    assert!(paths == ["/sns/eu"] || paths == ["/sns/eu/"], "{paths:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
