@@ -108,7 +108,7 @@ stanza_types_are_handled_as_the_callback_says(Config) ->
     Types = [<<"chat">>, <<"groupchat">>, <<"headline">>, <<"normal">>, <<"error">>,
              <<"bogus">>, undefined],
     [send_message(<<"alice@localhost">>, <<"bob@localhost">>, Type,
-                  [body(type_name(Type))]) || Type <- Types],
+                  hook_driver:body(type_name(Type))) || Type <- Types],
     Requests = wait_requests(Config, 6),
     timer:sleep(300),
     All = [jiffy:decode(Body, [return_maps])
@@ -346,43 +346,20 @@ table(Name, Map) ->
                            || {K, V} <- maps:to_list(Map)]),
      <<"}\n">>].
 
-body(Text) ->
-    #xmlel{name = <<"body">>, children = [#xmlcdata{content = Text}]}.
-
 type_name(undefined) -> <<"none">>;
 type_name(Type) -> Type.
 
 send_chat(From, To, Body) ->
-    Children = case Body of <<>> -> [body(<<>>)]; _ -> [body(Body)] end,
-    send_message(From, To, <<"chat">>, Children).
+    send_message(From, To, <<"chat">>, hook_driver:body(Body)).
 
 send_message(From, To, Type, Children) ->
-    run_hook(user_send_message, ?HT, From, To, Type, Children).
+    hook_driver:send_element(?HT, hook_driver:message(From, To, Type, Children)).
 
 send_chat(HostType, From, To, Type, Body) ->
-    run_hook(user_send_message, HostType, From, To, Type, [body(Body)]).
+    hook_driver:send(HostType, Type, From, To, Body).
 
 deliver_chat(From, To, Type, Body) ->
-    Acc = acc(?HT, From, To, message(From, To, Type, [body(Body)])),
-    {ok, _} = gen_hook:run_fold(filter_local_packet, ?HT,
-                                {jid:from_binary(From), jid:from_binary(To), Acc,
-                                 mongoose_acc:element(Acc)}, #{}).
-
-run_hook(Hook, HostType, From, To, Type, Children) ->
-    Acc = acc(HostType, From, To, message(From, To, Type, Children)),
-    {ok, _} = gen_hook:run_fold(Hook, HostType, Acc, #{}).
-
-message(From, To, Type, Children) ->
-    Attrs = #{<<"from">> => From, <<"to">> => To},
-    #xmlel{name = <<"message">>,
-           attrs = case Type of undefined -> Attrs; _ -> Attrs#{<<"type">> => Type} end,
-           children = Children}.
-
-acc(HostType, From, To, El) ->
-    FromJid = jid:from_binary(From),
-    mongoose_acc:new(#{location => #{mfa => {?MODULE, acc, 4}, line => ?LINE, file => ?FILE},
-                       lserver => FromJid#jid.lserver, host_type => HostType, element => El,
-                       from_jid => FromJid, to_jid => jid:from_binary(To)}).
+    hook_driver:deliver(?HT, Type, From, To, Body).
 
 requests(Config) ->
     test_http_listener:requests(?config(listener, Config)).

@@ -225,8 +225,8 @@ message_without_body_is_skipped(Config) ->
     #{chat := C, groupchat := G} = ?config(exchanges, Config),
     start(Config, #{}),
     Probe = amqp_probe:start([{C, <<"#">>}, {G, <<"#">>}]),
-    run_hook(user_send_message, message(<<"alice@localhost/r">>, <<"bob@localhost">>,
-                                        <<"chat">>, [#xmlel{name = <<"composing">>}])),
+    hook_driver:send_element(?HT, hook_driver:message(<<"alice@localhost/r">>, <<"bob@localhost">>,
+                                                      <<"chat">>, [#xmlel{name = <<"composing">>}])),
     send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<>>),
     deliver(<<"groupchat">>, <<"room@muc.localhost/a">>, <<"bob@localhost/r">>, <<>>),
     send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"marker">>),
@@ -592,48 +592,15 @@ closed_port() ->
 %%% Helpers: hooks
 
 presence(Jid, Status) ->
-    J = jid:from_binary(Jid),
-    Type = case Status of online -> undefined; offline -> <<"unavailable">> end,
-    Attrs = #{<<"from">> => Jid},
-    El = #xmlel{name = <<"presence">>,
-                attrs = case Type of undefined -> Attrs; _ -> Attrs#{<<"type">> => Type} end},
-    Acc = acc(Jid, jid:to_bare_binary(J), El),
-    {ok, _} = case Status of
-                  online -> gen_hook:run_fold(user_available, ?HT, Acc, #{jid => J});
-                  offline -> gen_hook:run_fold(unset_presence, ?HT, Acc,
-                                               #{jid => J, status => <<>>})
-              end,
-    ok.
+    hook_driver:presence(?HT, Jid, Status).
 
 %% A message sent by a local user (direction in).
 send(Type, From, To, Body) ->
-    run_hook(user_send_message, message(From, To, Type, [body(Body)])).
+    hook_driver:send(?HT, Type, From, To, Body).
 
 %% A message delivered to a local user (direction out).
 deliver(Type, From, To, Body) ->
-    El = message(From, To, Type, [body(Body)]),
-    Acc = acc(From, To, El),
-    {ok, _} = gen_hook:run_fold(filter_local_packet, ?HT,
-                                {jid:from_binary(From), jid:from_binary(To), Acc, El}, #{}),
-    ok.
-
-run_hook(Hook, El = #xmlel{attrs = #{<<"from">> := From, <<"to">> := To}}) ->
-    {ok, _} = gen_hook:run_fold(Hook, ?HT, acc(From, To, El), #{}),
-    ok.
-
-message(From, To, Type, Children) ->
-    #xmlel{name = <<"message">>,
-           attrs = #{<<"from">> => From, <<"to">> => To, <<"type">> => Type},
-           children = Children}.
-
-body(Text) ->
-    #xmlel{name = <<"body">>, children = [#xmlcdata{content = Text}]}.
-
-acc(From, To, El) ->
-    FromJid = jid:from_binary(From),
-    mongoose_acc:new(#{location => #{mfa => {?MODULE, acc, 3}, line => ?LINE, file => ?FILE},
-                       lserver => FromJid#jid.lserver, host_type => ?HT, element => El,
-                       from_jid => FromJid, to_jid => jid:from_binary(To)}).
+    hook_driver:deliver(?HT, Type, From, To, Body).
 
 %%% Helpers: outcomes
 

@@ -47,10 +47,12 @@ deliver(HostType, Type, From, To, Body) ->
                                 {jid:from_binary(From), jid:from_binary(To), Acc, El}, #{}),
     ok.
 
--spec message(binary(), binary(), binary(), [exml:element()]) -> exml:element().
+%% @doc A `<message/>'; no `type' attribute when Type is `undefined'.
+-spec message(binary(), binary(), binary() | undefined, [exml:element()]) -> exml:element().
 message(From, To, Type, Children) ->
+    Attrs = #{<<"from">> => From, <<"to">> => To},
     #xmlel{name = <<"message">>,
-           attrs = #{<<"from">> => From, <<"to">> => To, <<"type">> => Type},
+           attrs = case Type of undefined -> Attrs; _ -> Attrs#{<<"type">> => Type} end,
            children = Children}.
 
 %% @doc A `<body/>' child list: none for `undefined'.
