@@ -377,15 +377,7 @@ wait_metrics(Event, N) ->
     end.
 
 wait_until(Check) ->
-    wait_until(Check, 250).
-
-wait_until(_Check, 0) ->
-    ct:fail(condition_not_reached);
-wait_until(Check, Tries) ->
-    case Check() of
-        true -> ok;
-        false -> timer:sleep(20), wait_until(Check, Tries - 1)
-    end.
+    test_wait:until(Check, fun() -> pool_stats(http_pool) end).
 
 pool_stats(Pool) ->
     maps:get(Pool, mod_event_pusher_http:stats(?HT)).

@@ -545,12 +545,4 @@ matching(Event, Pattern) ->
           maps:with(maps:keys(Pattern), E) =:= Pattern].
 
 wait_until(Fun) ->
-    wait_until(Fun, 250).
-
-wait_until(_Fun, 0) ->
-    ct:fail({condition_not_met, mod_event_pusher_push:stats(?HT), ejabberd_local:routed()});
-wait_until(Fun, Tries) ->
-    case Fun() of
-        true -> ok;
-        false -> timer:sleep(20), wait_until(Fun, Tries - 1)
-    end.
+    test_wait:until(Fun, fun() -> {mod_event_pusher_push:stats(?HT), ejabberd_local:routed()} end).

@@ -71,7 +71,7 @@ init_per_testcase(Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     %% Cleans up even when the stop fails or hangs.
-    catch bounded(fun mongoose_host:stop/0, 10000),
+    catch test_wait:bounded(fun mongoose_host:stop/0, 10000),
     case ?config(proxy, Config) of
         {Proxy, _Port} -> test_tcp_proxy:stop(Proxy);
         undefined -> ok
@@ -333,7 +333,7 @@ instrumentation_events_are_emitted(Config) ->
 connection_close_on_stop_is_reported(Config) ->
     start(Config, #{}),
     ?assertMatch([#{active := 1, opened := 1}], wait_events(wpool_rabbit_connections, 1)),
-    ok = bounded(fun mongoose_modules:stop/0, 5000),
+    ok = test_wait:bounded(fun mongoose_modules:stop/0, 5000),
     Connections = mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS),
     ?assertEqual([#{active => 1, opened => 1}, #{active => -1, closed => 1}], Connections).
 
@@ -486,7 +486,7 @@ stop_while_unreachable_gives_up_and_can_restart(Config) ->
     [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
      || I <- lists:seq(1, N)],
     T0 = erlang:monotonic_time(millisecond),
-    ok = bounded(fun mongoose_modules:stop/0, 5000),
+    ok = test_wait:bounded(fun mongoose_modules:stop/0, 5000),
     Elapsed = erlang:monotonic_time(millisecond) - T0,
     Batches = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery, ?DELIVERY_LABELS),
     ct:pal("stop took ~p ms; delivery batches ~p", [Elapsed, Batches]),
@@ -573,15 +573,6 @@ table(Name, Map) ->
 
 %% Runs F in another process; fails the case if it does not return in time (a
 %% hanging stop would otherwise hold the suite until the timetrap).
-bounded(F, TimeoutMs) ->
-    {Pid, MRef} = spawn_monitor(fun() -> exit({returned, catch F()}) end),
-    receive
-        {'DOWN', MRef, process, Pid, {returned, Result}} -> Result
-    after TimeoutMs ->
-            exit(Pid, kill),
-            ct:fail({did_not_return_within_ms, TimeoutMs, F})
-    end.
-
 %% A port nothing listens on.
 closed_port() ->
     {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
@@ -684,21 +675,14 @@ delivery_sum(Key) ->
                                                       ?DELIVERY_LABELS)]).
 
 cut_when_delivered(Proxy, Delivered) ->
-    wait_until(fun() -> maps:get(delivered, stats()) >= Delivered end, 3000, 5),
+    test_wait:until(fun() -> maps:get(delivered, stats()) >= Delivered end, 15000,
+                    fun() -> stats() end),
     #{delivered := Now} = stats(),
     ok = test_tcp_proxy:cut(Proxy),
     Now.
 
 wait_until(Check) ->
-    wait_until(Check, 250, 20).
-
-wait_until(_Check, 0, _SleepMs) ->
-    ct:fail(condition_not_reached);
-wait_until(Check, Tries, SleepMs) ->
-    case Check() of
-        true -> ok;
-        false -> timer:sleep(SleepMs), wait_until(Check, Tries - 1, SleepMs)
-    end.
+    test_wait:until(Check, fun() -> stats() end).
 
 rabbitmqctl(Args) ->
     Exe = os:find_executable("rabbitmqctl"),

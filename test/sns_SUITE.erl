@@ -60,7 +60,7 @@ init_per_testcase(Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     catch logger:remove_handler(?MODULE),
-    catch bounded(fun mongoose_host:stop/0, 15000),
+    catch test_wait:bounded(fun mongoose_host:stop/0, 15000),
     case ?config(proxy, Config) of
         undefined -> ok;
         {Proxy, _Port} -> test_tcp_proxy:stop(Proxy)
@@ -369,15 +369,7 @@ wait_until(Fun) ->
     wait_until(Fun, condition_not_met).
 
 wait_until(Fun, Why) ->
-    wait_until(Fun, Why, 1000).
-
-wait_until(_Fun, Why, 0) ->
-    ct:fail({Why, last_stats, stats()});
-wait_until(Fun, Why, Tries) ->
-    case Fun() of
-        true -> ok;
-        false -> timer:sleep(20), wait_until(Fun, Why, Tries - 1)
-    end.
+    test_wait:until(Fun, 20000, fun() -> {Why, last_stats, stats()} end).
 
 events(Event) ->
     mongoose_instrument:get_events(Event, ?LABELS).
@@ -388,11 +380,3 @@ wait_events(Event, N) ->
         {timeout, Got} -> ct:fail({expected_events, Event, N, got, Got})
     end.
 
-bounded(F, TimeoutMs) ->
-    {Pid, MRef} = spawn_monitor(fun() -> exit({returned, catch F()}) end),
-    receive
-        {'DOWN', MRef, process, Pid, {returned, Result}} -> Result
-    after TimeoutMs ->
-            exit(Pid, kill),
-            ct:fail({did_not_return_within_ms, TimeoutMs, F})
-    end.
