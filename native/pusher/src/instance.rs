@@ -264,6 +264,9 @@ impl<B: Backend> Shared<B> {
         self.wake_pending.store(false, SeqCst);
         let (envelope, more) = self.queue.pop_and_peek();
         let envelope = envelope?;
+        // Counted at once, so that the event is never in neither queued nor in_flight
+        // for longer than these two steps.
+        self.stats.in_flight.fetch_add(1, Relaxed);
         if more {
             self.wake_one_if_idle();
         }
@@ -374,7 +377,10 @@ impl<B: Backend> Shared<B> {
         batch.push(self.next().await?);
         while batch.len() < limit {
             match self.queue.pop() {
-                Some(envelope) => batch.push(envelope),
+                Some(envelope) => {
+                    self.stats.in_flight.fetch_add(1, Relaxed);
+                    batch.push(envelope);
+                }
                 None => break,
             }
         }
@@ -387,13 +393,10 @@ type Batch<E> = SmallVec<[Envelope<E>; 1]>;
 
 async fn work<B: Backend>(shared: Arc<Shared<B>>) {
     let limit = shared.backend.batch_limit().clamp(1, 64);
+    // Events enter in_flight as they leave the queue (`take`, `next_batch`) and leave
+    // it when done (`done`), one by one: a drain cut short then counts exactly the
+    // unfinished ones as lost.
     while let Some(batch) = shared.next_batch(limit).await {
-        // Each event leaves in_flight when it is done (see `done`), not with its
-        // batch: a drain cut short then counts exactly the unfinished ones as lost.
-        shared
-            .stats
-            .in_flight
-            .fetch_add(batch.len() as u64, Relaxed);
         shared.deliver(batch).await;
     }
 }
