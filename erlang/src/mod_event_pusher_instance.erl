@@ -8,6 +8,7 @@
 -behaviour(gen_server).
 
 -export([start/4, stop/3, stop_all/3, stats/2, instance/2]).
+-export([start_or_raise/5, stop_with_drain_option/3]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -include_lib("kernel/include/logger.hrl").
@@ -51,6 +52,25 @@ start(HostType, Key, Module, Starter) ->
         {error, Reason} ->
             {error, Reason}
     end.
+
+%% @doc start/4 for a backend's gen_mod start/2: the instance, or an error raised as
+%% `#{what => What, host_type, reason}' (never the config: it may hold secrets).
+%% The instance is then found with instance/2.
+-spec start_or_raise(binary(), key(), module(), starter(), atom()) ->
+          mod_event_pusher_nif:instance().
+start_or_raise(HostType, Key, Module, Starter, What) ->
+    case start(HostType, Key, Module, Starter) of
+        {ok, Instance} -> Instance;
+        {error, Reason} -> error(#{what => What, host_type => HostType, reason => Reason})
+    end.
+
+%% @doc stop/3 for a backend's gen_mod stop/1, draining for the module's
+%% `drain_timeout_ms' option.
+-spec stop_with_drain_option(binary(), key(), module()) -> ok.
+stop_with_drain_option(HostType, Key, Module) ->
+    Drain = gen_mod:get_module_opt(HostType, Module, drain_timeout_ms, 5000),
+    _ = stop(HostType, Key, Drain),
+    ok.
 
 %% @doc Refuses new events, delivers pending ones for up to DrainMs, then stops.
 -spec stop(binary(), key(), non_neg_integer()) ->

@@ -39,15 +39,10 @@ start(HostType, Opts = #{iqdisc := IQDisc}) ->
     ok = mod_event_pusher_push_backend:init(HostType, Opts),
     mod_event_pusher_push_plugin:init(HostType, Opts),
     Config = start_config(Opts),
-    case mod_event_pusher_instance:start(
-           HostType, ?KEY, ?MODULE,
-           fun(Reporter) -> mod_event_pusher_nif:start_push(Config, Reporter) end) of
-        {ok, Instance} ->
-            persistent_term:put(key(HostType), Instance);
-        {error, Reason} ->
-            error(#{what => event_pusher_push_start_failed, host_type => HostType,
-                    reason => Reason})
-    end,
+    mod_event_pusher_instance:start_or_raise(
+      HostType, ?KEY, ?MODULE,
+      fun(Reporter) -> mod_event_pusher_nif:start_push(Config, Reporter) end,
+      event_pusher_push_start_failed),
     [gen_iq_handler:add_iq_handler(Component, HostType, ?NS_PUSH, ?MODULE, iq_handler, IQDisc)
      || Component <- [ejabberd_local, ejabberd_sm]],
     gen_hook:add_handler(remove_user, HostType, fun ?MODULE:remove_user/3, #{}, 90),
@@ -58,10 +53,7 @@ stop(HostType) ->
     gen_hook:delete_handler(remove_user, HostType, fun ?MODULE:remove_user/3, #{}, 90),
     [gen_iq_handler:remove_iq_handler(Component, HostType, ?NS_PUSH)
      || Component <- [ejabberd_local, ejabberd_sm]],
-    persistent_term:erase(key(HostType)),
-    Drain = gen_mod:get_module_opt(HostType, ?MODULE, drain_timeout_ms, 5000),
-    mod_event_pusher_instance:stop(HostType, ?KEY, Drain),
-    ok.
+    mod_event_pusher_instance:stop_with_drain_option(HostType, ?KEY, ?MODULE).
 
 -spec supported_features() -> [atom()].
 supported_features() ->
@@ -142,7 +134,7 @@ do_push_event(Acc, Event, BareRecipient) ->
 %% or a stopped instance is counted by the instance.
 -spec publish_to_pubsub(host_type(), jid:jid(), publish_service(), [{binary(), binary()}]) -> ok.
 publish_to_pubsub(HostType, User, {PubSub, Node, Form}, Payload) ->
-    case persistent_term:get(key(HostType), undefined) of
+    case mod_event_pusher_instance:instance(HostType, ?KEY) of
         undefined ->
             ok;
         Instance ->
@@ -309,6 +301,3 @@ start_config(Opts = #{wpool := #{workers := Workers}, publish_timeout_ms := Time
               deadline_ms => 1 bsl 40},
     Instance = mod_event_pusher_delivery:instance_config(Opts#{retry => Retry}, Workers),
     Instance#{publish_timeout_ms => Timeout}.
-
-key(HostType) ->
-    {?MODULE, HostType}.

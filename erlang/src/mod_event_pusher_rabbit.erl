@@ -28,21 +28,15 @@ start(HostType, Opts) ->
                  {ok, Pool} -> start_config(Opts, Pool);
                  {error, Reason} -> error(start_failed(HostType, Reason))
              end,
-    case mod_event_pusher_instance:start(
-           HostType, ?KEY, ?MODULE,
-           fun(Reporter) -> mod_event_pusher_nif:start_rabbit(Config, Reporter) end) of
-        {ok, Instance} ->
-            persistent_term:put(instance_key(HostType), Instance);
-        {error, Reason2} ->
-            error(start_failed(HostType, Reason2))
-    end.
+    mod_event_pusher_instance:start_or_raise(
+      HostType, ?KEY, ?MODULE,
+      fun(Reporter) -> mod_event_pusher_nif:start_rabbit(Config, Reporter) end,
+      event_pusher_rabbit_start_failed),
+    ok.
 
 -spec stop(binary()) -> ok.
 stop(HostType) ->
-    persistent_term:erase(instance_key(HostType)),
-    Drain = gen_mod:get_module_opt(HostType, ?MODULE, drain_timeout_ms, 5000),
-    mod_event_pusher_instance:stop(HostType, ?KEY, Drain),
-    ok.
+    mod_event_pusher_instance:stop_with_drain_option(HostType, ?KEY, ?MODULE).
 
 -spec supported_features() -> [atom()].
 supported_features() ->
@@ -147,13 +141,10 @@ push_event(Acc, _Event) ->
 
 %% Full queue or stopped instance: counted by the instance and reported as metrics.
 enqueue(Acc, Event) ->
-    case persistent_term:get(instance_key(mongoose_acc:host_type(Acc)), undefined) of
+    case mod_event_pusher_instance:instance(mongoose_acc:host_type(Acc), ?KEY) of
         undefined -> Acc;
         Instance -> mod_event_pusher_nif:push(Instance, Event), Acc
     end.
-
-instance_key(HostType) ->
-    {?MODULE, instance, HostType}.
 
 %% Starting
 

@@ -35,9 +35,8 @@
                              MessageType :: pm | muc, Packet :: exml:element()) ->
     attributes().
 
-%% What the hook path needs, in one persistent_term read.
--record(sns, {instance :: mod_event_pusher_nif:instance(),
-              plugin :: module(),
+%% What the hook path needs from the options, computed once at start.
+-record(sns, {plugin :: module(),
               %% {ARN as the plugin sees it (string), ARN as sent (binary)} per kind
               topics :: #{presence | pm | muc => {topic_arn(), binary()}}}).
 
@@ -48,25 +47,17 @@
 -spec start(host_type(), gen_mod:module_opts()) -> ok.
 start(HostType, Opts) ->
     Config = start_config(Opts),
-    case mod_event_pusher_instance:start(
-           HostType, ?KEY, ?MODULE,
-           fun(Reporter) -> mod_event_pusher_nif:start_sns(Config, Reporter) end) of
-        {ok, Instance} ->
-            persistent_term:put(key(HostType), #sns{instance = Instance,
-                                                    plugin = maps:get(plugin_module, Opts),
-                                                    topics = topics(Opts)});
-        {error, Reason} ->
-            %% Never the config: it holds the secret key.
-            error(#{what => event_pusher_sns_start_failed, host_type => HostType,
-                    reason => Reason})
-    end.
+    mod_event_pusher_instance:start_or_raise(
+      HostType, ?KEY, ?MODULE,
+      fun(Reporter) -> mod_event_pusher_nif:start_sns(Config, Reporter) end,
+      event_pusher_sns_start_failed),
+    persistent_term:put(key(HostType), #sns{plugin = maps:get(plugin_module, Opts),
+                                            topics = topics(Opts)}).
 
 -spec stop(host_type()) -> ok.
 stop(HostType) ->
     persistent_term:erase(key(HostType)),
-    Drain = gen_mod:get_module_opt(HostType, ?MODULE, drain_timeout_ms, 5000),
-    mod_event_pusher_instance:stop(HostType, ?KEY, Drain),
-    ok.
+    mod_event_pusher_instance:stop_with_drain_option(HostType, ?KEY, ?MODULE).
 
 -spec supported_features() -> [atom()].
 supported_features() ->
@@ -148,8 +139,10 @@ push_event(Acc, _Event) ->
 
 publish(Acc, Kind, Build) ->
     HostType = mongoose_acc:host_type(Acc),
-    case persistent_term:get(key(HostType), undefined) of
-        #sns{instance = Instance, plugin = Plugin, topics = #{Kind := {Arn, ArnBin}}} ->
+    case {persistent_term:get(key(HostType), undefined),
+          mod_event_pusher_instance:instance(HostType, ?KEY)} of
+        {#sns{plugin = Plugin, topics = #{Kind := {Arn, ArnBin}}}, Instance}
+          when Instance =/= undefined ->
             try event(ArnBin, Build(Plugin, Arn)) of
                 Event ->
                     %% A full queue or a stopped instance is counted by the instance.
