@@ -11,6 +11,9 @@
 -include_lib("stdlib/include/assert.hrl").
 -include("jlib.hrl").
 
+-import(push_client, [enable/3, disable/2, form/3, summary/1, field/3, el/3, iq_type/1,
+                      error_of/1, service/2, publishes/0]).
+
 -define(HT, <<"localhost">>).
 -define(LABELS, #{host_type => ?HT}).
 -define(PUBSUB, <<"pubsub.push.example">>).
@@ -45,20 +48,11 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 init_per_suite(Config) ->
-    Dir = filename:join(?config(priv_dir, Config), "mnesia"),
-    ok = filelib:ensure_path(Dir),
-    _ = application:stop(mnesia),
-    _ = application:load(mnesia),
-    ok = application:set_env(mnesia, dir, Dir),
-    ok = mnesia:create_schema([node()]),
-    ok = mnesia:start(),
+    ok = push_client:start_mnesia(filename:join(?config(priv_dir, Config), "mnesia")),
     Config.
 
 end_per_suite(_Config) ->
-    stopped = mnesia:stop(),
-    ok = mnesia:delete_schema([node()]),
-    application:unset_env(mnesia, dir),
-    ok.
+    push_client:stop_mnesia().
 
 init_per_testcase(_Case, Config) ->
     Config.
@@ -420,56 +414,8 @@ start(Config, Spec) ->
     ejabberd_local:reset(),
     ejabberd_auth:reset().
 
-login(Jid) ->
-    ejabberd_sm:open_session(?HT, jid:from_binary(Jid), 0).
-
-%% Bob exists, enables from a session that then closes: he is offline.
-register_offline_bob(PubSub, Node, FormFields) ->
-    ok = ejabberd_auth:register_user(jid:from_binary(?BOB)),
-    Sid = login(?BOB),
-    Form = case FormFields of
-               [] -> [];
-               _ -> [form(<<"submit">>, [?NS_PUBSUB_OPTIONS], FormFields)]
-           end,
-    result = iq_type(iq(?BOB, Sid, enable(PubSub, Node, Form))),
-    ok = ejabberd_sm:close_session(jid:from_binary(?BOB)).
-
-services(BareJid) ->
-    {ok, Services} = mod_event_pusher_push_backend:get_publish_services(
-                       ?HT, jid:from_binary(BareJid)),
-    Services.
-
 deliver(Type, From, To, Body) ->
     hook_driver:deliver(?HT, Type, From, To, Body).
-
-%% The fake pubsub service: records each request and answers result, an error of a
-%% type, or nothing.
-service(Jid, Answer) ->
-    ok = ejabberd_local:register_service(
-           Jid, fun(Request) ->
-                        case Answer of
-                            noreply -> noreply;
-                            {slow, Ms} -> timer:sleep(Ms), {reply, reply(Request, <<"result">>, [])};
-                            result -> {reply, reply(Request, <<"result">>, [])};
-                            {error, Type} ->
-                                Error = el(<<"error">>, #{<<"type">> => Type},
-                                           [mongoose_xmpp_errors:item_not_found()]),
-                                {reply, reply(Request, <<"error">>, [Error])}
-                        end
-                end).
-
-reply(Request, Type, Children) ->
-    el(<<"iq">>, #{<<"type">> => Type, <<"id">> => exml_query:attr(Request, <<"id">>)}, Children).
-
-%% The publish IQs routed to pubsub services so far, with the routing From and To.
-publishes() ->
-    [El#xmlel{attrs = Attrs#{<<"from">> => jid:to_binary(From), <<"to">> => jid:to_binary(To)}}
-     || {From, To, El = #xmlel{name = <<"iq">>, attrs = Attrs = #{<<"type">> := <<"set">>}}}
-            <- ejabberd_local:routed()].
-
-wait_publishes(N) ->
-    wait_until(fun() -> length(publishes()) >= N end),
-    publishes().
 
 summary_values(#xmlel{} = Request) ->
     Fields = exml_query:paths(Request, [{element, <<"pubsub">>}, {element, <<"publish">>},
@@ -481,68 +427,31 @@ summary_values(#xmlel{} = Request) ->
 
 %%% Helpers: stanzas
 
-iq(From, Sid, Request) ->
-    iq(From, Sid, Request, <<"set">>).
-
-iq(From, Sid, Request, Type) ->
-    FromJid = jid:from_binary(From),
-    To = jid:to_bare(FromJid),
-    El = el(<<"iq">>, #{<<"type">> => Type, <<"id">> => <<"iq1">>, <<"from">> => From,
-                        <<"to">> => jid:to_binary(To)}, [Request]),
-    Acc0 = hook_driver:acc(?HT, From, jid:to_binary(To), El),
-    Acc = mongoose_acc:set_permanent(c2s, origin_sid, Sid, Acc0),
-    gen_iq_handler:process_iq(ejabberd_sm, ?HT, Acc, FromJid, To, El).
-
-iq_type(#xmlel{attrs = #{<<"type">> := Type}}) ->
-    binary_to_atom(Type).
-
-error_of(#xmlel{attrs = #{<<"type">> := <<"error">>}, children = [Original, Error]}) ->
-    #xmlel{attrs = #{<<"code">> := Code, <<"type">> := Type},
-           children = [#xmlel{name = Condition}]} = Error,
-    {Code, Type, Condition, Original}.
-
-enable(Jid, Node, Children) ->
-    el(<<"enable">>, #{<<"xmlns">> => <<"urn:xmpp:push:0">>, <<"jid">> => Jid,
-                       <<"node">> => Node}, Children).
-
-disable(Jid, Node) ->
-    Attrs = #{<<"xmlns">> => <<"urn:xmpp:push:0">>, <<"jid">> => Jid},
-    el(<<"disable">>, case Node of undefined -> Attrs; _ -> Attrs#{<<"node">> => Node} end, []).
-
-%% An x-data form: FORM_TYPE with these values (none: no FORM_TYPE field), then fields.
-form(Type, FormTypes, Fields) ->
-    FormType = case FormTypes of
-                   [] -> [];
-                   _ -> [field(<<"FORM_TYPE">>, #{<<"type">> => <<"hidden">>}, FormTypes)]
-               end,
-    el(<<"x">>, #{<<"xmlns">> => <<"jabber:x:data">>, <<"type">> => Type},
-       FormType ++ [field(Var, #{}, Values) || {Var, Values} <- Fields]).
-
-summary(Fields) ->
-    form(<<"submit">>, [<<"urn:xmpp:push:summary">>], [{K, [V]} || {K, V} <- Fields]).
-
-field(Var, Attrs, Values) ->
-    el(<<"field">>, Attrs#{<<"var">> => Var},
-       [el(<<"value">>, #{}, [#xmlcdata{content = V}]) || V <- Values]).
-
-el(Name, Attrs, Children) ->
-    #xmlel{name = Name, attrs = Attrs, children = Children}.
-
 %%% Helpers: outcomes
 
+login(Jid) ->
+    push_client:login(?HT, Jid).
+
+register_offline_bob(PubSub, Node, FormFields) ->
+    push_client:register_offline(?HT, ?BOB, PubSub, Node, FormFields).
+
+services(BareJid) ->
+    push_client:services(?HT, BareJid).
+
+iq(From, Sid, Request) ->
+    push_client:iq(?HT, From, Sid, Request).
+
+iq(From, Sid, Request, Type) ->
+    push_client:iq(?HT, From, Sid, Request, Type).
+
+wait_publishes(N) ->
+    push_client:wait_publishes(?HT, N).
+
 wait_stats(Expected) ->
-    wait_until(fun() ->
-                       Stats = mod_event_pusher_push:stats(?HT),
-                       is_map(Stats) andalso maps:with(maps:keys(Expected), Stats) =:= Expected
-               end).
+    push_client:wait_stats(?HT, Expected).
 
 wait_events(Event, Pattern, N) ->
-    wait_until(fun() -> length(matching(Event, Pattern)) >= N end),
-    matching(Event, Pattern).
-
-matching(Event, Pattern) ->
-    [E || E <- mongoose_instrument:get_events(Event, ?LABELS),
-          maps:with(maps:keys(Pattern), E) =:= Pattern].
+    push_client:wait_events(?HT, Event, Pattern, N).
 
 wait_until(Fun) ->
-    test_wait:until(Fun, fun() -> {mod_event_pusher_push:stats(?HT), ejabberd_local:routed()} end).
+    push_client:wait_until(?HT, Fun).

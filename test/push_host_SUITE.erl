@@ -52,22 +52,13 @@ groups() ->
                            errors_when_mnesia_is_down]}].
 
 init_per_suite(Config) ->
-    Dir = filename:join(?config(priv_dir, Config), "mnesia"),
-    ok = filelib:ensure_path(Dir),
-    _ = application:stop(mnesia),
-    _ = application:load(mnesia),
-    ok = application:set_env(mnesia, dir, Dir),
-    ok = mnesia:create_schema([node()]),
-    ok = mnesia:start(),
+    ok = push_client:start_mnesia(filename:join(?config(priv_dir, Config), "mnesia")),
     mongoose_host:start([{hosts, [?HT]}]),
     Config.
 
 end_per_suite(_Config) ->
     mongoose_host:stop(),
-    stopped = mnesia:stop(),
-    ok = mnesia:delete_schema([node()]),
-    application:unset_env(mnesia, dir),
-    ok.
+    push_client:stop_mnesia().
 
 init_per_group(mnesia_backend, Config) ->
     ok = mod_event_pusher_push_backend:init(?HT, #{backend => mnesia}),
@@ -496,30 +487,7 @@ create_table_tolerates_existing_table(_Config) ->
                  mongoose_mnesia:create_table(push_host_suite_tmp, [{attributes, [only_one]}])).
 
 enable_get_and_disable(_Config) ->
-    Alice = alice(),
-    Bob = jid:make(<<"bob">>, ?HT, <<>>),
-    Form = #{<<"secret">> => <<"x">>},
-    ?assertEqual({ok, []}, mod_event_pusher_push_backend:get_publish_services(?HT, Alice)),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n1">>, #{}),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n2">>, Form),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(2), <<"n1">>, #{}),
-    ok = mod_event_pusher_push_backend:enable(?HT, Bob, pubsub(1), <<"n1">>, #{}),
-    ?assertEqual([{pubsub(1), <<"n1">>, #{}}, {pubsub(1), <<"n2">>, Form}, {pubsub(2), <<"n1">>, #{}}],
-                 services(Alice)),
-    %% the resource does not matter
-    ?assertEqual(services(Alice), services(jid:to_bare(Alice))),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), <<"other">>),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(3), undefined),
-    ?assertEqual(3, length(services(Alice))),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), <<"n1">>),
-    ?assertEqual([{pubsub(1), <<"n2">>, Form}, {pubsub(2), <<"n1">>, #{}}], services(Alice)),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n3">>, #{}),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), undefined),
-    ?assertEqual([{pubsub(2), <<"n1">>, #{}}], services(Alice)),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
-    ?assertEqual([], services(Alice)),
-    ?assertEqual([{pubsub(1), <<"n1">>, #{}}], services(Bob)),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice).
+    push_storage_contract:enable_get_and_disable(?HT).
 
 enable_replaces_the_same_node(_Config) ->
     Alice = alice(),
@@ -529,26 +497,7 @@ enable_replaces_the_same_node(_Config) ->
     ?assertEqual([{pubsub(1), <<"n">>, #{<<"a">> => <<"2">>}}], services(Alice)).
 
 calls_are_instrumented(_Config) ->
-    mongoose_instrument:clear_events(),
-    Alice = alice(),
-    [?assert(mongoose_instrument:is_set_up(mod_event_pusher_push_mnesia,
-                                           #{function => F, host_type => ?HT}))
-     || F <- [enable, disable, get_publish_services]],
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{}),
-    {ok, _} = mod_event_pusher_push_backend:get_publish_services(?HT, Alice),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
-    [#{count := 1, time := Time, args := Args}] =
-        mongoose_instrument:get_events(mod_event_pusher_push_mnesia,
-                                       #{function => enable, host_type => ?HT}),
-    ?assert(is_integer(Time) andalso Time >= 0),
-    ?assertEqual([?HT, Alice, pubsub(1), <<"n">>, #{}], Args),
-    ?assertMatch([#{count := 1, args := [?HT, Alice]}],
-                 mongoose_instrument:get_events(mod_event_pusher_push_mnesia,
-                                                #{function => get_publish_services, host_type => ?HT})),
-    %% disable/4 inside enable is a direct call, so only disable/2 is counted
-    ?assertMatch([#{count := 1, args := [?HT, Alice]}],
-                 mongoose_instrument:get_events(mod_event_pusher_push_mnesia,
-                                                #{function => disable, host_type => ?HT})).
+    push_storage_contract:calls_are_instrumented(?HT, mod_event_pusher_push_mnesia).
 
 registrations_survive_restart(_Config) ->
     Alice = alice(),
@@ -624,5 +573,4 @@ pubsub(N) ->
     jid:from_binary(<<"pubsub", (integer_to_binary(N))/binary, ".remote.example">>).
 
 services(User) ->
-    {ok, Services} = mod_event_pusher_push_backend:get_publish_services(?HT, User),
-    lists:sort(Services).
+    lists:sort(push_client:services(?HT, User)).

@@ -19,6 +19,9 @@
 -include_lib("stdlib/include/assert.hrl").
 -include("jlib.hrl").
 
+-import(push_client, [enable/3, disable/2, form/3, summary/1, field/3, el/3, iq_type/1,
+                      error_of/1, service/2, publishes/0]).
+
 -define(HT, <<"localhost">>).
 -define(LABELS, #{host_type => ?HT}).
 -define(PUBSUB, <<"pubsub.push.example">>).
@@ -272,36 +275,7 @@ init_prepares_mongooseim_s_queries(_Config) ->
      || Name <- ?QUERIES].
 
 enable_get_and_disable(_Config) ->
-    Alice = alice(),
-    Bob = jid:make(<<"bob">>, ?HT, <<>>),
-    Form = #{<<"secret">> => <<"x">>},
-    ?assertEqual({ok, []}, mod_event_pusher_push_backend:get_publish_services(?HT, Alice)),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n1">>, #{}),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n2">>, Form),
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(2), <<"n1">>, #{}),
-    ok = mod_event_pusher_push_backend:enable(?HT, Bob, pubsub(1), <<"n1">>, #{}),
-    ?assertEqual([{pubsub(1), <<"n1">>, #{}}, {pubsub(1), <<"n2">>, Form},
-                  {pubsub(2), <<"n1">>, #{}}],
-                 services(Alice)),
-    %% the resource does not matter
-    ?assertEqual(services(Alice), services(jid:to_bare(Alice))),
-    %% nothing matches: nothing goes
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), <<"other">>),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(3), undefined),
-    ?assertEqual(3, length(services(Alice))),
-    %% one node
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), <<"n1">>),
-    ?assertEqual([{pubsub(1), <<"n2">>, Form}, {pubsub(2), <<"n1">>, #{}}], services(Alice)),
-    %% all nodes of a service
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n3">>, #{}),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice, pubsub(1), undefined),
-    ?assertEqual([{pubsub(2), <<"n1">>, #{}}], services(Alice)),
-    %% all of the user
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(3), <<"n1">>, #{}),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
-    ?assertEqual([], services(Alice)),
-    ?assertEqual([{pubsub(1), <<"n1">>, #{}}], services(Bob)),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
+    push_storage_contract:enable_get_and_disable(?HT),
     ?assertEqual([{<<"bob@localhost">>, <<"n1">>, <<"pubsub1.remote.example">>}],
                  [{O, N, P} || {O, N, P, _, _} <- rows()]).
 
@@ -381,26 +355,7 @@ rows_written_by_mongooseim_are_read(_Config) ->
                  services(alice())).
 
 calls_are_instrumented(_Config) ->
-    mongoose_instrument:clear_events(),
-    Alice = alice(),
-    [?assert(mongoose_instrument:is_set_up(mod_event_pusher_push_rdbms,
-                                           #{function => F, host_type => ?HT}))
-     || F <- [enable, disable, get_publish_services]],
-    ok = mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1), <<"n">>, #{}),
-    {ok, _} = mod_event_pusher_push_backend:get_publish_services(?HT, Alice),
-    ok = mod_event_pusher_push_backend:disable(?HT, Alice),
-    [#{count := 1, time := Time, args := Args}] =
-        mongoose_instrument:get_events(mod_event_pusher_push_rdbms,
-                                       #{function => enable, host_type => ?HT}),
-    ?assert(is_integer(Time) andalso Time >= 0),
-    ?assertEqual([?HT, Alice, pubsub(1), <<"n">>, #{}], Args),
-    ?assertMatch([#{count := 1, args := [?HT, Alice]}],
-                 mongoose_instrument:get_events(mod_event_pusher_push_rdbms,
-                                                #{function => get_publish_services,
-                                                  host_type => ?HT})),
-    ?assertMatch([#{count := 1, args := [?HT, Alice]}],
-                 mongoose_instrument:get_events(mod_event_pusher_push_rdbms,
-                                                #{function => disable, host_type => ?HT})).
+    push_storage_contract:calls_are_instrumented(?HT, mod_event_pusher_push_rdbms).
 
 errors_are_returned(_Config) ->
     Alice = alice(),
@@ -566,11 +521,8 @@ alice() ->
 pubsub(N) ->
     jid:from_binary(<<"pubsub", (integer_to_binary(N))/binary, ".remote.example">>).
 
-services(#jid{} = User) ->
-    {ok, Services} = mod_event_pusher_push_backend:get_publish_services(?HT, User),
-    lists:sort(Services);
-services(BareJid) ->
-    services(jid:from_binary(BareJid)).
+services(User) ->
+    lists:sort(push_client:services(?HT, User)).
 
 %%% Helpers: the host (as in push_SUITE)
 
@@ -586,95 +538,29 @@ start(Config) ->
     ejabberd_local:reset(),
     ejabberd_auth:reset().
 
-login(Jid) ->
-    ejabberd_sm:open_session(?HT, jid:from_binary(Jid), 0).
-
-%% Bob exists, enables from a session that then closes: he is offline.
-register_offline_bob(PubSub, Node, FormFields) ->
-    ok = ejabberd_auth:register_user(jid:from_binary(?BOB)),
-    Sid = login(?BOB),
-    Form = case FormFields of
-               [] -> [];
-               _ -> [form(<<"submit">>, [?NS_PUBSUB_OPTIONS], FormFields)]
-           end,
-    result = iq_type(iq(?BOB, Sid, enable(PubSub, Node, Form))),
-    ok = ejabberd_sm:close_session(jid:from_binary(?BOB)).
-
 deliver(Type, From, To, Body) ->
     hook_driver:deliver(?HT, Type, From, To, Body).
 
-%% The fake pubsub service: answers result or an error of a type.
-service(Jid, Answer) ->
-    ok = ejabberd_local:register_service(
-           Jid, fun(Request) ->
-                        case Answer of
-                            result -> {reply, reply(Request, <<"result">>, [])};
-                            {error, Type} ->
-                                Error = el(<<"error">>, #{<<"type">> => Type},
-                                           [mongoose_xmpp_errors:item_not_found()]),
-                                {reply, reply(Request, <<"error">>, [Error])}
-                        end
-                end).
+login(Jid) ->
+    push_client:login(?HT, Jid).
 
-reply(Request, Type, Children) ->
-    el(<<"iq">>, #{<<"type">> => Type, <<"id">> => exml_query:attr(Request, <<"id">>)}, Children).
-
-%% The publish IQs routed to pubsub services so far, with the routing To.
-publishes() ->
-    [El#xmlel{attrs = Attrs#{<<"to">> => jid:to_binary(To)}}
-     || {_From, To, El = #xmlel{name = <<"iq">>, attrs = Attrs = #{<<"type">> := <<"set">>}}}
-            <- ejabberd_local:routed()].
-
-wait_publishes(N) ->
-    wait_until(fun() -> length(publishes()) >= N end),
-    publishes().
+register_offline_bob(PubSub, Node, FormFields) ->
+    push_client:register_offline(?HT, ?BOB, PubSub, Node, FormFields).
 
 iq(From, Sid, Request) ->
-    FromJid = jid:from_binary(From),
-    To = jid:to_bare(FromJid),
-    El = el(<<"iq">>, #{<<"type">> => <<"set">>, <<"id">> => <<"iq1">>, <<"from">> => From,
-                        <<"to">> => jid:to_binary(To)}, [Request]),
-    Acc0 = hook_driver:acc(?HT, From, jid:to_binary(To), El),
-    Acc = mongoose_acc:set_permanent(c2s, origin_sid, Sid, Acc0),
-    gen_iq_handler:process_iq(ejabberd_sm, ?HT, Acc, FromJid, To, El).
+    push_client:iq(?HT, From, Sid, Request).
 
-iq_type(#xmlel{attrs = #{<<"type">> := Type}}) ->
-    binary_to_atom(Type).
+iq(From, Sid, Request, Type) ->
+    push_client:iq(?HT, From, Sid, Request, Type).
 
-enable(Jid, Node, Children) ->
-    el(<<"enable">>, #{<<"xmlns">> => <<"urn:xmpp:push:0">>, <<"jid">> => Jid,
-                       <<"node">> => Node}, Children).
-
-disable(Jid, Node) ->
-    Attrs = #{<<"xmlns">> => <<"urn:xmpp:push:0">>, <<"jid">> => Jid},
-    el(<<"disable">>, case Node of undefined -> Attrs; _ -> Attrs#{<<"node">> => Node} end, []).
-
-%% An x-data form: FORM_TYPE with these values, then fields.
-form(Type, FormTypes, Fields) ->
-    FormType = [field(<<"FORM_TYPE">>, #{<<"type">> => <<"hidden">>}, FormTypes)],
-    el(<<"x">>, #{<<"xmlns">> => <<"jabber:x:data">>, <<"type">> => Type},
-       FormType ++ [field(Var, #{}, Values) || {Var, Values} <- Fields]).
-
-field(Var, Attrs, Values) ->
-    el(<<"field">>, Attrs#{<<"var">> => Var},
-       [el(<<"value">>, #{}, [#xmlcdata{content = V}]) || V <- Values]).
-
-el(Name, Attrs, Children) ->
-    #xmlel{name = Name, attrs = Attrs, children = Children}.
+wait_publishes(N) ->
+    push_client:wait_publishes(?HT, N).
 
 wait_stats(Expected) ->
-    wait_until(fun() ->
-                       Stats = mod_event_pusher_push:stats(?HT),
-                       is_map(Stats) andalso maps:with(maps:keys(Expected), Stats) =:= Expected
-               end).
+    push_client:wait_stats(?HT, Expected).
 
 wait_events(Event, Pattern, N) ->
-    wait_until(fun() -> length(matching(Event, Pattern)) >= N end),
-    matching(Event, Pattern).
-
-matching(Event, Pattern) ->
-    [E || E <- mongoose_instrument:get_events(Event, ?LABELS),
-          maps:with(maps:keys(Pattern), E) =:= Pattern].
+    push_client:wait_events(?HT, Event, Pattern, N).
 
 wait_until(Fun) ->
-    test_wait:until(Fun, fun() -> {mod_event_pusher_push:stats(?HT), ejabberd_local:routed()} end).
+    push_client:wait_until(?HT, Fun).

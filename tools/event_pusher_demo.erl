@@ -101,11 +101,7 @@ main(Opts0) ->
 start_mnesia() ->
     Dir = filename:join([event_pusher_sink:repo_root(), "_build", "demo_mnesia"]),
     remove_dir(Dir),
-    ok = filelib:ensure_path(Dir),
-    _ = application:load(mnesia),
-    ok = application:set_env(mnesia, dir, Dir),
-    ok = mnesia:create_schema([node()]),
-    ok = mnesia:start(),
+    ok = push_client:start_mnesia(Dir),
     Dir.
 
 %% Without the notice "application: mnesia exited: stopped" after the report's last
@@ -573,15 +569,9 @@ publish_options(User) ->
 %% The enable IQ, sent from the session Sid to the user's own bare JID, as a
 %% client does after login.
 enable_push(#jid{luser = User} = Me, Sid, Counters) ->
-    To = jid:to_bare(Me),
-    Enable = el(<<"enable">>, #{<<"xmlns">> => ?NS_PUSH, <<"jid">> => ?PUBSUB,
-                                <<"node">> => push_node(User)},
-                [form(?NS_PUBSUB_PUB_OPTIONS, publish_options(User))]),
-    IQ = el(<<"iq">>, #{<<"type">> => <<"set">>, <<"id">> => <<"enable-push">>,
-                        <<"from">> => jid:to_binary(Me), <<"to">> => jid:to_binary(To)},
-            [Enable]),
-    Acc = mongoose_acc:set_permanent(c2s, origin_sid, Sid, acc(Me, To, IQ)),
-    case gen_iq_handler:process_iq(ejabberd_sm, ?HOST, Acc, Me, To, IQ) of
+    Enable = push_client:enable(?PUBSUB, push_node(User),
+                                [form(?NS_PUBSUB_PUB_OPTIONS, publish_options(User))]),
+    case push_client:iq(?HOST, jid:to_binary(Me), Sid, Enable) of
         #xmlel{attrs = #{<<"type">> := <<"result">>}} ->
             ets:insert(?PRESENCE, {{push, User}}),
             counters:add(Counters, ?C_PUSH_ENABLED, 1);
@@ -658,12 +648,10 @@ publish_iq(Id, User, Sender, Body) ->
 
 %% A submitted data form: FORM_TYPE, then one field a value.
 form(FormType, Fields) ->
-    mongoose_data_forms:form(#{type => <<"submit">>, ns => FormType,
-                               fields => [#{var => Var, values => [Value]}
-                                          || {Var, Value} <- Fields]}).
+    push_client:form(<<"submit">>, [FormType], [{Var, [Value]} || {Var, Value} <- Fields]).
 
 el(Name, Attrs, Children) ->
-    #xmlel{name = Name, attrs = Attrs, children = Children}.
+    push_client:el(Name, Attrs, Children).
 
 wait_ready([]) ->
     ok;
