@@ -72,11 +72,11 @@ postgres:
 	fi
 
 build: setup
-	cargo build --release --workspace --bins
+	cargo build --release --workspace
 	rebar3 as test compile
 
 cargo-test: setup rabbitmq
-	cargo test --workspace --quiet
+	cargo test --release --workspace --quiet
 
 ct: build erlang-strict rabbitmq postgres venv
 	rebar3 as test ct

@@ -3,8 +3,12 @@
 # running VM has loaded crashes that VM, a rename does not.
 set -e
 cd "$(dirname "$0")/.."
-cargo build --release -q -p pusher_nif
+# The whole workspace, as `make build` and the tests build it: one feature set, so
+# one release build of tokio, lapin and aws-lc-sys serves the NIF and every tool.
+cargo build --release -q --workspace
 mkdir -p erlang/priv
 tmp=$(mktemp erlang/priv/.libpusher_nif.XXXXXX)
 cp target/release/libpusher_nif.so "$tmp"
+# mktemp makes it 0600; MongooseIM runs as an unprivileged user that must read it.
+chmod 0644 "$tmp"
 mv -f "$tmp" erlang/priv/libpusher_nif.so

@@ -68,7 +68,8 @@ ensure_built(Root, Package, Bin) ->
         {true, _} -> ok;
         {false, false} -> ok; % no toolchain: use whatever program exists
         {false, Cargo} ->
-            Args = ["build", "--release", "-q", "-p", Package, "--bin", Bin],
+            %% The whole workspace, as `make build` does: one feature set, no second build.
+            Args = ["build", "--release", "-q", "--workspace"],
             case run(Cargo, Args, [{cd, Root}, stderr_to_stdout]) of
                 {0, _} -> persistent_term:put(Key, true);
                 {_, Output} -> {error, {cargo_build_failed, unicode:characters_to_list(Output)}}
