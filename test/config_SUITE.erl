@@ -20,7 +20,8 @@
          push_rdbms_and_queues/1, rabbit_empty_section/1, rabbit_doc_example/1,
          sns_doc_example/1, sns_required_keys_only/1, event_pusher_without_backends/1,
          config_metrics_read_the_parsed_options/1, host_config/1,
-         deprecated_pool_scope_host/1, http_pool_with_tls/1]).
+         deprecated_pool_scope_host/1, http_pool_with_tls/1,
+         mongooseim_sections_are_accepted/1]).
 %% bad configurations
 -export([sns_missing_required_key/1, sns_required_key_as_integer/1, sns_pool_size_zero/1,
          sns_negative_retry_values/1, sns_unknown_plugin_module/1, sns_unknown_key/1,
@@ -33,7 +34,8 @@
          push_additive_options/1,
          http_pool_without_host/1, http_pool_bad_request_timeout/1, pool_bad_values/1,
          pool_scope_in_host_config/1, rabbit_pool_bad_connection/1,
-         unknown_module/1, unknown_top_level_key/1, no_hosts/1, host_config_unknown_host/1,
+         unknown_module/1, unknown_top_level_key/1, no_hosts/1, no_default_server_domain/1,
+         general_options_are_checked/1, host_config_unknown_host/1,
          host_config_without_host/1, static_module_under_host_types/1,
          all_errors_are_reported/1, malformed_toml/1]).
 %% the reader and dependency resolution
@@ -55,7 +57,7 @@ groups() ->
        push_rdbms_and_queues, rabbit_empty_section, rabbit_doc_example,
        sns_doc_example, sns_required_keys_only, event_pusher_without_backends,
        config_metrics_read_the_parsed_options, host_config, deprecated_pool_scope_host,
-       http_pool_with_tls]},
+       http_pool_with_tls, mongooseim_sections_are_accepted]},
      {bad, [parallel],
       [sns_missing_required_key, sns_required_key_as_integer, sns_pool_size_zero,
        sns_negative_retry_values, sns_unknown_plugin_module, sns_unknown_key,
@@ -68,7 +70,8 @@ groups() ->
        push_additive_options,
        http_pool_without_host, http_pool_bad_request_timeout, pool_bad_values,
        pool_scope_in_host_config, rabbit_pool_bad_connection,
-       unknown_module, unknown_top_level_key, no_hosts, host_config_unknown_host,
+       unknown_module, unknown_top_level_key, no_hosts, no_default_server_domain,
+       general_options_are_checked, host_config_unknown_host,
        host_config_without_host, static_module_under_host_types,
        all_errors_are_reported, malformed_toml]},
      {machinery, [],
@@ -187,7 +190,8 @@ host_config(Config) ->
     Opts = parse(Config, "host_config.toml"),
     Dynamic = <<"dynamic type">>,
     PushExpected = push_defaults(#{virtual_pubsub_hosts => [{prefix, <<"pubsub.">>}]}),
-    ?assertEqual([{host_types, [Dynamic]},
+    ?assertEqual([{default_server_domain, <<"localhost">>},
+                  {host_types, [Dynamic]},
                   {hosts, [<<"localhost">>, <<"other.com">>]},
                   {loglevel, warning},
                   {outgoing_pools, [#{type => rabbit, scope => host_type, tag => event_pusher,
@@ -204,10 +208,12 @@ host_config(Config) ->
                  Opts).
 
 deprecated_pool_scope_host(Config) ->
-    Opts = parse_text(Config, [general(), "[outgoing_pools.generic.my_pool]\n"
+    Opts = parse_text(Config, [general(), "[outgoing_pools.redis.my_pool]\n"
                                           "scope = \"host\"\n"]),
-    ?assertEqual([#{type => generic, scope => host_type, tag => my_pool,
-                    opts => default_pool_opts(), conn_opts => #{}}],
+    ?assertEqual([#{type => redis, scope => host_type, tag => my_pool,
+                    opts => default_pool_opts(),
+                    conn_opts => #{host => "127.0.0.1", port => 6379, database => 0,
+                                   password => ""}}],
                  opt(outgoing_pools, Opts)).
 
 http_pool_with_tls(Config) ->
@@ -222,6 +228,30 @@ http_pool_with_tls(Config) ->
                    server_name_indication => #{enabled => true, host => "example.com",
                                                protocol => default}},
                  Tls).
+
+%% A complete MongooseIM file also has sections, general options and modules the
+%% stand-in does not model: they are accepted and left out of the result, so that
+%% mongoose_modules never starts a module that does not exist here.
+mongooseim_sections_are_accepted(Config) ->
+    Expected = [{default_server_domain, ?HT}, {host_types, []}, {hosts, [?HT]},
+                {loglevel, warning}, {outgoing_pools, []}],
+    Global = parse_text(Config, [general(), "language = \"pl\"\nsm_backend = \"cets\"\n"
+                                            "registration_timeout = \"infinity\"\n"
+                                            "route_subdomains = \"s2s\"\n",
+                                 "[[listen.c2s]]\nport = 5222\n[auth.rdbms]\n"
+                                 "[internal_databases.mnesia]\n[s2s]\ndefault_policy = \"allow\"\n"
+                                 "[shaper.fast]\nmax_rate = 1000\n"
+                                 "[access]\nc2s = [{acl = \"all\", value = \"allow\"}]\n"
+                                 "[modules.mod_mam]\nbackend = \"rdbms\"\npm = {}\n"
+                                 "[modules.mod_event_pusher]\n"]),
+    ?assertEqual(Expected ++ [{{modules, ?HT}, #{mod_event_pusher => #{}}}], Global),
+    PerHost = parse_text(Config, [general(), "[modules.mod_event_pusher]\n"
+                                             "[[host_config]]\nhost = \"localhost\"\n"
+                                             "general.replaced_wait_timeout = 100\n"
+                                             "auth.anonymous.protocol = \"both\"\n"
+                                             "acl.local = [{user_regexp = \"\"}]\n"
+                                             "modules.mod_ping.send_pings = true\n"]),
+    ?assertEqual(Expected ++ [{{modules, ?HT}, #{}}], PerHost).
 
 %%--------------------------------------------------------------------
 %% Bad module options: rejected under [modules] and under [[host_config]]
@@ -415,26 +445,27 @@ http_pool_bad_request_timeout(Config) ->
                     #{reason => wrong_type, expected => integer, toml_value => <<"2s">>}).
 
 pool_bad_values(Config) ->
-    Pool = "[outgoing_pools.generic.my_pool]\n",
+    Pool = "[outgoing_pools.redis.my_pool]\n",
     assert_rejected(Config, [general(), Pool, "workers = 0\n"],
-                    "outgoing_pools.generic.my_pool.workers",
+                    "outgoing_pools.redis.my_pool.workers",
                     #{reason => validation_failed, validator => positive}),
     assert_rejected(Config, [general(), Pool, "scope = \"planet\"\n"],
-                    "outgoing_pools.generic.my_pool.scope",
+                    "outgoing_pools.redis.my_pool.scope",
                     #{reason => validation_failed, value => planet}),
     assert_rejected(Config, [general(), Pool, "call_timeout = 1.5\n"],
-                    "outgoing_pools.generic.my_pool.call_timeout",
+                    "outgoing_pools.redis.my_pool.call_timeout",
                     #{reason => wrong_type, expected => integer, toml_value => 1.5}),
-    assert_rejected(Config, [general(), "[outgoing_pools.ldap.default]\n"],
-                    "outgoing_pools.ldap", #{reason => unexpected_key, key => <<"ldap">>}).
+    %% MongooseIM 6.4 has no "generic" pool section (modules start such pools themselves)
+    assert_rejected(Config, [general(), "[outgoing_pools.generic.default]\n"],
+                    "outgoing_pools.generic", #{reason => unexpected_key, key => <<"generic">>}).
 
 %% A host_config pool belongs to its host: it has no scope.
 pool_scope_in_host_config(Config) ->
     assert_rejected(Config, [general(), "[[host_config]]\n"
                                         "host = \"localhost\"\n"
-                                        "[host_config.outgoing_pools.generic.my_pool]\n"
+                                        "[host_config.outgoing_pools.redis.my_pool]\n"
                                         "scope = \"global\"\n"],
-                    "host_config.outgoing_pools.generic.my_pool.scope",
+                    "host_config.outgoing_pools.redis.my_pool.scope",
                     #{reason => unexpected_key}).
 
 rabbit_pool_bad_connection(Config) ->
@@ -462,19 +493,54 @@ unknown_module(Config) ->
                     #{reason => unexpected_key, key => <<"redis">>}).
 
 unknown_top_level_key(Config) ->
-    assert_rejected(Config, [general(), "[listen]\n"], "listen",
-                    #{reason => unexpected_key, key => <<"listen">>}),
-    assert_rejected(Config, "[general]\nhosts = [\"localhost\"]\nhost = \"localhost\"\n",
+    assert_rejected(Config, [general(), "[listeners]\n"], "listeners",
+                    #{reason => unexpected_key, key => <<"listeners">>}),
+    assert_rejected(Config, [general(), "host = \"localhost\"\n"],
                     "general.host", #{reason => unexpected_key, key => <<"host">>}).
 
 no_hosts(Config) ->
     assert_rejected(Config, "[modules.mod_event_pusher]\n", "",
                     #{reason => missing_mandatory_keys, missing_keys => [<<"general">>]}),
-    assert_rejected(Config, "[general]\nhosts = []\n", "general", #{reason => no_hosts}),
-    assert_rejected(Config, "[general]\nhosts = [\"a.com\", \"A.com\"]\n", "general.hosts",
+    assert_rejected(Config, [domain_only(), "hosts = []\n"], "general", #{reason => no_hosts}),
+    assert_rejected(Config, domain_only(), "general", #{reason => no_hosts}),
+    assert_rejected(Config, [domain_only(), "hosts = [\"a.com\", \"A.com\"]\n"], "general.hosts",
                     #{reason => validation_failed, validator => unique}),
-    assert_rejected(Config, "[general]\nhosts = [\"user@a.com\"]\n", "general.hosts",
+    assert_rejected(Config, [domain_only(), "hosts = [\"user@a.com\"]\n"], "general.hosts",
                     #{reason => validation_failed, validator => domain}).
+
+%% MongooseIM 6.4 requires [general] default_server_domain (its spec for `general' has
+%% `required = [<<"default_server_domain">>]'); the error is MongooseIM's.
+no_default_server_domain(Config) ->
+    Text = "[general]\nhosts = [\"localhost\"]\n[modules.mod_event_pusher]\n",
+    assert_rejected(Config, Text, "general",
+                    #{text => "TOML configuration error: Malformed node",
+                      reason => missing_mandatory_keys,
+                      missing_keys => [<<"default_server_domain">>],
+                      toml_value => #{<<"hosts">> => [<<"localhost">>]}}),
+    assert_rejected(Config, [general(), "[[host_config]]\nhost = \"localhost\"\n"
+                                        "general.default_server_domain = \"localhost\"\n"],
+                    "host_config.general.default_server_domain",
+                    #{reason => global_option_in_host_config}),
+    Opts = parse_text(Config, "[general]\nhosts = [\"Localhost\"]\n"
+                              "default_server_domain = \"LocalHost\"\n"),
+    ?assertEqual(<<"localhost">>, opt(default_server_domain, Opts)).
+
+%% The general options the stand-in does not store are still checked as MongooseIM
+%% checks them, and those that are global only are refused in host_config.
+general_options_are_checked(Config) ->
+    assert_rejected(Config, [general(), "language = \"\"\n"], "general.language",
+                    #{reason => validation_failed, validator => non_empty}),
+    assert_rejected(Config, [general(), "sm_backend = \"ets\"\n"], "general.sm_backend",
+                    #{reason => validation_failed, value => ets}),
+    assert_rejected(Config, [general(), "replaced_wait_timeout = 0\n"],
+                    "general.replaced_wait_timeout",
+                    #{reason => validation_failed, validator => positive}),
+    assert_rejected(Config, [general(), "[[host_config]]\nhost = \"localhost\"\n"
+                                        "general.language = \"pl\"\n"],
+                    "host_config.general.language", #{reason => global_option_in_host_config}).
+
+domain_only() ->
+    "[general]\ndefault_server_domain = \"a.com\"\n".
 
 host_config_unknown_host(Config) ->
     assert_rejected(Config, [general(), "[[host_config]]\nhost = \"elsewhere.com\"\n"
@@ -494,6 +560,7 @@ host_config_without_host(Config) ->
 %% event pusher modules do: see host_config/1); this callback module does not.
 static_module_under_host_types(Config) ->
     assert_rejected(Config, "[general]\nhost_types = [\"dyn\"]\n"
+                            "default_server_domain = \"dyn.com\"\n"
                             "[modules.mod_event_pusher_http_custom]\n",
                     "modules.mod_event_pusher_http_custom",
                     #{reason => dynamic_domains_not_supported, host_type => <<"dyn">>,
@@ -516,7 +583,7 @@ malformed_toml(Config) ->
     catch
         error:{config_error, "Could not read the TOML configuration file",
                [#{what := toml_parsing_failed, text := Text, file := File}]} ->
-            ?assertMatch({match, _}, re:run(Text, "line 4, column"), Text)
+            ?assertMatch({match, _}, re:run(Text, "line 5, column"), Text)
     end.
 
 %%--------------------------------------------------------------------
@@ -623,7 +690,7 @@ opt(Key, Opts) ->
     Value.
 
 general() ->
-    "[general]\nhosts = [\"localhost\"]\n".
+    "[general]\nhosts = [\"localhost\"]\ndefault_server_domain = \"localhost\"\n".
 
 %% The backend's processed options appear under mod_event_pusher and, through
 %% deps, as the backend module's own options; nothing else is configured.
@@ -649,7 +716,8 @@ assert_http_modules(ExpectedMIM, Modules) ->
     ?assertEqual(http_additive_defaults(), maps:without(maps:keys(ExpectedMIM), Http)).
 
 http_additive_defaults() ->
-    Opts = mongoose_config_parser:process(#{<<"general">> => #{<<"hosts">> => [?HT]},
+    Opts = mongoose_config_parser:process(#{<<"general">> => #{<<"hosts">> => [?HT],
+                                                               <<"default_server_domain">> => ?HT},
                                             <<"modules">> => #{<<"mod_event_pusher">> =>
                                                                    #{<<"http">> => #{}}}}),
     #{mod_event_pusher_http := Http} = opt({modules, ?HT}, Opts),

@@ -294,7 +294,7 @@ toml(Config, Spec) ->
     Pools = [{http_pool, Port} | maps:get(extra_pools, Spec, [])],
     Queue = maps:get(queue, Spec, #{}),
     Retry = maps:get(retry, Spec, #{base_backoff_ms => 10, max_backoff_ms => 20}),
-    [<<"[general]\n  hosts = [\"localhost\"]\n">>,
+    [<<"[general]\n  hosts = [\"localhost\"]\n  default_server_domain = \"localhost\"\n">>,
      <<"  host_types = [">>, lists:join(<<", ">>, [[$", H, $"] || H <- HostTypes]), <<"]\n\n">>,
      [[<<"[outgoing_pools.http.">>, atom_to_binary(Name), <<"]\n">>,
        <<"  workers = ">>, integer_to_binary(maps:get(workers, Spec, 4)), <<"\n">>,

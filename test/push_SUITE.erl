@@ -398,7 +398,7 @@ registrations_survive_a_module_restart(Config) ->
 
 %% Spec: plugin_module, virtual_pubsub_hosts, publish_timeout_ms, workers, extra.
 start(Config, Spec) ->
-    Toml = ["[general]\n  hosts = [\"localhost\"]\n\n",
+    Toml = ["[general]\n  hosts = [\"localhost\"]\n  default_server_domain = \"localhost\"\n\n",
             "[modules.mod_event_pusher.push]\n",
             "  backend = \"mnesia\"\n",
             "  wpool.workers = ", integer_to_list(maps:get(workers, Spec, 4)), "\n",

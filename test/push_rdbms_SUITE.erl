@@ -527,7 +527,7 @@ services(User) ->
 %%% Helpers: the host (as in push_SUITE)
 
 start(Config) ->
-    Toml = ["[general]\n  hosts = [\"localhost\"]\n\n",
+    Toml = ["[general]\n  hosts = [\"localhost\"]\n  default_server_domain = \"localhost\"\n\n",
             "[modules.mod_event_pusher.push]\n",
             "  backend = \"rdbms\"\n",
             "  wpool.workers = 4\n"],

@@ -111,7 +111,7 @@ exchanges_are_declared_with_the_configured_types(Config) ->
 mongooseim_default_config_works_unchanged(Config) ->
     User = <<"dflt", (integer_to_binary(erlang:unique_integer([positive])))/binary>>,
     Bare = <<User/binary, "@localhost">>,
-    Toml = [<<"[general]\n  hosts = [\"localhost\"]\n\n">>,
+    Toml = [<<"[general]\n  hosts = [\"localhost\"]\n  default_server_domain = \"localhost\"\n\n">>,
             <<"[outgoing_pools.rabbit.event_pusher]\n  scope = \"global\"\n  workers = 5\n">>,
             <<"  connection.host = \"127.0.0.1\"\n  connection.port = 5672\n">>,
             <<"  connection.username = \"guest\"\n  connection.password = \"guest\"\n">>,
@@ -540,7 +540,7 @@ toml(Config, Spec) ->
                end,
     Retry = maps:get(retry, Spec, #{}),
     Queue = maps:get(queue, Spec, #{}),
-    [<<"[general]\n  hosts = [\"localhost\"]\n\n">>,
+    [<<"[general]\n  hosts = [\"localhost\"]\n  default_server_domain = \"localhost\"\n\n">>,
      <<"[outgoing_pools.rabbit.event_pusher]\n">>,
      <<"  workers = ">>, integer_to_binary(maps:get(workers, Spec, 4)), <<"\n">>,
      <<"  connection.host = \"127.0.0.1\"\n">>,

@@ -315,7 +315,7 @@ toml(Config, Spec) ->
     Names = ?config(topic_names, Config),
     TopicKeys = #{presence => "presence_updates_topic", pm => "pm_messages_topic",
                   muc => "muc_messages_topic"},
-    ["[general]\n  hosts = [\"localhost\"]\n\n",
+    ["[general]\n  hosts = [\"localhost\"]\n  default_server_domain = \"localhost\"\n\n",
      "[modules.mod_event_pusher.sns]\n",
      "  sns_host = \"", Host, "\"\n",
      "  region = \"", maps:get(region, Emulator), "\"\n",

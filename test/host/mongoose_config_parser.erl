@@ -10,8 +10,13 @@
 %% the document are collected and raised together as
 %% `{config_error, "Could not read the TOML configuration file", Errors}'.
 %%
-%% Differences from MongooseIM, all in error reporting only: an unexpected key and a
-%% key rejected by `validate_keys' are reported at the key's own path (MongooseIM
+%% A complete MongooseIM 6.4 file is read; what the stand-in does not model (see
+%% mongoose_config_spec) is accepted without validation and left out of the result.
+%% For that the stand-in has one option type MongooseIM lacks: `toml', any TOML
+%% value, kept as read.
+%%
+%% Differences from MongooseIM in error reporting: an unexpected key and a key
+%% rejected by `validate_keys' are reported at the key's own path (MongooseIM
 %% reports them at the enclosing section), and type mismatches carry
 %% `reason => wrong_type' instead of a `function_clause'.
 -module(mongoose_config_parser).
@@ -22,7 +27,7 @@
 
 -type path() :: [binary() | item | {host, binary()}]. % reversed: innermost first
 -type option_type() :: boolean | binary | string | atom | int_or_infinity | int_or_atom
-                     | integer | float.
+                     | integer | float | toml.
 -type config_key() :: atom() | {atom(), global | binary()}.
 -type config_error() :: #{class := error | throw | exit, what := atom(), text := string(),
                           atom() => term()}.
@@ -112,6 +117,8 @@ parse(Path, Value, #list{items = ItemSpec}) when is_list(Value) ->
     collect([handle([item_key(Path, Item) | Path], Item, ItemSpec) || Item <- Value]);
 parse(_Path, _Value, #list{}) ->
     error(#{what => wrong_type, expected => array});
+parse(_Path, Value, #option{type = toml}) ->
+    {ok, Value};
 parse(_Path, Value, #option{}) when is_list(Value); is_map(Value) ->
     error(#{what => wrong_type, expected => value});
 parse(_Path, Value, #option{type = Type}) ->
@@ -297,7 +304,7 @@ post_process(Items) ->
         ++ [post_error("host_config", duplicate_host_config, #{host => Host, option => Opt})
             || {Opt, Host} <- lists:usort(HostKeys -- lists:usort(HostKeys))],
     case Errors of
-        [] -> per_host_type(Items, Hosts, HostTypes);
+        [] -> per_host_type(stored(Items), Hosts, HostTypes);
         _ -> {error, Errors}
     end.
 
@@ -313,6 +320,14 @@ per_host_type(Items, Hosts, HostTypes) ->
         Errors ->
             {error, lists:append(Errors)}
     end.
+
+%% The options of `general' that are only validated (see mongoose_config_spec).
+stored(Items) ->
+    NotStored = mongoose_config_spec:general_options_not_stored(),
+    [Item || {Key, _} = Item <- Items, not lists:member(option_name(Key), NotStored)].
+
+option_name({Name, _HostOrGlobal}) -> Name;
+option_name(Name) -> Name.
 
 is_modules_key({modules, _}) -> true;
 is_modules_key(_) -> false.
