@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 cargo build --release -q --workspace
 mkdir -p erlang/priv
 tmp=$(mktemp erlang/priv/.libpusher_nif.XXXXXX)
+trap 'rm -f "$tmp"' EXIT
 cp target/release/libpusher_nif.so "$tmp"
-# mktemp makes it 0600; MongooseIM runs as an unprivileged user that must read it.
+# mktemp makes it 0600 whatever the umask; MongooseIM runs as an unprivileged user
+# that must read it (test/install_SUITE checks this from such a user).
 chmod 0644 "$tmp"
 mv -f "$tmp" erlang/priv/libpusher_nif.so

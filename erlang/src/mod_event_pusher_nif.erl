@@ -14,18 +14,29 @@
                    latency_p50_us | latency_p99_us => non_neg_integer() | undefined}.
 -export_type([instance/0, push_error/0, stats/0]).
 
+-define(LIBRARY, "libpusher_nif").
+
 -spec load() -> ok | {error, term()}.
 load() ->
     Threads = application:get_env(mongoose_event_pusher, runtime_worker_threads, 2),
-    erlang:load_nif(filename:join(priv_dir(), "libpusher_nif"), #{worker_threads => Threads}).
+    case find_library() of
+        {ok, Path} -> erlang:load_nif(Path, #{worker_threads => Threads});
+        {error, _} = NotFound -> NotFound
+    end.
 
-priv_dir() ->
-    case code:priv_dir(mongoose_event_pusher) of
-        {error, bad_name} ->
-            %% Not loaded as an application (e.g. plain -pa): priv/ next to ebin/.
-            filename:join([filename:dirname(code:which(?MODULE)), "..", "priv"]);
-        Dir ->
-            Dir
+%% The first directory that holds the library wins: our application's priv dir (a
+%% standalone install), MongooseIM's (copied into a MongooseIM release, our modules
+%% belong to the mongooseim application), then priv/ beside this module's ebin/.
+find_library() ->
+    AppPrivDirs = [filename:absname(Dir) || App <- [mongoose_event_pusher, mongooseim],
+                                            Dir <- [code:priv_dir(App)], is_list(Dir)],
+    BesideEbin = [filename:join(filename:dirname(filename:dirname(filename:absname(Beam))),
+                                "priv") || Beam <- [code:which(?MODULE)], is_list(Beam)],
+    Tried = lists:foldr(fun(Dir, Acc) -> [Dir | lists:delete(Dir, Acc)] end, [],
+                        AppPrivDirs ++ BesideEbin),
+    case [Dir || Dir <- Tried, filelib:is_regular(filename:join(Dir, ?LIBRARY ".so"))] of
+        [Found | _] -> {ok, filename:join(Found, ?LIBRARY)};
+        [] -> {error, {library_not_found, ?LIBRARY ".so", Tried}}
     end.
 
 %% @doc Starts an HTTP backend instance; outcomes go to Reporter in batches as
