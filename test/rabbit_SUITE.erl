@@ -13,7 +13,8 @@
 
 -define(HT, <<"localhost">>).
 -define(BROKER_PORT, 5672).
--define(POOL_LABELS, #{host_type => ?HT, pool_tag => event_pusher}).
+%% The suite's pool is global: MongooseIM registered its metrics for `global'.
+-define(POOL_LABELS, #{host_type => global, pool_tag => event_pusher}).
 -define(DELIVERY_LABELS, #{host_type => ?HT}).
 -define(PROXY_CASES, [connection_cut_mid_stream_loses_nothing,
                       broker_unreachable_after_start_events_wait,

@@ -30,7 +30,8 @@
 %% gen_mod
 
 -spec start(binary(), gen_mod:module_opts()) -> ok.
-start(HostType, Opts = #{handlers := Handlers}) ->
+start(HostType, Opts0) ->
+    Opts = #{handlers := Handlers} = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
     Pools = lists:usort([Pool || #{pool_name := Pool} <- Handlers]),
     Instances = start_pools(HostType, Opts, Pools, #{}),
     persistent_term:put(handlers_key(HostType),
@@ -41,7 +42,7 @@ start(HostType, Opts = #{handlers := Handlers}) ->
 stop(HostType) ->
     Handlers = persistent_term:get(handlers_key(HostType), []),
     persistent_term:erase(handlers_key(HostType)),
-    Drain = gen_mod:get_module_opt(HostType, ?MODULE, drain_timeout_ms, 5000),
+    #{drain_timeout_ms := Drain} = mod_event_pusher_config:module_opts(HostType, ?MODULE),
     Pools = lists:usort([Pool || {#{pool_name := Pool}, _} <- Handlers]),
     mod_event_pusher_instance:stop_all(HostType, [{http, Pool} || Pool <- Pools], Drain),
     ok.

@@ -68,7 +68,7 @@ start_or_raise(HostType, Key, Module, Starter, What) ->
 %% `drain_timeout_ms' option.
 -spec stop_with_drain_option(binary(), key(), module()) -> ok.
 stop_with_drain_option(HostType, Key, Module) ->
-    Drain = gen_mod:get_module_opt(HostType, Module, drain_timeout_ms, 5000),
+    #{drain_timeout_ms := Drain} = mod_event_pusher_config:module_opts(HostType, Module),
     _ = stop(HostType, Key, Drain),
     ok.
 

@@ -35,7 +35,8 @@
 %% gen_mod
 
 -spec start(host_type(), gen_mod:module_opts()) -> ok.
-start(HostType, Opts = #{iqdisc := IQDisc}) ->
+start(HostType, Opts0) ->
+    Opts = #{iqdisc := IQDisc} = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
     ok = mod_event_pusher_push_backend:init(HostType, Opts),
     mod_event_pusher_push_plugin:init(HostType, Opts),
     Config = start_config(Opts),

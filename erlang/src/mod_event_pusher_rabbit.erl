@@ -14,6 +14,7 @@
 
 -include("mod_event_pusher_events.hrl").
 -include("mongoose_config_spec.hrl").
+-include_lib("kernel/include/logger.hrl").
 
 -define(POOL_TAG, event_pusher).
 -define(KEY, rabbit).
@@ -22,21 +23,35 @@
 
 %% @doc Connects and declares the exchanges; raises with the broker's reason (naming
 %% the exchange) when it cannot.
+%%
+%% The broker is MongooseIM's `[outgoing_pools.rabbit.event_pusher]' (host-type pool
+%% first, then the global one), with the keys of the module's own `connection'
+%% section on top; with `connection.host' given there, the pool section is optional.
+%% Our metrics go to the pool's events (wpool_rabbit_*, labelled with the pool's host
+%% type or `global'), which MongooseIM registers when it starts the pool, before the
+%% modules; we register them only when no pool did.
 -spec start(binary(), gen_mod:module_opts()) -> ok.
-start(HostType, Opts) ->
-    Config = case mod_event_pusher_delivery:find_pool(HostType, rabbit, ?POOL_TAG) of
-                 {ok, Pool} -> start_config(Opts, Pool);
-                 {error, Reason} -> error(start_failed(HostType, Reason))
-             end,
-    mod_event_pusher_instance:start_or_raise(
-      HostType, ?KEY, ?MODULE,
-      fun(Reporter) -> mod_event_pusher_nif:start_rabbit(Config, Reporter) end,
-      event_pusher_rabbit_start_failed),
+start(HostType, Opts0) ->
+    Opts = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
+    {Config, Labels} = start_config(HostType, Opts),
+    Registered = [Spec || Spec <- pool_instrumentation(Labels), newly_set_up(Spec)],
+    persistent_term:put(pool_key(HostType), {Labels, Registered}),
+    try
+        mod_event_pusher_instance:start_or_raise(
+          HostType, ?KEY, ?MODULE,
+          fun(Reporter) -> mod_event_pusher_nif:start_rabbit(Config, Reporter) end,
+          event_pusher_rabbit_start_failed)
+    catch
+        Class:Reason:Stacktrace ->
+            forget_pool(HostType),
+            erlang:raise(Class, Reason, Stacktrace)
+    end,
     ok.
 
 -spec stop(binary()) -> ok.
 stop(HostType) ->
-    mod_event_pusher_instance:stop_with_drain_option(HostType, ?KEY, ?MODULE).
+    mod_event_pusher_instance:stop_with_drain_option(HostType, ?KEY, ?MODULE),
+    forget_pool(HostType).
 
 -spec supported_features() -> [atom()].
 supported_features() ->
@@ -79,9 +94,16 @@ exchange_items() ->
       <<"type">> => #option{type = binary, validate = non_empty},
       <<"durable">> => #option{type = boolean}}.
 
-%% Ours: MongooseIM's [outgoing_pools.rabbit.*.connection] has no room for these.
+%% Ours: MongooseIM's [outgoing_pools.rabbit.*.connection] has no room for
+%% virtual_host, connect_timeout_ms and tls. The pool's own keys may be given here too,
+%% so that the pool section (whose idle connections MongooseIM would open) is optional.
 connection_spec() ->
-    #section{items = #{<<"virtual_host">> => #option{type = binary, validate = non_empty},
+    #section{items = #{<<"host">> => #option{type = string, validate = non_empty},
+                       <<"port">> => #option{type = integer, validate = port},
+                       <<"username">> => #option{type = binary, validate = non_empty},
+                       <<"password">> => #option{type = binary, validate = non_empty},
+                       <<"confirms_enabled">> => #option{type = boolean},
+                       <<"virtual_host">> => #option{type = binary, validate = non_empty},
                        <<"connect_timeout_ms">> => #option{type = integer, validate = positive},
                        <<"tls">> => #section{items = #{<<"cacertfile">> =>
                                                            #option{type = string,
@@ -95,22 +117,41 @@ reconnect_spec() ->
              defaults = #{<<"base_delay_ms">> => 100, <<"max_delay_ms">> => 10000},
              include = always}.
 
-%% @doc MongooseIM's rabbit pool metrics, under its names and labels, and our
-%% delivery counters.
+%% @doc Our delivery counters. The connection and publish metrics are MongooseIM's
+%% pool events, set up in start/2 only when the pool has not (see there).
 -spec instrumentation(binary()) -> [mongoose_instrument:spec()].
 instrumentation(HostType) ->
-    Labels = pool_labels(HostType),
-    [{wpool_rabbit_connections, Labels,
-      #{metrics => #{active => counter, opened => spiral, closed => spiral, failed => spiral}}},
-     {wpool_rabbit_messages_published, Labels,
-      #{metrics => #{count => spiral, failed => spiral, timeout => spiral,
-                     time => histogram, size => histogram}}},
-     {mod_event_pusher_rabbit_delivery, #{host_type => HostType},
+    [{mod_event_pusher_rabbit_delivery, #{host_type => HostType},
       #{metrics => #{delivered => spiral, retried => spiral, failed => spiral,
                      dropped => spiral, skipped => spiral}}}].
 
+%% What MongooseIM's rabbit pool declares for these labels.
+pool_instrumentation(#{host_type := HostTypeOrGlobal, pool_tag := Tag}) ->
+    mongoose_wpool_rabbit:instrumentation(HostTypeOrGlobal, Tag).
+
+newly_set_up(Spec) ->
+    try mongoose_instrument:set_up([Spec]) of
+        ok -> true
+    catch
+        error:#{what := event_already_registered} -> false
+    end.
+
+forget_pool(HostType) ->
+    case persistent_term:get(pool_key(HostType), undefined) of
+        {_Labels, Registered} ->
+            mongoose_instrument:tear_down(Registered),
+            persistent_term:erase(pool_key(HostType)),
+            ok;
+        undefined ->
+            ok
+    end.
+
 pool_labels(HostType) ->
-    #{host_type => HostType, pool_tag => ?POOL_TAG}.
+    {Labels, _Registered} = persistent_term:get(pool_key(HostType)),
+    Labels.
+
+pool_key(HostType) ->
+    {?MODULE, pool, HostType}.
 
 %% @doc The instance's queue and delivery counters.
 -spec stats(binary()) -> mod_event_pusher_nif:stats() | {error, not_running}.
@@ -148,7 +189,26 @@ enqueue(Acc, Event) ->
 
 %% Starting
 
-start_config(Opts, #{conn_opts := Conn} = Pool) ->
+%% The NIF's start config and the labels of the pool metrics.
+start_config(HostType, Opts = #{connection := Connection}) ->
+    case mod_event_pusher_delivery:find_pool(HostType, rabbit, ?POOL_TAG) of
+        {ok, Pool = #{conn_opts := PoolConn}} ->
+            {start_config(Opts, maps:merge(PoolConn, Connection), Pool),
+             #{host_type => pool_host_type(HostType, Pool), pool_tag => ?POOL_TAG}};
+        {error, _} when is_map_key(host, Connection) ->
+            {start_config(Opts, Connection, #{}),
+             #{host_type => HostType, pool_tag => ?POOL_TAG}};
+        {error, Reason} ->
+            error(start_failed(HostType, Reason))
+    end.
+
+%% The host type MongooseIM starts the pool for: `global', or a host type for
+%% `scope = "host_type"' and host_config pools.
+pool_host_type(_HostType, #{scope := global}) -> global;
+pool_host_type(HostType, #{scope := host_type}) -> HostType;
+pool_host_type(_HostType, #{scope := PoolHostType}) -> PoolHostType.
+
+start_config(Opts, Conn, Pool) ->
     #{presence_exchange := Presence, chat_msg_exchange := Chat,
       groupchat_msg_exchange := Groupchat, connection := Connection,
       reconnect := Reconnect, confirm_window := Window,
@@ -188,13 +248,43 @@ start_failed(HostType, Reason) ->
 -spec handle_report(binary(), rabbit, mod_event_pusher_instance:report()) -> ok.
 handle_report(HostType, ?KEY, #{attempts := Attempts, failures := Failures,
                                 counters := Counters, connections := Connections,
-                                reports_lost := Lost}) ->
+                                reports_lost := Lost, connection_events := Events,
+                                backend_down := BackendDown}) ->
     Labels = pool_labels(HostType),
     report_connections(Labels, Connections),
+    lists:foreach(fun(Event) -> report_connection_event(HostType, Event) end, Events),
     lists:foreach(fun(Attempt) -> report_attempt(Labels, Attempt) end, Attempts),
     mongoose_instrument:execute(mod_event_pusher_rabbit_delivery, #{host_type => HostType},
                                 Counters),
-    mod_event_pusher_delivery:log_report(HostType, ?KEY, Failures, Counters, Lost).
+    mod_event_pusher_delivery:log_report(HostType, ?KEY, Failures, Counters, Lost,
+                                         BackendDown).
+
+%% Rate-limited in Rust: at most a few lines a minute however the broker behaves.
+report_connection_event(HostType, {lost, #{reason := Reason, at_ms := At,
+                                           suppressed := Suppressed}}) ->
+    ?LOG_WARNING(#{what => event_pusher_rabbit_connection_lost, host_type => HostType,
+                   reason => Reason, lost_at => mod_event_pusher_delivery:timestamp(At),
+                   suppressed_warnings => Suppressed,
+                   text => <<"Lost the connection to RabbitMQ: reconnecting with backoff; "
+                             "events wait in the queue meanwhile">>});
+report_connection_event(HostType, {connect_failed, #{reason := Reason, attempts := Attempts,
+                                                     down_since_ms := Since,
+                                                     suppressed := Suppressed}}) ->
+    ?LOG_WARNING(#{what => event_pusher_rabbit_connect_failed, host_type => HostType,
+                   reason => Reason, attempts => Attempts,
+                   disconnected_since => mod_event_pusher_delivery:timestamp(Since),
+                   suppressed_warnings => Suppressed,
+                   text => <<"Cannot connect to RabbitMQ: retrying with backoff; events wait "
+                             "in the queue (bounded by queue.max_events and queue.max_bytes)">>});
+report_connection_event(HostType, {connected, #{at_ms := At, down_since_ms := Since,
+                                                failed_attempts := Failed,
+                                                suppressed := Suppressed}}) ->
+    ?LOG_NOTICE(#{what => event_pusher_rabbit_connected, host_type => HostType,
+                  disconnected_since => mod_event_pusher_delivery:timestamp(Since),
+                  disconnected_ms => At - Since, failed_attempts => Failed,
+                  suppressed_warnings => Suppressed,
+                  text => <<"Connected to RabbitMQ again: exchanges declared, publishing "
+                            "the queued events">>}).
 
 report_connections(Labels, #{opened := Opened, closed := Closed, failed := Failed}) ->
     [mongoose_instrument:execute(wpool_rabbit_connections, Labels, #{active => 1, opened => 1})

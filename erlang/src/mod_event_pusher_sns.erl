@@ -45,7 +45,8 @@
 %% @doc Builds the SNS client. Nothing is sent yet, so wrong credentials or an
 %% unreachable sns_host show as failed publishes (counted, logged with SNS's reason).
 -spec start(host_type(), gen_mod:module_opts()) -> ok.
-start(HostType, Opts) ->
+start(HostType, Opts0) ->
+    Opts = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
     Config = start_config(Opts),
     mod_event_pusher_instance:start_or_raise(
       HostType, ?KEY, ?MODULE,

@@ -11,13 +11,23 @@
                    ejabberd_auth]).
 
 %% @doc Starts the services that are not running yet, replaces the
-%% configuration with Opts and starts the configured modules.
+%% configuration with Opts, then starts the outgoing pools and after them the
+%% configured modules, in MongooseIM's boot order. As MongooseIM's boot, it fails as
+%% a whole: when a pool or a module cannot start, whatever was started is stopped
+%% again, the configuration is erased and the error is raised (a real node halts).
 -spec start([{mongoose_config:key(), mongoose_config:value()}] |
             #{mongoose_config:key() => mongoose_config:value()}) -> ok.
 start(Opts) ->
     lists:foreach(fun ensure_service/1, ?SERVICES),
     mongoose_config:set_opts(Opts),
-    mongoose_modules:start().
+    try
+        mongoose_wpool:start_configured_pools(),
+        mongoose_modules:start()
+    catch
+        Class:Reason:Stacktrace ->
+            stop(),
+            erlang:raise(Class, Reason, Stacktrace)
+    end.
 
 %% @doc start/1 with the options read from a mongooseim.toml file.
 -spec start_file(file:name_all()) -> ok.
@@ -42,6 +52,7 @@ write_toml(Dir, Toml) ->
 -spec stop() -> ok.
 stop() ->
     mongoose_modules:stop(),
+    mongoose_wpool:stop_configured_pools(),
     lists:foreach(fun stop_service/1, lists:reverse(?SERVICES)),
     mongoose_config:erase_opts().
 

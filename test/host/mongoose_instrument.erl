@@ -21,7 +21,7 @@
 -export_type([event_name/0, labels/0, config/0, spec/0, measurements/0]).
 
 -type event_name() :: atom().
--type labels() :: #{host_type => binary(), function => atom(), pool_tag => atom(),
+-type labels() :: #{host_type => binary() | global, function => atom(), pool_tag => atom(),
                     pool_id => term(), cache_name => atom(), connection_type => atom()}.
 -type metric_type() :: gauge | counter | spiral | histogram.
 -type config() :: #{metrics => #{atom() => metric_type()},
