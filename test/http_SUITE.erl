@@ -28,6 +28,11 @@ all() ->
      dynamic_host_type_gets_its_own_instance,
      https_with_a_trusted_ca_delivers,
      https_certificate_is_verified_unless_told_not_to,
+     https_selfsigned_peer_accepts_a_self_signed_certificate,
+     https_selfsigned_peer_refuses_an_expired_self_signed_certificate,
+     https_selfsigned_peer_refuses_a_self_signed_certificate_for_another_name,
+     https_selfsigned_peer_refuses_a_certificate_from_an_untrusted_ca,
+     https_verify_mode_none_warns_at_start,
      missing_pool_fails_the_start_with_a_reason].
 
 init_per_suite(Config) ->
@@ -43,6 +48,7 @@ init_per_testcase(_Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     catch mongoose_host:stop(),
+    logger:remove_handler(?MODULE),
     test_http_listener:stop(?config(listener, Config)).
 
 %% Cases
@@ -263,6 +269,50 @@ https_certificate_is_verified_unless_told_not_to(Config) ->
         test_http_listener:stop(Listener)
     end.
 
+%% selfsigned_peer: a self-signed certificate for the right name, valid now, is
+%% accepted; nothing else is forgiven.
+https_selfsigned_peer_accepts_a_self_signed_certificate(Config) ->
+    Listener = self_signed_listener(["localhost"], valid_now()),
+    try
+        start_selfsigned_peer(Config, Listener),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"self-signed">>),
+        {ok, [Request]} = test_http_listener:wait_for_requests(Listener, 1, 5000),
+        ?assertEqual(<<"self-signed">>, proplists:get_value(<<"message">>, form(Request))),
+        wait_stats(http_pool, #{delivered => 1, failed => 0}),
+        ?assertEqual([], test_http_listener:handshake_failures(Listener))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
+https_selfsigned_peer_refuses_an_expired_self_signed_certificate(Config) ->
+    Listener = self_signed_listener(["localhost"], {{{2020, 1, 1}, {0, 0, 0}},
+                                                    {{2021, 1, 1}, {0, 0, 0}}}),
+    assert_refused(Config, Listener, certificate_expired, <<"certificate expired">>).
+
+https_selfsigned_peer_refuses_a_self_signed_certificate_for_another_name(Config) ->
+    Listener = self_signed_listener(["other.example"], valid_now()),
+    assert_refused(Config, Listener, bad_certificate, <<"not valid for name \"localhost\"">>).
+
+https_selfsigned_peer_refuses_a_certificate_from_an_untrusted_ca(Config) ->
+    {Listener, _CaFile} = tls_listener(Config),
+    assert_refused(Config, Listener, unknown_ca, <<"UnknownIssuer">>).
+
+https_verify_mode_none_warns_at_start(Config) ->
+    Listener = self_signed_listener(["other.example"], {{{2020, 1, 1}, {0, 0, 0}},
+                                                        {{2021, 1, 1}, {0, 0, 0}}}),
+    try
+        capture_logs(),
+        start(Config, #{scheme => <<"https">>, port => test_http_listener:port(Listener),
+                        tls => [{<<"verify_mode">>, <<"\"none\"">>}]}),
+        ?assertMatch(#{pool_name := http_pool},
+                     wait_log(event_pusher_http_tls_not_verified)),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"unverified">>),
+        {ok, [Request]} = test_http_listener:wait_for_requests(Listener, 1, 5000),
+        ?assertEqual(<<"unverified">>, proplists:get_value(<<"message">>, form(Request)))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
 missing_pool_fails_the_start_with_a_reason(Config) ->
     Toml = toml(Config, #{handlers => [#{path => <<"/x">>, pool => no_such_pool}]}),
     Opts = options(Config, Toml),
@@ -331,6 +381,90 @@ tls_listener(Config) ->
                                    [{'Certificate', Der, not_encrypted}
                                     || Der <- proplists:get_value(cacerts, Client)])),
     {test_http_listener:start_tls(200, Server), CaFile}.
+
+start_selfsigned_peer(Config, Listener) ->
+    start(Config, #{scheme => <<"https">>, port => test_http_listener:port(Listener),
+                    retry => #{max_attempts => 1},
+                    tls => [{<<"verify_mode">>, <<"\"selfsigned_peer\"">>}]}).
+
+%% One event, one attempt: the client aborts the handshake with Alert (seen by the
+%% listener), no request arrives, and the failure is counted and logged with the
+%% certificate error (Reason, a part of rustls' text).
+assert_refused(Config, Listener, Alert, Reason) ->
+    try
+        capture_logs(),
+        start_selfsigned_peer(Config, Listener),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"must not arrive">>),
+        wait_stats(http_pool, #{failed => 1, delivered => 0, queued => 0, in_flight => 0}),
+        #{example := #{reason := Logged}} = wait_log(event_pusher_delivery_failed),
+        ?assertMatch(<<"tls_failed: invalid peer certificate: ", _/binary>>, Logged),
+        ?assertNotEqual(nomatch, binary:match(Logged, Reason), Logged),
+        ?assertMatch([#{failure_count := 1}], wait_metrics(mod_event_pusher_http_sent, 1)),
+        ?assertMatch([{tls_alert, {Alert, _}}], test_http_listener:handshake_failures(Listener)),
+        ?assertEqual([], test_http_listener:requests(Listener))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
+%% Log events of this suite's test case, sent to the test process as {logged, Report}.
+capture_logs() ->
+    ok = logger:add_handler(?MODULE, ?MODULE, #{level => all, config => #{pid => self()}}).
+
+%% logger handler callback
+log(#{msg := {report, Report = #{what := _}}}, #{config := #{pid := Pid}}) ->
+    Pid ! {logged, Report};
+log(_Event, _HandlerConfig) ->
+    ok.
+
+wait_log(What) ->
+    receive {logged, Report = #{what := What}} -> Report
+    after 5000 -> ct:fail({not_logged, What})
+    end.
+
+%% An HTTPS listener presenting a fresh self-signed certificate for Names (an end-entity
+%% certificate: rustls refuses a CA certificate as a server's own).
+self_signed_listener(Names, Validity) ->
+    {Der, Key} = self_signed_certificate(Names, Validity),
+    test_http_listener:start_tls(200, [{cert, Der},
+                                       {key, {'RSAPrivateKey',
+                                              public_key:der_encode('RSAPrivateKey', Key)}}]).
+
+valid_now() ->
+    Now = erlang:system_time(second),
+    {calendar:system_time_to_universal_time(Now - 86400, second),
+     calendar:system_time_to_universal_time(Now + 86400 * 365, second)}.
+
+self_signed_certificate(Names = [CommonName | _], {NotBefore, NotAfter}) ->
+    Key = public_key:generate_key({rsa, 2048, 65537}),
+    #'RSAPrivateKey'{modulus = Modulus, publicExponent = Exponent} = Key,
+    Name = {rdnSequence, [[#'AttributeTypeAndValue'{type = ?'id-at-commonName',
+                                                    value = {utf8String,
+                                                             list_to_binary(CommonName)}}]]},
+    Tbs = #'OTPTBSCertificate'{
+             version = v3,
+             serialNumber = erlang:unique_integer([positive]),
+             signature = #'SignatureAlgorithm'{algorithm = ?sha256WithRSAEncryption,
+                                               parameters = 'NULL'},
+             issuer = Name,
+             subject = Name,
+             validity = #'Validity'{notBefore = utc_time(NotBefore),
+                                    notAfter = utc_time(NotAfter)},
+             subjectPublicKeyInfo =
+                 #'OTPSubjectPublicKeyInfo'{
+                    algorithm = #'PublicKeyAlgorithm'{algorithm = ?rsaEncryption,
+                                                      parameters = 'NULL'},
+                    subjectPublicKey = #'RSAPublicKey'{modulus = Modulus,
+                                                       publicExponent = Exponent}},
+             extensions = [#'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
+                                        extnValue = [{dNSName, N} || N <- Names]},
+                           #'Extension'{extnID = ?'id-ce-basicConstraints', critical = true,
+                                        extnValue = #'BasicConstraints'{cA = false}}]},
+    {public_key:pkix_sign(Tbs, Key), Key}.
+
+%% UTCTime, for years before 2050.
+utc_time({{Y, Mo, D}, {H, Mi, S}}) ->
+    {utcTime, lists:flatten(io_lib:format("~2..0w~2..0w~2..0w~2..0w~2..0w~2..0wZ",
+                                          [Y rem 100, Mo, D, H, Mi, S]))}.
 
 handler(H) ->
     Fields = [[<<"path = \"">>, maps:get(path, H), <<"\"">>]]

@@ -163,16 +163,27 @@ connection_config(#{tag := Tag, conn_opts := Conn}) ->
     #{host => unicode:characters_to_binary(maps:get(host, Conn)),
       path_prefix => maps:get(path_prefix, Conn, <<"/">>),
       request_timeout => maps:get(request_timeout, Conn, 2000),
-      verify_mode => case maps:get(verify_mode, Tls, peer) of
-                         peer -> peer;
-                         _ -> none
-                     end,
+      verify_mode => verify_mode(Tag, Tls),
       cacertfile => path(maps:get(cacertfile, Tls, "")),
       certfile => path(maps:get(certfile, Tls, "")),
       keyfile => path(maps:get(keyfile, Tls, "")),
       server_name_indication => maps:get(enabled, Sni, true)}.
 
 path(Path) -> unicode:characters_to_binary(Path).
+
+%% MongooseIM's meanings: peer verifies the chain; selfsigned_peer also accepts a
+%% self-signed certificate (its name and dates are still checked); none checks nothing.
+verify_mode(Tag, Tls) ->
+    case maps:get(verify_mode, Tls, peer) of
+        none ->
+            ?LOG_WARNING(#{what => event_pusher_http_tls_not_verified, pool_name => Tag,
+                           text => <<"tls.verify_mode = \"none\": the server's certificate "
+                                     "is not checked; anyone on the path can read and forge "
+                                     "the events">>}),
+            none;
+        Mode when Mode =:= peer; Mode =:= selfsigned_peer ->
+            Mode
+    end.
 
 %% rustls picks ciphers and versions itself and reads unencrypted PEM keys only.
 warn_unsupported_tls(Tag, Tls) ->

@@ -4,7 +4,7 @@
 -module(test_http_listener).
 
 -export([start/0, start/1, start_tls/2, stop/1, port/1, requests/1, wait_for_requests/3,
-         set_reply/2, clear/1]).
+         set_reply/2, clear/1, handshake_failures/1]).
 
 -type listener() :: pid().
 -type request() :: #{method := binary(), path := binary(),
@@ -44,6 +44,12 @@ port(Listener) -> call(Listener, port).
 -spec requests(listener()) -> [request()].
 requests(Listener) -> call(Listener, requests).
 
+%% @doc Why each failed TLS handshake failed (ssl:handshake/2's error reasons, oldest
+%% first): a client refusing our certificate sends an alert, e.g.
+%% `{tls_alert, {certificate_expired, _}}'.
+-spec handshake_failures(listener()) -> [term()].
+handshake_failures(Listener) -> call(Listener, handshake_failures).
+
 -spec clear(listener()) -> ok.
 clear(Listener) -> call(Listener, clear).
 
@@ -82,13 +88,19 @@ init(Parent, Reply, Transport, TransportOpts) ->
     Self = self(),
     spawn_link(fun() -> accept(Transport, LSock, Self) end),
     Parent ! {self(), listening},
-    loop(#{port => Port, requests => [], reply => Reply, lsock => LSock}).
+    loop(#{port => Port, requests => [], reply => Reply, lsock => LSock,
+           handshake_failures => []}).
 
 loop(State = #{requests := Requests, reply := Reply}) ->
     receive
         {call, From, Ref, port} -> From ! {Ref, maps:get(port, State)}, loop(State);
         {call, From, Ref, requests} -> From ! {Ref, lists:reverse(Requests)}, loop(State);
-        {call, From, Ref, clear} -> From ! {Ref, ok}, loop(State#{requests := []});
+        {call, From, Ref, handshake_failures} ->
+            From ! {Ref, lists:reverse(maps:get(handshake_failures, State))}, loop(State);
+        {call, From, Ref, clear} ->
+            From ! {Ref, ok}, loop(State#{requests := [], handshake_failures := []});
+        {handshake_failed, Reason} ->
+            loop(State#{handshake_failures := [Reason | maps:get(handshake_failures, State)]});
         {call, From, Ref, {set_reply, New}} -> From ! {Ref, ok}, loop(State#{reply := New});
         {request, From, Request} ->
             {Status, NextReply} = next_reply(Reply),
@@ -115,7 +127,7 @@ accept(ssl, LSock, Server) ->
     %% A failed handshake (a client refusing our certificate) ends only that connection.
     case ssl:handshake(Sock, 5000) of
         {ok, TlsSock} -> serve(ssl, TlsSock, Server);
-        {error, _} -> ok
+        {error, Reason} -> Server ! {handshake_failed, Reason}
     end,
     accept(ssl, LSock, Server).
 

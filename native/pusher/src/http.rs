@@ -1,8 +1,15 @@
 //! HTTP backend: POSTs over a keep-alive reqwest client (rustls for https).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use smallvec::SmallVec;
 
 use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
@@ -10,9 +17,14 @@ use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
 /// How the server's certificate is checked (MongooseIM's `tls.verify_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VerifyMode {
+    /// The chain leads to a trusted root (the built-in roots plus `cacertfile`), and the
+    /// certificate is valid now and for the host name.
     #[default]
     Peer,
-    /// `selfsigned_peer` and `none`: the certificate chain is not checked.
+    /// As `Peer`, and a self-signed certificate is accepted too: only its unknown issuer
+    /// is forgiven; its dates, key usage and host name are checked all the same.
+    SelfSignedPeer,
+    /// Nothing is checked.
     None,
 }
 
@@ -143,41 +155,12 @@ impl HttpBackend {
             Some(rest) => format!("/{rest}"),
             None => format!("/{}", config.path_prefix),
         };
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
+        let builder = reqwest::Client::builder()
+            .use_preconfigured_tls(client_tls(&config.tls)?)
             .timeout(config.request_timeout)
             .pool_max_idle_per_host(config.max_idle_connections)
             .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .tls_sni(config.tls.server_name_indication);
-        let tls = &config.tls;
-        if tls.verify_mode == VerifyMode::None {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        if let Some(path) = &tls.cacertfile {
-            let pem = read_file("cacertfile", path)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| HttpConfigError(format!("bad cacertfile {path}: {e}")))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        match (&tls.certfile, &tls.keyfile) {
-            (Some(cert), Some(key)) => {
-                let mut pem = read_file("certfile", cert)?;
-                pem.push(b'\n');
-                pem.extend(read_file("keyfile", key)?);
-                let identity = reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| HttpConfigError(format!("bad certfile/keyfile: {e}")))?;
-                builder = builder.identity(identity);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(HttpConfigError(
-                    "tls.certfile and tls.keyfile go together".into(),
-                ))
-            }
-        }
+            .tcp_nodelay(true);
         let client = builder
             .build()
             .map_err(|e| HttpConfigError(format!("cannot build HTTP client: {e}")))?;
@@ -196,6 +179,228 @@ impl HttpBackend {
         } else {
             format!("{}/{}", self.prefix_dir, path.trim_start_matches('/'))
         }
+    }
+}
+
+/// The rustls client configuration of a pool: roots, verification mode, client
+/// certificate and SNI. Built here rather than through reqwest's TLS options because
+/// reqwest has no mode that forgives only a self-signed certificate.
+fn client_tls(tls: &TlsConfig) -> Result<rustls::ClientConfig, HttpConfigError> {
+    let provider = crypto_provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match tls.verify_mode {
+        VerifyMode::Peer => chain_verifier(trusted_roots(tls)?, &provider)?,
+        VerifyMode::SelfSignedPeer => Arc::new(AlsoSelfSigned {
+            chain: chain_verifier(trusted_roots(tls)?, &provider)?,
+            provider: provider.clone(),
+        }),
+        VerifyMode::None => Arc::new(NoVerification {
+            schemes: provider
+                .signature_verification_algorithms
+                .supported_schemes(),
+        }),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HttpConfigError(format!("cannot set up TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match (&tls.certfile, &tls.keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let certs = pem_certificates("certfile", certfile)?;
+            let key = PrivateKeyDer::from_pem_slice(&read_file("keyfile", keyfile)?)
+                .map_err(|e| HttpConfigError(format!("bad keyfile {keyfile}: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| HttpConfigError(format!("bad certfile/keyfile: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(HttpConfigError(
+                "tls.certfile and tls.keyfile go together".into(),
+            ))
+        }
+    };
+    config.enable_sni = tls.server_name_indication;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// As reqwest chooses: an application-wide default if one was installed, else ring
+/// (the provider reqwest's "rustls-tls" feature builds).
+fn crypto_provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// The built-in (Mozilla) roots plus those of `cacertfile`.
+fn trusted_roots(tls: &TlsConfig) -> Result<RootCertStore, HttpConfigError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &tls.cacertfile {
+        for cert in pem_certificates("cacertfile", path)? {
+            roots
+                .add(cert)
+                .map_err(|e| HttpConfigError(format!("bad cacertfile {path}: {e}")))?;
+        }
+    }
+    Ok(roots)
+}
+
+fn pem_certificates(
+    what: &str,
+    path: &str,
+) -> Result<Vec<CertificateDer<'static>>, HttpConfigError> {
+    let certs = CertificateDer::pem_slice_iter(&read_file(what, path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| HttpConfigError(format!("bad {what} {path}: {e}")))?;
+    if certs.is_empty() {
+        return Err(HttpConfigError(format!(
+            "no PEM certificate in {what} {path}"
+        )));
+    }
+    Ok(certs)
+}
+
+fn chain_verifier(
+    roots: RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, HttpConfigError> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| HttpConfigError(format!("cannot set up certificate verification: {e}")))
+}
+
+/// `selfsigned_peer`: the WebPKI verification of `peer`, except that a certificate
+/// whose issuer is unknown is accepted when it is self-signed and passes every other
+/// check.
+#[derive(Debug)]
+struct AlsoSelfSigned {
+    chain: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl AlsoSelfSigned {
+    /// Verifies the certificate again with itself as the only trusted root. That passes
+    /// the chain step only if it is its own issuer and signed by its own key; WebPKI
+    /// then checks its dates, key usage and name as for any certificate.
+    fn verify_as_self_signed(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let unknown_issuer = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let mut itself = RootCertStore::empty();
+        if itself.add(end_entity.clone().into_owned()).is_err() {
+            return Err(unknown_issuer);
+        }
+        let Ok(verifier) =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(itself), self.provider.clone())
+                .build()
+        else {
+            return Err(unknown_issuer);
+        };
+        match verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now) {
+            // Not its own issuer, or not signed by its own key: not self-signed.
+            #[allow(deprecated)]
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+                | CertificateError::BadSignature
+                | CertificateError::UnsupportedSignatureAlgorithm
+                | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+                | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+            )) => Err(unknown_issuer),
+            result => result,
+        }
+    }
+}
+
+impl ServerCertVerifier for AlsoSelfSigned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+                self.verify_as_self_signed(end_entity, server_name, ocsp_response, now)
+            }
+            result => result,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// `none`: any certificate, as reqwest's `danger_accept_invalid_certs`.
+#[derive(Debug)]
+struct NoVerification {
+    schemes: Vec<SignatureScheme>,
+}
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
     }
 }
 
@@ -222,6 +427,10 @@ fn classify(status: u16) -> Verdict {
 fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "request_timeout".into()
+    } else if let Some(tls) = tls_failure(error) {
+        let mut text = format!("tls_failed: {tls}");
+        text.truncate(200);
+        text
     } else if error.is_connect() {
         "connection_failed".into()
     } else {
@@ -229,6 +438,26 @@ fn describe(error: &reqwest::Error) -> String {
         text.truncate(200);
         text
     }
+}
+
+/// The TLS error (a refused certificate, a failed handshake) behind a failed request.
+fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    // A few levels (reqwest, hyper, nested io errors); bounded in case of a cycle.
+    for _ in 0..16 {
+        let current = next?;
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // io::Error::source() skips the error it wraps; get_ref() gives it.
+        next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
+    }
+    None
 }
 
 impl Backend for HttpBackend {

@@ -242,10 +242,16 @@ fn instance_config(map: Term) -> Option<InstanceConfig> {
     })
 }
 
+mod http_atoms {
+    rustler::atoms! { selfsigned_peer }
+}
+
 fn http_config(map: Term) -> Option<HttpConfig> {
     let verify: Atom = get(map, "verify_mode")?;
     let verify_mode = if verify == atoms::peer() {
         VerifyMode::Peer
+    } else if verify == http_atoms::selfsigned_peer() {
+        VerifyMode::SelfSignedPeer
     } else if verify == atoms::none() {
         VerifyMode::None
     } else {
