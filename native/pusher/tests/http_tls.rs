@@ -44,11 +44,34 @@ impl Server {
 
 /// An HTTPS server on 127.0.0.1 presenting `chain` (end entity first).
 async fn start_server(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Server {
+    start_server_with_clients(chain, key, None).await
+}
+
+/// As `start_server`; with `client_ca`, only clients with a certificate it issued.
+async fn start_server_with_clients(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<CertificateDer<'static>>,
+) -> Server {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).expect("client CA");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(chain, key)
         .expect("server certificate");
     let acceptor = TlsAcceptor::from(Arc::new(config));
@@ -151,12 +174,15 @@ struct PemFile(std::path::PathBuf);
 
 impl PemFile {
     fn new(certs: &[&Issued]) -> Self {
+        Self::with_text(&certs.iter().map(|c| c.cert.pem()).collect::<String>())
+    }
+
+    fn with_text(pem: &str) -> Self {
         let path = std::env::temp_dir().join(format!(
             "pusher_http_tls_{}_{}.pem",
             std::process::id(),
             FILES.fetch_add(1, Ordering::Relaxed)
         ));
-        let pem: String = certs.iter().map(|c| c.cert.pem()).collect();
         std::fs::write(&path, pem).expect("write PEM");
         PemFile(path)
     }
@@ -356,6 +382,49 @@ async fn a_self_signed_ca_certificate_as_the_server_certificate_is_refused() {
     let mut server = start_server(vec![cert.der()], cert.key_der()).await;
     let client = backend("localhost", server.port, VerifyMode::SelfSignedPeer, None);
     assert_refused(&client, &mut server, "CaUsedAsEndEntity", "").await;
+}
+
+#[tokio::test]
+async fn the_client_certificate_of_certfile_and_keyfile_is_presented() {
+    let server_cert = self_signed_for_localhost();
+    let client_ca = ca("Client CA");
+    let client = issued_by(valid_now(params(&["client.example"], "client")), &client_ca);
+    let certfile = PemFile::new(&[&client]);
+    let keyfile = PemFile::with_text(&client.key.serialize_pem());
+    let mut server = start_server_with_clients(
+        vec![server_cert.der()],
+        server_cert.key_der(),
+        Some(client_ca.der()),
+    )
+    .await;
+    let with_certificate = HttpBackend::new(&HttpConfig {
+        host: format!("https://localhost:{}", server.port),
+        path_prefix: "/".into(),
+        request_timeout: Duration::from_secs(5),
+        max_idle_connections: 1,
+        tls: TlsConfig {
+            verify_mode: VerifyMode::SelfSignedPeer,
+            cacertfile: None,
+            certfile: Some(certfile.path()),
+            keyfile: Some(keyfile.path()),
+            server_name_indication: true,
+        },
+    })
+    .expect("backend");
+    assert_delivered(&with_certificate, &mut server, "with a client certificate").await;
+    // The same server refuses a client without one: the certificate above was needed.
+    let without = backend("localhost", server.port, VerifyMode::SelfSignedPeer, None);
+    let attempt = without.deliver(&event("no client certificate")).await;
+    assert!(
+        matches!(attempt.outcome, AttemptOutcome::NoResponse(_)),
+        "{attempt:?}"
+    );
+    match server.next().await {
+        Seen::HandshakeFailed(text) => {
+            assert!(text.contains("peer sent no certificates"), "{text}")
+        }
+        other => panic!("the server saw {other:?}"),
+    }
 }
 
 #[test]
