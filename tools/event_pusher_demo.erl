@@ -1,13 +1,14 @@
 %% @doc `make demo': the event pusher running in the MongooseIM stand-in, fed by
 %% simulated users, delivering webhooks to a local pusher-sink, publishing to
-%% RabbitMQ on localhost:5672 and to Amazon SNS as moto's emulator serves it, and
-%% sending XEP-0357 push notifications to a fake pubsub service.
+%% RabbitMQ on localhost:5672 and to Amazon SNS, and sending XEP-0357 push
+%% notifications to a fake pubsub service. Every delivery is checked where it
+%% arrived; a check that cannot run fails the demo.
 %%
 %% 1. starts mnesia with a disc schema in _build/demo_mnesia (made afresh; the push
-%%    backend keeps registrations in a disc_copies table), and pusher-sink and moto's
-%%    SNS server on free ports, and creates the configured SNS topics there, each
-%%    with an SQS queue subscribed;
-%% 2. loads examples/mongooseim.toml with those ports filled in and starts the
+%%    backend keeps registrations in a disc_copies table), pusher-sink (webhooks),
+%%    pusher-sink --sns (an SNS stand-in that takes the load) and moto's SNS server
+%%    (an AWS emulator, far slower: it gets a paced sample), on free ports;
+%% 2. loads examples/mongooseim.toml with the sinks' ports filled in and starts the
 %%    configured modules, as a MongooseIM node does at boot (the rabbit backend
 %%    declares its exchanges);
 %% 3. binds a queue of its own to the rabbit backend's exchanges (amqp_probe, a
@@ -20,23 +21,39 @@
 %% 5. for a few seconds the users go online and offline (ejabberd_sm sessions
 %%    opened and closed, user_available, unset_presence) and chat
 %%    (user_send_message for what they send, filter_local_packet for what is
-%%    routed to them, online or offline): mostly chat messages with a body, some
-%%    groupchat, some chat states without a body;
-%% 6. stops the modules (pending events are drained) and prints, per backend, what
-%%    was accepted, delivered, failed and dropped, the delivery latency, and one
-%%    machine-readable line each:
+%%    routed to them, online or offline): mostly chat messages with a body (each
+%%    body unique, so that every delivery can be matched to the event it came
+%%    from), some groupchat, some chat states without a body;
+%% 6. waits until the backends hold nothing more (bounded), stops the modules and
+%%    reads what arrived: the demo's RabbitMQ queue, the publish IQs the pubsub
+%%    service got, the counters of both sinks;
+%% 7. the SNS sample: starts the sns backend alone, from the same file, against
+%%    moto, with an SQS queue subscribed to each of its three topics; 20 users go
+%%    online, chat, send groupchat messages and go offline in rounds, each round
+%%    sent only once moto has taken the previous one; then reads the three queues;
+%% 8. prints the checks, then per backend what was accepted, delivered, failed and
+%%    dropped with the delivery latency, and one machine-readable line each, last:
 %%    `demo: http accepted=N delivered=N failed=N dropped=N' and the same for push,
 %%    where delivered means answered with a result by the pubsub service, rabbit,
 %%    where delivered means confirmed by the broker (publisher confirms are on), and
-%%    sns, where delivered means accepted by SNS.
+%%    sns, where delivered means accepted by the SNS endpoint (pusher-sink --sns).
 %%
-%% main/0 returns ok when every backend's books balance (accepted = delivered +
-%% failed + dropped), something was delivered, each backend accepted exactly the
-%% events it should have, the sink answered exactly as many requests as were
-%% delivered, the pubsub service got exactly as many publish IQs as were delivered,
-%% each as MongooseIM builds it, and at least as many messages as were confirmed
-%% reached the demo's queue, each with MongooseIM's JSON and routing key; error
-%% otherwise.
+%% Deliveries are compared as sets of events: each event the users caused is
+%% expected once (events with the same content, such as a user's repeated
+%% presence, are numbered), an arrival that matches no expected event is
+%% unexpected, one that matches an event already matched is a duplicate.
+%%
+%% main/0 returns ok when every check holds: every backend's books balance
+%% (accepted = delivered + failed + dropped), something was delivered, each backend
+%% accepted exactly the events it should have, and what arrived is what was sent:
+%% the webhook sink answered as many requests as were delivered; the pubsub service
+%% got one publish IQ of MongooseIM's shape per delivered notification, each for an
+%% event sent; the demo's RabbitMQ queue got every confirmed event, with
+%% MongooseIM's JSON and routing key, nothing that was not sent, and no more
+%% duplicates than retries; the SNS stand-in got as many messages as were
+%% delivered; and moto's queues got every event of the sample, each once, with
+%% MongooseIM's JSON. It returns error otherwise, and when a server, the probe or
+%% a wait does not come up within its (generous) bound, with the reason.
 -module(event_pusher_demo).
 
 -export([main/0, main/1]).
@@ -44,6 +61,7 @@
 -include("exml.hrl").
 -include("jlib.hrl").
 
+-define(TEMPLATE, "examples/mongooseim.toml").
 -define(HOST, <<"localhost">>).
 -define(MUC, <<"muc.localhost">>).
 -define(PUBSUB, <<"pubsub.push.localhost">>).
@@ -51,6 +69,16 @@
 %% Presence ({Jid, Online}), the presence locks ({{lock, Jid}}), who enabled push
 %% ({{push, LUser}}) and the first malformed publish IQ ({bad_publish, Why, IQ}).
 -define(PRESENCE, event_pusher_demo_presence).
+%% What the backends should deliver, {{Backend, Event}, Count}, and what the pubsub
+%% service got, {{push_received, Event}, Count}.
+-define(EVENTS, event_pusher_demo_events).
+
+%% Bounds on waiting: generous for a cold, busy machine, and each one fails the demo
+%% with what it waited for.
+-define(SETTLE_TIMEOUT_MS, 120000).  % the backends deliver what they hold
+-define(PROBE_TIMEOUT_MS, 60000).    % the demo's RabbitMQ queue is bound
+-define(ARRIVAL_TIMEOUT_MS, 30000).  % confirmed messages reach the demo's queue
+-define(SQS_TIMEOUT_MS, 60000).      % moto's queues are read
 
 %% Counters of the hooks the users fire.
 -define(C_HOOKS, 1).
@@ -75,7 +103,7 @@
 -define(N_COUNTERS, 15).
 
 -type opts() :: #{users => pos_integer(), duration_ms => pos_integer(),
-                  think_ms => pos_integer()}.
+                  think_ms => pos_integer(), sample_users => pos_integer()}.
 
 -spec main() -> ok | error.
 main() ->
@@ -83,18 +111,57 @@ main() ->
 
 -spec main(opts()) -> ok | error.
 main(Opts0) ->
-    Opts = maps:merge(#{users => 50, duration_ms => 5000, think_ms => 20}, Opts0),
-    MnesiaDir = start_mnesia(),
-    Sink = event_pusher_sink:start([]),
-    {ok, Sns} = sns_emulator:start(),
+    Opts = maps:merge(#{users => 50, duration_ms => 5000, think_ms => 20, sample_users => 20},
+                      Opts0),
     try
-        run(Opts, Sink, Sns)
-    after
-        _ = (catch mongoose_host:stop()),
-        event_pusher_sink:stop(Sink),
-        sns_emulator:stop(Sns),
-        stop_mnesia(MnesiaDir)
+        using("starting mnesia", fun start_mnesia/0, fun stop_mnesia/1,
+              fun(_) -> with_servers(Opts) end)
+    catch
+        throw:{demo_failed, Why} ->
+            io:format("demo: FAILED: ~ts~n", [Why]),
+            error;
+        Class:Reason:Stacktrace ->
+            io:format("demo: FAILED: the demo crashed: ~0tp~n~0tp~n",
+                      [{Class, Reason}, Stacktrace]),
+            error
     end.
+
+with_servers(Opts) ->
+    using("starting pusher-sink", fun() -> event_pusher_sink:start([]) end,
+          fun event_pusher_sink:stop/1,
+          fun(Sink) ->
+                  using("starting pusher-sink --sns",
+                        fun() -> event_pusher_sink:start(["--sns"]) end,
+                        fun event_pusher_sink:stop/1,
+                        fun(SnsSink) ->
+                                using("starting moto's SNS server",
+                                      fun() -> {ok, Moto} = sns_emulator:start(), Moto end,
+                                      fun sns_emulator:stop/1,
+                                      fun(Moto) -> run(Opts, Sink, SnsSink, Moto) end)
+                        end)
+          end).
+
+%% Body(Start()), then Stop(Resource) whatever happens; a Start that fails fails
+%% the demo with What and the reason.
+using(What, Start, Stop, Body) ->
+    Resource = step(What, Start),
+    try
+        Body(Resource)
+    after
+        Stop(Resource)
+    end.
+
+step(What, Fun) ->
+    try
+        Fun()
+    catch
+        throw:{demo_failed, _} = Failed -> throw(Failed);
+        Class:Reason -> fail("~ts: ~0tp", [What, {Class, Reason}])
+    end.
+
+-spec fail(io:format(), [term()]) -> no_return().
+fail(Format, Args) ->
+    throw({demo_failed, io_lib:format(Format, Args)}).
 
 %% Mnesia with a disc schema, as on a MongooseIM node (the push backend's table has
 %% disc copies), in a directory made afresh for each run and removed at the end.
@@ -122,35 +189,54 @@ remove_dir(Dir) ->
         {error, enoent} -> ok
     end.
 
-run(Opts, Sink, Sns) ->
+run(Opts, Sink, SnsSink, Moto) ->
     io:format("demo: mnesia running with a disc schema in ~ts~n",
               [mnesia:system_info(directory)]),
-    io:format("demo: pusher-sink listening on 127.0.0.1:~b, moto's SNS server on ~ts~n",
-              [event_pusher_sink:port(Sink), maps:get(endpoint, Sns)]),
-    %% examples/mongooseim.toml with the sink's and the emulator's ports filled in.
-    Config = event_pusher_sink:load_config("examples/mongooseim.toml",
-                                           #{sink_port => event_pusher_sink:port(Sink),
-                                             sns_port => maps:get(port, Sns)}),
-    SnsTopics = sns_topics(Sns, Config),
-    ok = mongoose_host:start(Config),
+    io:format("demo: pusher-sink on 127.0.0.1:~b (webhooks), pusher-sink --sns on "
+              "127.0.0.1:~b (SNS), moto's SNS server on ~ts (the SNS sample)~n",
+              [event_pusher_sink:port(Sink), event_pusher_sink:port(SnsSink),
+               maps:get(endpoint, Moto)]),
+    Ets = [ets:new(Name, [named_table, public, set, {write_concurrency, true},
+                          {read_concurrency, true}]) || Name <- [?PRESENCE, ?EVENTS]],
+    try
+        %% examples/mongooseim.toml with the sinks' ports filled in.
+        Config = event_pusher_sink:load_config(?TEMPLATE,
+                                               #{sink_port => event_pusher_sink:port(Sink),
+                                                 sns_port => event_pusher_sink:port(SnsSink)}),
+        {Final, Context} = try
+                               load_phase(Opts, Config, Sink, SnsSink)
+                           after
+                               _ = (catch mongoose_host:stop())
+                           end,
+        Sample = try
+                     sample_phase(Opts, Sink, Moto)
+                 after
+                     _ = (catch mongoose_host:stop())
+                 end,
+        report(Final, Context#{sample => Sample})
+    after
+        [ets:delete(T) || T <- Ets]
+    end.
+
+%% The load: every configured backend, the users at full speed.
+load_phase(Opts, Config, Sink, SnsSink) ->
+    step("starting the modules of " ?TEMPLATE, fun() -> ok = mongoose_host:start(Config) end),
     Backends = backends(),
     Exchanges = rabbit_exchanges(),
     Probe = start_probe(Exchanges),
     try
-        simulate(Opts, Sink, Backends, Exchanges, Probe, {Sns, SnsTopics})
+        simulate(Opts, Sink, SnsSink, Backends, Exchanges, Probe)
     after
         stop_probe(Probe)
     end.
 
-simulate(#{users := NUsers, duration_ms := Duration} = Opts0, Sink, Backends, Exchanges,
-         Probe, Sns) ->
+simulate(#{users := NUsers, duration_ms := Duration} = Opts0, Sink, SnsSink, Backends,
+         Exchanges, Probe) ->
     Push = lists:keymember("push", 1, Backends),
     Opts = Opts0#{push => Push},
     io:format("demo: backends ~ts; ~b users for ~.1f s~n",
               [lists:join(", ", [Name || {Name, _} <- Backends]), NUsers, Duration / 1000]),
     Counters = counters:new(?N_COUNTERS, [write_concurrency]),
-    ets:new(?PRESENCE, [named_table, public, set, {write_concurrency, true},
-                        {read_concurrency, true}]),
     [ok = ejabberd_auth:register_user(user_jid(I)) || I <- lists:seq(1, NUsers)],
     case Push of
         true -> start_pubsub_service(Counters);
@@ -179,7 +265,8 @@ simulate(#{users := NUsers, duration_ms := Duration} = Opts0, Sink, Backends, Ex
               [counters:get(Counters, ?C_HOOKS), counters:get(Counters, ?C_SENT),
                counters:get(Counters, ?C_RECEIVED), counters:get(Counters, ?C_RECEIVED_OFFLINE),
                counters:get(Counters, ?C_PRESENCE), counters:get(Counters, ?C_WEBHOOKS)]),
-    io:format("demo: stopping the modules (draining)~n"),
+    settle(Backends, "the load", verbose),
+    io:format("demo: stopping the modules~n"),
     T0 = erlang:monotonic_time(millisecond),
     ok = mongoose_modules:stop(),
     io:format("demo: stopped in ~b ms~n", [erlang:monotonic_time(millisecond) - T0]),
@@ -193,15 +280,55 @@ simulate(#{users := NUsers, duration_ms := Duration} = Opts0, Sink, Backends, Ex
                  groupchat_sent => counters:get(Counters, ?C_GROUPCHAT_SENT),
                  push => counters:get(Counters, ?C_PUSH_EXPECTED)},
     Context = #{expected => Expected,
+                http_sent => Sent,
                 sink_requests => event_pusher_sink:requests(Sink),
+                sns_sink => event_pusher_sink:stats(SnsSink),
                 pubsub => #{requests => counters:get(Counters, ?C_PUBSUB_REQUESTS),
                             bad => counters:get(Counters, ?C_PUBSUB_BAD),
-                            first_bad => ets:lookup(?PRESENCE, bad_publish)},
+                            first_bad => ets:lookup(?PRESENCE, bad_publish),
+                            matched => compare(expected_events(push),
+                                               received_events(push_received))},
                 rabbit_skipped => rabbit_skipped_metrics(),
-                arrived => arrived(Probe, Exchanges, Final),
-                sns_presence => sns_presence_arrived(Sns, Expected)},
-    ets:delete(?PRESENCE),
-    report(Final, Sent, Context).
+                arrived => arrived(Probe, Exchanges, Final)},
+    {Final, Context}.
+
+%% Waits until no backend holds an event (queued or in flight): what the users
+%% caused is delivered (or failed) before the modules stop, however slow the
+%% machine, within ?SETTLE_TIMEOUT_MS.
+settle(Backends, What, Verbosity) ->
+    T0 = erlang:monotonic_time(millisecond),
+    case pending(Backends) of
+        [] ->
+            ok;
+        Pending ->
+            [io:format("demo: waiting for the backends to deliver what they hold (~ts)~n",
+                       [format_pending(Pending)]) || Verbosity =:= verbose],
+            settle_loop(Backends, T0 + ?SETTLE_TIMEOUT_MS, What),
+            [io:format("demo: the backends delivered what they held in ~b ms~n",
+                       [erlang:monotonic_time(millisecond) - T0]) || Verbosity =:= verbose],
+            ok
+    end.
+
+settle_loop(Backends, Deadline, What) ->
+    case pending(Backends) of
+        [] ->
+            ok;
+        Pending ->
+            case erlang:monotonic_time(millisecond) >= Deadline of
+                true -> fail("the backends still hold events of ~ts after ~b s: ~ts",
+                             [What, ?SETTLE_TIMEOUT_MS div 1000, format_pending(Pending)]);
+                false -> timer:sleep(20), settle_loop(Backends, Deadline, What)
+            end
+    end.
+
+pending(Backends) ->
+    [{Name, Q, F} || {Name, Instances} <- Backends,
+                     #{queued := Q, in_flight := F} <- [backend_stats(Instances)],
+                     Q + F > 0].
+
+format_pending(Pending) ->
+    lists:join(", ", [io_lib:format("~ts ~b queued, ~b in flight", [Name, Q, F])
+                      || {Name, Q, F} <- Pending]).
 
 %% The configured backends and their Rust instances (kept so that their final
 %% counters can be read after the modules have stopped).
@@ -243,40 +370,42 @@ rabbit_skipped_metrics() ->
                                             #{host_type => ?HOST}),
     lists:sum([N || #{skipped := N} <- Events]).
 
-%% SNS: the sns backend's topics in moto, and what reached the presence topic
+%% Expected and received events, compared as sets
 
-%% Creates the configured topics in the emulator; the presence topic gets an SQS queue
-%% subscribed (the chat topics get thousands of messages: moto slows down a lot as
-%% its queues fill).
-sns_topics(Sns, Config) ->
-    Modules = proplists:get_value({modules, ?HOST}, Config, #{}),
-    case maps:get(mod_event_pusher, Modules, #{}) of
-        #{sns := Opts} ->
-            Names = fun(Keys) -> [list_to_binary(maps:get(K, Opts))
-                                  || K <- Keys, maps:is_key(K, Opts)]
-                    end,
-            Queued = Names([presence_updates_topic]),
-            Bare = Names([pm_messages_topic, muc_messages_topic]),
-            Topics = sns_emulator:setup(Sns, Queued, Bare),
-            io:format("demo: SNS topics created in moto: ~ts (with an SQS queue subscribed), "
-                      "~ts~n", [lists:join(", ", Queued), lists:join(", ", Bare)]),
-            case maps:find(presence_updates_topic, Opts) of
-                {ok, Presence} -> maps:get(list_to_binary(Presence), Topics);
-                error -> none
-            end;
-        _ ->
-            none
-    end.
+%% The simulation expects Event of Backend once more.
+expect(Backend, Event) ->
+    Key = {Backend, Event},
+    _ = ets:update_counter(?EVENTS, Key, 1, {Key, 0}),
+    ok.
 
-%% Every presence notification, read back from the SQS queue subscribed to the
-%% presence topic.
-sns_presence_arrived({_Sns, none}, _Expected) ->
-    skipped;
-sns_presence_arrived({Sns, #{queue_url := Queue}}, #{presence := N}) ->
-    Messages = sns_emulator:receive_messages(Sns, Queue, N, 20000),
-    Good = [M || #{<<"decoded_message">> := #{<<"user_id">> := U, <<"present">> := P}} = M
-                     <- Messages, is_binary(U), is_boolean(P)],
-    #{total => length(Messages), good => length(Good)}.
+expected_events(Backend) ->
+    maps:from_list(ets:select(?EVENTS, [{{{Backend, '$1'}, '$2'}, [], [{{'$1', '$2'}}]}])).
+
+received_events(Tag) ->
+    expected_events(Tag).
+
+%% Expected #{Event => Count} against received #{Event => Count}: matched counts
+%% each expected event at most once, unexpected what matches no expected event,
+%% duplicates the arrivals beyond an event's count; missing what never arrived.
+compare(Expected, Received) ->
+    Counts = maps:fold(
+               fun(Event, R, {Matched, Unexpected, Duplicates}) ->
+                       case maps:get(Event, Expected, 0) of
+                           0 -> {Matched, Unexpected + R, Duplicates};
+                           E -> {Matched + min(E, R), Unexpected, Duplicates + max(0, R - E)}
+                       end
+               end, {0, 0, 0}, Received),
+    {Matched, Unexpected, Duplicates} = Counts,
+    #{expected => lists:sum(maps:values(Expected)), matched => Matched,
+      unexpected => Unexpected, duplicates => Duplicates,
+      missing => lists:sum(maps:values(Expected)) - Matched}.
+
+count_events(Events) ->
+    count_events(Events, #{}).
+
+count_events(Events, Counts) ->
+    lists:foldl(fun(E, Acc) -> maps:update_with(E, fun(N) -> N + 1 end, 1, Acc) end,
+                Counts, Events).
 
 %% RabbitMQ: the rabbit backend's exchanges and what arrived there
 
@@ -293,66 +422,102 @@ rabbit_exchanges() ->
             []
     end.
 
-%% A queue of the demo's own, bound with `#' to each exchange (which the module has
-%% declared by now): every message routed after this returns is recorded.
+%% A queue of the demo's own, bound with `#' to each exchange: every message routed
+%% after this returns is recorded. The rabbit backend declares its exchanges once
+%% connected, so a binding refused because an exchange is not there yet (NOT_FOUND)
+%% is tried again, until the bound.
 start_probe([]) ->
-    {none, "the rabbit backend is not configured"};
+    none;
 start_probe(Exchanges) ->
-    case code:ensure_loaded(amqp_probe) of
-        {module, amqp_probe} ->
-            case amqp_probe:try_start([{Name, <<"#">>} || {_, Name, _} <- Exchanges]) of
-                {ok, Probe} ->
-                    io:format("demo: a queue of the demo's own is bound to the exchanges ~ts~n",
-                              [lists:join(", ", [Name || {_, Name, _} <- Exchanges])]),
-                    Probe;
-                {error, Reason} ->
-                    {none, io_lib:format("amqp_probe did not start: ~p", [Reason])}
-            end;
+    Binds = [{Name, <<"#">>} || {_, Name, _} <- Exchanges],
+    Executable = step("finding amqp_probe (native/amqp_tools)",
+                      fun() -> {ok, Exe} = amqp_probe:executable(), Exe end),
+    Deadline = erlang:monotonic_time(millisecond) + ?PROBE_TIMEOUT_MS,
+    Probe = start_probe(Binds, Deadline, Executable),
+    io:format("demo: a queue of the demo's own is bound to the exchanges ~ts~n",
+              [lists:join(", ", [Name || {_, Name, _} <- Exchanges])]),
+    Probe.
+
+start_probe(Binds, Deadline, Executable) ->
+    Left = Deadline - erlang:monotonic_time(millisecond),
+    case amqp_probe:try_start(Binds, #{timeout => max(0, Left)}) of
+        {ok, Probe} ->
+            Probe;
         {error, Reason} ->
-            {none, io_lib:format("amqp_probe is not available (~p)", [Reason])}
+            NotDeclaredYet = is_binary(Reason) andalso binary:match(Reason, <<"NOT_FOUND">>)
+                =/= nomatch,
+            case NotDeclaredYet andalso erlang:monotonic_time(millisecond) < Deadline of
+                true ->
+                    timer:sleep(200),
+                    start_probe(Binds, Deadline, Executable);
+                false ->
+                    fail("the RabbitMQ cross-check cannot run: ~ts did not bind a queue to "
+                         "the rabbit backend's exchanges within ~b s: ~0tp",
+                         [Executable, ?PROBE_TIMEOUT_MS div 1000, Reason])
+            end
     end.
 
-stop_probe({none, _}) -> ok;
+stop_probe(none) -> ok;
 stop_probe(Probe) -> amqp_probe:stop(Probe).
 
-%% What reached the demo's queue: at least as many messages as the broker confirmed,
-%% or a timeout. Every payload and routing key is checked against what MongooseIM
-%% publishes.
-arrived({none, Why}, _Exchanges, _Final) ->
-    {skipped, Why};
+%% What reached the demo's queue, once every confirmed event has (or the bound has
+%% passed), compared with what the users caused. Every payload and routing key is
+%% checked against what MongooseIM publishes.
+arrived(none, _Exchanges, _Final) ->
+    none;
 arrived(Probe, Exchanges, Final) ->
     Confirmed = case lists:keyfind("rabbit", 1, Final) of
                     {_, #{delivered := D}} -> D;
                     false -> 0
                 end,
-    {_, Messages} = amqp_probe:wait_for_messages(Probe, Confirmed, 5000),
+    Expected = expected_events(rabbit),
     Kinds = [{Name, {Kind, Topics}} || {Kind, Name, Topics} <- Exchanges],
-    Checked = [{check_message(M, Kinds), M} || M <- Messages],
-    #{total => length(Messages),
-      by_kind => maps:from_list(
-                   [{Kind, length([ok || {{ok, K}, _} <- Checked, K =:= Kind])}
-                    || {Kind, _, _} <- Exchanges]),
-      bad => [{Why, M} || {{bad, Why}, M} <- Checked]}.
+    Deadline = erlang:monotonic_time(millisecond) + ?ARRIVAL_TIMEOUT_MS,
+    arrived_loop(Probe, Kinds, Expected, Confirmed, Deadline).
 
+arrived_loop(Probe, Kinds, Expected, Confirmed, Deadline) ->
+    _ = amqp_probe:wait_for_messages(Probe, Confirmed,
+                                     max(0, Deadline - erlang:monotonic_time(millisecond))),
+    Messages = amqp_probe:messages(Probe),
+    Checked = [{check_message(M, Kinds), M} || M <- Messages],
+    Match = compare(Expected, count_events([Event || {{ok, _, Event}, _} <- Checked])),
+    case maps:get(matched, Match) < Confirmed
+        andalso erlang:monotonic_time(millisecond) < Deadline of
+        true ->
+            %% Duplicates made up the count: wait for the rest.
+            timer:sleep(200),
+            arrived_loop(Probe, Kinds, Expected, Confirmed, Deadline);
+        false ->
+            Match#{total => length(Messages),
+                   by_kind => maps:from_list(
+                                [{Kind, length([ok || {{ok, K, _}, _} <- Checked, K =:= Kind])}
+                                 || {_, {Kind, _}} <- Kinds]),
+                   bad => [{Why, M} || {{bad, Why}, M} <- Checked]}
+    end.
+
+%% {ok, Kind, Event} (Event as the simulation expects it) or {bad, Why}.
 check_message(#{exchange := Exchange, routing_key := Key, payload := Payload}, Kinds) ->
     case {lists:keyfind(Exchange, 1, Kinds), json(Payload)} of
         {false, _} ->
             {bad, unexpected_exchange};
         {_, error} ->
             {bad, not_json};
-        {{_, {presence, []}}, #{<<"user_id">> := User, <<"present">> := Present}}
-          when is_binary(User), is_boolean(Present) ->
+        {{_, {presence, []}}, #{<<"user_id">> := User, <<"present">> := Present} = Json}
+          when is_binary(User), is_boolean(Present), map_size(Json) =:= 2 ->
             case Key =:= bare(User) of
-                true -> {ok, presence};
+                true -> {ok, presence, {presence, User, Present}};
                 false -> {bad, routing_key}
             end;
-        {{_, {Kind, Topics}}, #{<<"from_user_id">> := From, <<"to_user_id">> := To,
-                                <<"message">> := Body}}
-          when is_binary(From), is_binary(To), is_binary(Body), Body =/= <<>> ->
-            case lists:member(Key, [<<(bare(From))/binary, ".", (hd(Topics))/binary>>,
-                                    <<(bare(To))/binary, ".", (lists:last(Topics))/binary>>]) of
-                true -> {ok, Kind};
-                false -> {bad, routing_key}
+        {{_, {Kind, [SentTopic, RecvTopic]}}, #{<<"from_user_id">> := From, <<"to_user_id">> := To,
+                                                <<"message">> := Body} = Json}
+          when is_binary(From), is_binary(To), is_binary(Body), Body =/= <<>>,
+               map_size(Json) =:= 3 ->
+            Sent = <<(bare(From))/binary, ".", SentTopic/binary>>,
+            Received = <<(bare(To))/binary, ".", RecvTopic/binary>>,
+            case Key of
+                Sent -> {ok, Kind, {Kind, sent, From, To, Body}};
+                Received -> {ok, Kind, {Kind, recv, From, To, Body}};
+                _ -> {bad, routing_key}
             end;
         {_, _} ->
             {bad, unexpected_json}
@@ -365,6 +530,140 @@ json(Payload) ->
 
 bare(Jid) ->
     hd(binary:split(Jid, <<"/">>)).
+
+%% The SNS sample: the sns backend alone, against moto
+
+%% moto stores every message it fans out to SQS and scans a queue's messages on
+%% each call, so it takes tens to hundreds of messages a second, fewer as its
+%% queues fill: the load goes to pusher-sink --sns, and moto gets a sample, paced:
+%% a round of events goes out only when the previous one is delivered.
+sample_phase(#{sample_users := NUsers}, Sink, Moto) ->
+    Config0 = event_pusher_sink:load_config(?TEMPLATE,
+                                             #{sink_port => event_pusher_sink:port(Sink),
+                                               sns_port => maps:get(port, Moto)}),
+    Modules = proplists:get_value({modules, ?HOST}, Config0, #{}),
+    case maps:get(mod_event_pusher, Modules, #{}) of
+        #{sns := SnsOpts} ->
+            %% mod_event_pusher with its sns backend (the parser lists each backend's
+            %% module too, as MongooseIM resolves dependencies), and no pools.
+            SnsOnly = #{mod_event_pusher => #{sns => SnsOpts},
+                        mod_event_pusher_sns => maps:get(mod_event_pusher_sns, Modules)},
+            Config = [{K, V} || {K, V} <- Config0, K =/= {modules, ?HOST}, K =/= outgoing_pools]
+                ++ [{{modules, ?HOST}, SnsOnly}, {outgoing_pools, []}],
+            sample(NUsers, Config, SnsOpts, Moto);
+        _ ->
+            none
+    end.
+
+sample(NUsers, Config, SnsOpts, Moto) ->
+    %% Kind => topic name, for the topics configured.
+    Topics = maps:from_list([{Kind, list_to_binary(Name)}
+                             || {Kind, Option} <- [{presence, presence_updates_topic},
+                                                   {pm, pm_messages_topic},
+                                                   {muc, muc_messages_topic}],
+                                {ok, Name} <- [maps:find(Option, SnsOpts)]]),
+    Queues = step("creating the SNS topics and SQS queues in moto",
+                  fun() -> sns_emulator:setup(Moto, maps:values(Topics)) end),
+    io:format("demo: SNS sample: the sns backend alone against moto, topics ~ts, each with "
+              "an SQS queue subscribed; ~b users, in rounds~n",
+              [lists:join(", ", maps:values(Topics)), NUsers]),
+    step("starting the sns backend against moto", fun() -> ok = mongoose_host:start(Config) end),
+    Instance = mod_event_pusher_instance:instance(?HOST, sns),
+    Backend = [{"sns (moto)", [Instance]}],
+    Users = [user_jid(I) || I <- lists:seq(1, NUsers)],
+    Room = jid:make_noprep(<<"lobby">>, ?MUC, <<>>),
+    Chat = fun(Me) -> sample_message(Me, peer(Me, NUsers), <<"chat">>, [body(Me)]) end,
+    ChatState = fun(Me) -> sample_message(Me, peer(Me, NUsers), <<"chat">>, [chat_state()]) end,
+    Groupchat = fun(Me) -> sample_message(Me, Room, <<"groupchat">>, [body(Me)]) end,
+    Rounds = [fun(Me) -> sample_presence(Me, true) end,
+              Chat, Chat, ChatState, Groupchat, Chat, Groupchat, Chat,
+              fun(Me) -> sample_presence(Me, false) end],
+    T0 = erlang:monotonic_time(millisecond),
+    Expected = lists:foldl(
+                 fun({N, Round}, Acc) ->
+                         Events = [Round(Me) || Me <- Users],
+                         settle(Backend, io_lib:format("the SNS sample's round ~b", [N]), quiet),
+                         lists:foldl(fun(none, A) -> A;
+                                        ({Kind, Event}, A) ->
+                                             A#{Kind => count_events([Event],
+                                                                     maps:get(Kind, A, #{}))}
+                                     end, Acc, Events)
+                 end, #{}, lists:zip(lists:seq(1, length(Rounds)), Rounds)),
+    ok = mongoose_modules:stop(),
+    Stats = backend_stats([Instance]),
+    Sent = lists:sum([lists:sum(maps:values(M)) || M <- maps:values(Expected)]),
+    io:format("demo: SNS sample: ~b events in ~b rounds, delivered to moto in ~b ms; "
+              "reading its SQS queues~n",
+              [Sent, length(Rounds), erlang:monotonic_time(millisecond) - T0]),
+    %% {Kind, Topic name, its SQS queue, the events expected there}
+    TopicQueues = [{Kind, Name, maps:get(queue_url, maps:get(Name, Queues)),
+                    maps:get(Kind, Expected, #{})}
+                   || {Kind, Name} <- lists:sort(maps:to_list(Topics))],
+    ByQueue = step("reading moto's SQS queues",
+                   fun() ->
+                           sns_emulator:receive_all(
+                             Moto, [{Url, lists:sum(maps:values(Events))}
+                                    || {_, _, Url, Events} <- TopicQueues],
+                             ?SQS_TIMEOUT_MS)
+                   end),
+    Arns = maps:from_list([{maps:get(topic_arn, maps:get(Name, Queues)), Kind}
+                           || {Kind, Name} <- maps:to_list(Topics)]),
+    PerTopic = [{Kind, Name, sample_arrived(Kind, Arns, Events, maps:get(Url, ByQueue, []))}
+                || {Kind, Name, Url, Events} <- TopicQueues],
+    #{stats => Stats, sent => Sent, topics => PerTopic}.
+
+%% A presence change or a sent message, through the hooks MongooseIM runs; the
+%% SNS event it should cause ({Kind, Event}), or none.
+sample_presence(Me, Online) ->
+    Acc = case Online of
+              true -> acc(Me, jid:to_bare(Me), presence(Me, []));
+              false -> acc(Me, jid:to_bare(Me), presence(Me, [{<<"type">>, <<"unavailable">>}]))
+          end,
+    {_, _} = case Online of
+                 true -> gen_hook:run_fold(user_available, ?HOST, Acc, #{jid => Me});
+                 false -> gen_hook:run_fold(unset_presence, ?HOST, Acc,
+                                            #{jid => Me, status => <<>>})
+             end,
+    {presence, {presence, jid:to_bare_binary(Me), Online}}.
+
+sample_message(From, To, Type, Children) ->
+    Msg = message(From, To, Type, Children),
+    {_, _} = gen_hook:run_fold(user_send_message, ?HOST, acc(From, To, Msg), #{}),
+    case {Type, message_body(Msg)} of
+        {_, undefined} -> none;
+        {<<"chat">>, Body} -> {pm, {pm, jid:to_bare_binary(From), jid:to_bare_binary(To), Body}};
+        {<<"groupchat">>, Body} -> {muc, {muc, jid:to_bare_binary(From), jid:to_bare_binary(To),
+                                          Body}}
+    end.
+
+%% What one topic's queue got, compared with what the sample sent there.
+sample_arrived(Kind, Arns, Expected, Messages) ->
+    Checked = [check_notification(M, Kind, Arns) || M <- Messages],
+    (compare(Expected, count_events([Event || {ok, Event} <- Checked])))
+        #{total => length(Messages), bad => [Why || {bad, Why} <- Checked]}.
+
+%% An SQS body: the SNS envelope of a notification of this topic, with MongooseIM's
+%% JSON and no message attributes (mod_event_pusher_sns_defaults sets none).
+check_notification(#{<<"Type">> := <<"Notification">>, <<"TopicArn">> := Arn,
+                     <<"decoded_message">> := Json} = Envelope, Kind, Arns) ->
+    Attributes = maps:get(<<"MessageAttributes">>, Envelope, #{}),
+    case {maps:get(Arn, Arns, undefined), Json} of
+        {Kind, _} when Attributes =/= #{} ->
+            {bad, {message_attributes, Attributes}};
+        {presence, #{<<"user_id">> := User, <<"present">> := Present}}
+          when Kind =:= presence, is_binary(User), is_boolean(Present), map_size(Json) =:= 2 ->
+            {ok, {presence, User, Present}};
+        {Kind, #{<<"from_user_id">> := From, <<"to_user_id">> := To, <<"message">> := Body}}
+          when Kind =/= presence, is_binary(From), is_binary(To), is_binary(Body),
+               map_size(Json) =:= 3 ->
+            {ok, {Kind, From, To, Body}};
+        {Kind, _} ->
+            {bad, {unexpected_json, Json}};
+        {Other, _} ->
+            {bad, {topic, Arn, Other}}
+    end;
+check_notification(Other, _Kind, _Arns) ->
+    {bad, {not_a_notification, Other}}.
 
 %% Simulated users
 
@@ -400,25 +699,28 @@ act(Me, true, R, NUsers, Counters) when R < 0.75 ->
 act(Me, true, R, NUsers, Counters) when R < 0.85 ->
     %% A chat state notification: a chat message without a body.
     Peer = peer(Me, NUsers),
-    chat(Me, Peer, <<"chat">>, [#xmlel{name = <<"composing">>,
-                                       attrs = #{<<"xmlns">> => <<"http://jabber.org/protocol/chatstates">>}}],
-         Counters);
+    chat(Me, Peer, <<"chat">>, [chat_state()], Counters);
 act(Me, true, _R, NUsers, Counters) ->
     groupchat(Me, NUsers, Counters).
 
 chat(From, To, Type, Children, Counters) ->
     Msg = message(From, To, Type, Children),
     %% The rabbit backend publishes chat messages with a body, and skips the others.
-    HasBody = lists:keymember(<<"body">>, #xmlel.name, Children),
+    Body = message_body(Msg),
+    HasBody = Body =/= undefined,
     Rabbit = case HasBody of
                  true -> ?C_RABBIT_CHAT;
                  false -> ?C_RABBIT_SKIPPED
              end,
+    {FromBin, ToBin} = {jid:to_binary(From), jid:to_binary(To)},
     send(From, To, Msg, Counters),
     counters:add(Counters, Rabbit, 1),
-    case Rabbit of
-        ?C_RABBIT_CHAT -> counters:add(Counters, ?C_WEBHOOKS, 1);
-        _ -> ok
+    case HasBody of
+        true ->
+            counters:add(Counters, ?C_WEBHOOKS, 1),
+            expect(rabbit, {chat, sent, FromBin, ToBin, Body});
+        false ->
+            ok
     end,
     %% Then routed to the recipient, online or not (offline storage is not simulated):
     %% the rabbit backend publishes it again (received), and the push backend
@@ -427,9 +729,15 @@ chat(From, To, Type, Children, Counters) ->
                                    Online = is_online(To),
                                    deliver(From, To, Msg, Online, Counters),
                                    counters:add(Counters, Rabbit, 1),
+                                   [expect(rabbit, {chat, recv, FromBin, ToBin, Body})
+                                    || HasBody],
                                    case not Online andalso HasBody andalso push_enabled(To) of
-                                       true -> counters:add(Counters, ?C_PUSH_EXPECTED, 1);
-                                       false -> ok
+                                       true ->
+                                           counters:add(Counters, ?C_PUSH_EXPECTED, 1),
+                                           expect(push, {To#jid.luser, jid:to_bare_binary(From),
+                                                         Body});
+                                       false ->
+                                           ok
                                    end
                            end).
 
@@ -441,13 +749,16 @@ groupchat(Me, NUsers, Counters) ->
     send(Me, Room, Msg, Counters),
     counters:add(Counters, ?C_RABBIT_GROUPCHAT, 1),
     counters:add(Counters, ?C_GROUPCHAT_SENT, 1),
+    expect(rabbit, {groupchat, sent, jid:to_binary(Me), jid:to_binary(Room), message_body(Msg)}),
     Nick = jid:make_noprep(<<"lobby">>, ?MUC, Me#jid.luser),
     Reflect = fun(Occupant) ->
                       case is_online(Occupant) of
                           true ->
-                              deliver(Nick, Occupant, message(Nick, Occupant, <<"groupchat">>,
-                                                              [body(Me)]), true, Counters),
-                              counters:add(Counters, ?C_RABBIT_GROUPCHAT, 1);
+                              Reflected = message(Nick, Occupant, <<"groupchat">>, [body(Me)]),
+                              deliver(Nick, Occupant, Reflected, true, Counters),
+                              counters:add(Counters, ?C_RABBIT_GROUPCHAT, 1),
+                              expect(rabbit, {groupchat, recv, jid:to_binary(Nick),
+                                              jid:to_binary(Occupant), message_body(Reflected)});
                           false ->
                               ok
                       end
@@ -479,6 +790,7 @@ online(Me, Counters) ->
     Acc = acc(Me, jid:to_bare(Me), presence(Me, [])),
     {_, _} = gen_hook:run_fold(user_available, ?HOST, Acc, #{jid => Me}),
     counters:add(Counters, ?C_RABBIT_PRESENCE, 1),
+    expect(rabbit, {presence, jid:to_binary(Me), true}),
     count(Counters, ?C_PRESENCE),
     Sid.
 
@@ -490,6 +802,7 @@ offline(Me, Counters) ->
     Acc = acc(Me, jid:to_bare(Me), presence(Me, [{<<"type">>, <<"unavailable">>}])),
     {_, _} = gen_hook:run_fold(unset_presence, ?HOST, Acc, #{jid => Me, status => <<>>}),
     counters:add(Counters, ?C_RABBIT_PRESENCE, 1),
+    expect(rabbit, {presence, jid:to_binary(Me), false}),
     count(Counters, ?C_PRESENCE).
 
 count(Counters, Kind) ->
@@ -542,12 +855,24 @@ presence(Me, Attrs) ->
     #xmlel{name = <<"presence">>,
            attrs = maps:from_list([{<<"from">>, jid:to_binary(Me)} | Attrs])}.
 
+%% "user7: hi! (#1234)": the sender's name, then a text, then a number no other
+%% body has, so that each delivery names the event it came from.
 body(#jid{luser = User}) ->
     Texts = [<<"hi!">>, <<"are we still on for lunch?">>, <<"sure, 12:30 at the usual place">>,
              <<"ok & see you there">>, <<"running 5 min late, sorry">>,
              <<"did you see the release notes? ", 16#e2, 16#9c, 16#85>>],
     Text = lists:nth(rand:uniform(length(Texts)), Texts),
-    #xmlel{name = <<"body">>, children = [#xmlcdata{content = <<User/binary, ": ", Text/binary>>}]}.
+    Number = integer_to_binary(erlang:unique_integer([positive])),
+    #xmlel{name = <<"body">>,
+           children = [#xmlcdata{content = <<User/binary, ": ", Text/binary, " (#",
+                                             Number/binary, ")">>}]}.
+
+message_body(Msg) ->
+    exml_query:path(Msg, [{element, <<"body">>}, cdata]).
+
+chat_state() ->
+    #xmlel{name = <<"composing">>,
+           attrs = #{<<"xmlns">> => <<"http://jabber.org/protocol/chatstates">>}}.
 
 %% Push: enabling, and the fake pubsub service
 
@@ -586,7 +911,9 @@ start_pubsub_service(Counters) ->
            fun(Request) ->
                    counters:add(Counters, ?C_PUBSUB_REQUESTS, 1),
                    case check_publish(Request) of
-                       ok ->
+                       {ok, Notification} ->
+                           Key = {push_received, Notification},
+                           _ = ets:update_counter(?EVENTS, Key, 1, {Key, 0}),
                            ok;
                        {bad, Why} ->
                            counters:add(Counters, ?C_PUBSUB_BAD, 1),
@@ -601,7 +928,7 @@ start_pubsub_service(Counters) ->
 %% namespaces, fields and their order), with the values of a message from one demo
 %% user to another who enabled push: the recipient's node and publish options, the
 %% sender's bare JID, and a body the sender wrote (the demo's bodies start with the
-%% sender's name).
+%% sender's name). A good one gives the notification {Recipient's user, Sender, Body}.
 check_publish(IQ) ->
     PubSub = [{element_with_ns, <<"pubsub">>, ?NS_PUBSUB}],
     Publish = PubSub ++ [{element, <<"publish">>}],
@@ -631,7 +958,7 @@ check_publish(IQ) ->
                                       _ -> false
                                   end}],
     case [Why || {Why, false} <- Checks] of
-        [] -> ok;
+        [] -> {ok, {User, Sender, Body}};
         [Why | _] -> {bad, Why}
     end.
 
@@ -696,15 +1023,21 @@ progress_backend(Name, #{accepted := A, delivered := D}) ->
 %% Final report
 
 %% Checks first, then the table, then the machine-readable lines, last.
-report(Final, Sent, Context) ->
+report(Final, Context) ->
     io:format("demo: mod_event_pusher_http_sent metric events: ~b (one per answered "
-              "request)~n", [Sent]),
+              "request)~n", [maps:get(http_sent, Context)]),
     case lists:keymember("push", 1, Final) of
         true -> report_pubsub(maps:get(pubsub, Context));
         false -> ok
     end,
     report_arrived(maps:get(arrived, Context)),
-    Checks = lists:append([checks(Name, Stats, Context) || {Name, Stats} <- Final]),
+    case lists:keymember("sns", 1, Final) of
+        true -> report_sns_sink(maps:get(sns_sink, Context));
+        false -> ok
+    end,
+    report_sample(maps:get(sample, Context)),
+    Checks = lists:append([checks(Name, Stats, Context) || {Name, Stats} <- Final])
+        ++ sample_checks(maps:get(sample, Context)),
     [io:format("check: ~-6s ~ts~n", [case Ok of true -> "ok"; false -> "FAILED" end, What])
      || {What, Ok} <- Checks],
     io:format("~n~-8s ~10s ~10s ~8s ~8s ~8s ~12s ~12s~n",
@@ -730,14 +1063,35 @@ report_pubsub(#{requests := Requests, bad := Bad, first_bad := FirstBad}) ->
      || {bad_publish, Why, IQ} <- FirstBad],
     ok.
 
-report_arrived({skipped, Why}) ->
-    io:format("demo: RabbitMQ cross-check skipped: ~ts~n", [Why]);
-report_arrived(#{total := Total, by_kind := ByKind, bad := Bad}) ->
+report_arrived(none) ->
+    ok;
+report_arrived(#{total := Total, by_kind := ByKind, bad := Bad, matched := Matched,
+                 duplicates := Duplicates}) ->
     io:format("demo: the demo's queue received ~b messages (presence ~b, chat ~b, "
-              "groupchat ~b)~n",
+              "groupchat ~b): ~b distinct events, ~b duplicates~n",
               [Total, maps:get(presence, ByKind, 0), maps:get(chat, ByKind, 0),
-               maps:get(groupchat, ByKind, 0)]),
+               maps:get(groupchat, ByKind, 0), Matched, Duplicates]),
     [io:format("demo: unexpected message (~p): ~p~n", [Why, M]) || {Why, M} <- lists:sublist(Bad, 3)],
+    ok.
+
+report_sns_sink(#{requests := Requests} = Stats) ->
+    io:format("demo: pusher-sink --sns received ~b messages in ~b Publish/PublishBatch "
+              "calls~n", [maps:get(messages, Stats, 0), Requests]).
+
+report_sample(none) ->
+    ok;
+report_sample(#{stats := #{accepted := A, delivered := D, retried := R, failed := F,
+                           dropped := Dr}, topics := Topics}) ->
+    io:format("demo: SNS sample through moto: accepted ~b, delivered ~b, retried ~b, failed ~b, "
+              "dropped ~b~n", [A, D, R, F, Dr]),
+    [begin
+         io:format("demo: SNS sample: the ~ts queue received ~b messages: ~b distinct "
+                   "notifications, ~b duplicates~n", [Name, Total, Matched, Duplicates]),
+         [io:format("demo: SNS sample: unexpected message in the ~ts queue: ~0tp~n", [Name, Why])
+          || Why <- lists:sublist(Bad, 3)]
+     end
+     || {_Kind, Name, #{total := Total, matched := Matched, duplicates := Duplicates,
+                        bad := Bad}} <- Topics],
     ok.
 
 checks(Name, #{accepted := A, delivered := D, failed := F, dropped := Dr} = Stats, Context) ->
@@ -754,49 +1108,65 @@ backend_checks("http", #{accepted := A, delivered := D},
                     [SinkRequests, D]), SinkRequests =:= D}];
 backend_checks("push", #{accepted := A, delivered := D},
                #{expected := #{push := Expected},
-                 pubsub := #{requests := Requests, bad := Bad}}) ->
+                 pubsub := #{requests := Requests, bad := Bad, matched := Match}}) ->
+    #{matched := Matched, unexpected := Unexpected, duplicates := Duplicates} = Match,
     [{io_lib:format("push: accepted ~b = chat messages with a body routed to an offline "
                     "user with push enabled ~b", [A, Expected]), A =:= Expected},
      {io_lib:format("push: ~ts received ~b publish IQs = delivered ~b",
                     [?PUBSUB, Requests, D]), Requests =:= D},
      {io_lib:format("push: every publish IQ is MongooseIM's (pubsub/publish/item/notification, "
                     "urn:xmpp:push:summary form), for the recipient's node (~b are not)", [Bad]),
-      Bad =:= 0}];
-backend_checks("rabbit", #{accepted := A, delivered := D},
+      Bad =:= 0},
+     {io_lib:format("push: the publish IQs carry ~b distinct notifications = delivered ~b, each "
+                    "for a message sent to that user (~b unexpected, ~b duplicates)",
+                    [Matched, D, Unexpected, Duplicates]),
+      Matched =:= D andalso Unexpected =:= 0 andalso Duplicates =:= 0}];
+backend_checks("rabbit", #{accepted := A, delivered := D, retried := R, failed := F},
                #{expected := #{presence := P, chat := C, groupchat := G, skipped := S},
                  rabbit_skipped := SkippedMetric, arrived := Arrived}) ->
+    #{matched := Matched, unexpected := Unexpected, duplicates := Duplicates, bad := Bad} = Arrived,
     [{io_lib:format("rabbit: accepted ~b = presence ~b + chat ~b + groupchat ~b events "
                     "with a body (sent and received)", [A, P, C, G]), A =:= P + C + G},
      {io_lib:format("rabbit: skipped (no body) ~b = chat messages without a body ~b",
-                    [SkippedMetric, S]), SkippedMetric =:= S}]
-        ++ case Arrived of
-               {skipped, _} ->
-                   [];
-               #{total := Total, bad := Bad} ->
-                   [{io_lib:format("rabbit: the demo's queue received ~b >= confirmed ~b "
-                                   "(~b more)",
-                                   [Total, D, max(0, Total - D)]), Total >= D},
-                    {io_lib:format("rabbit: every message has MongooseIM's JSON and routing "
-                                   "key (~b do not)", [length(Bad)]), Bad =:= []}]
-           end;
-backend_checks("sns", #{accepted := A},
+                    [SkippedMetric, S]), SkippedMetric =:= S},
+     %% A failed event may still have reached the broker (its confirm was lost).
+     {io_lib:format("rabbit: the demo's queue received ~b distinct events: confirmed ~b <= ~b "
+                    "<= confirmed + failed ~b", [Matched, D, Matched, D + F]),
+      D =< Matched andalso Matched =< D + F},
+     {io_lib:format("rabbit: the demo's queue received nothing the users did not cause (~b "
+                    "unexpected), and duplicates ~b <= retried ~b", [Unexpected, Duplicates, R]),
+      Unexpected =:= 0 andalso Duplicates =< R},
+     {io_lib:format("rabbit: every message has MongooseIM's JSON and routing key (~b do not)",
+                    [length(Bad)]), Bad =:= []}];
+backend_checks("sns", #{accepted := A, delivered := D},
                #{expected := #{presence := P, webhooks := C, groupchat_sent := G},
-                 sns_presence := Arrived}) ->
+                 sns_sink := SinkStats}) ->
+    Messages = maps:get(messages, SinkStats, 0),
     [{io_lib:format("sns: accepted ~b = presence ~b + chat ~b + groupchat ~b messages with "
-                    "a body sent", [A, P, C, G]), A =:= P + C + G}]
-        ++ case Arrived of
-               skipped ->
-                   [];
-               #{total := Total, good := Good} ->
-                   [{io_lib:format("sns: the presence topic's SQS queue received ~b = presence "
-                                   "events ~b, ~b with MongooseIM's JSON", [Total, P, Good]),
-                     Total =:= P andalso Good =:= P}]
-           end;
+                    "a body sent", [A, P, C, G]), A =:= P + C + G},
+     {io_lib:format("sns: pusher-sink --sns received ~b messages = delivered ~b",
+                    [Messages, D]), Messages =:= D}];
 backend_checks(_Name, _Stats, _Context) ->
     [].
+
+%% moto got every event of the sample, each once, on its topic, as MongooseIM
+%% publishes it.
+sample_checks(none) ->
+    [];
+sample_checks(#{stats := #{accepted := A, delivered := D, retried := R}, sent := Sent,
+                topics := Topics}) ->
+    [{io_lib:format("sns sample: accepted ~b = delivered to moto ~b = events sent ~b",
+                    [A, D, Sent]), A =:= Sent andalso D =:= Sent}
+     | [{io_lib:format("sns sample: the ~ts queue received ~b distinct notifications = ~ts "
+                       "events sent ~b, each with MongooseIM's JSON (~b unexpected or "
+                       "malformed, ~b duplicates <= retried ~b)",
+                       [Name, Matched, Kind, Expected, Unexpected, Duplicates, R]),
+         Matched =:= Expected andalso Unexpected =:= 0 andalso Duplicates =< R}
+        || {Kind, Name, #{expected := Expected, matched := Matched, unexpected := Unexpected0,
+                          duplicates := Duplicates, bad := Bad}} <- Topics,
+           Unexpected <- [Unexpected0 + length(Bad)]]].
 
 latency(undefined) -> "-";
 latency(Us) when Us < 1000 -> io_lib:format("~b us", [Us]);
 latency(Us) when Us < 10000 -> io_lib:format("~.2f ms", [Us / 1000]);
 latency(Us) -> io_lib:format("~.1f ms", [Us / 1000]).
-

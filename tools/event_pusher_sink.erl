@@ -5,13 +5,17 @@
 %% port, the sink's stdin closes and it exits.
 -module(event_pusher_sink).
 
--export([start/1, stop/1, port/1, requests/1, repo_root/0, executable/0, load_config/2]).
+-export([start/1, stop/1, port/1, requests/1, stats/1, repo_root/0, executable/0,
+         load_config/2]).
 
 -type sink() :: #{port := port(), tcp_port := inet:port_number()}.
 -export_type([sink/0]).
 
+-define(START_TIMEOUT_MS, 30000).
+
 %% @doc Starts the sink with these command-line arguments (e.g. ["--delay-ms", "100"])
-%% on a free port and waits for its `listening <port>' line.
+%% on a free port and waits for its `listening <port>' line (at most 30 s: a cold,
+%% busy machine may be slow to load the program).
 -spec start([string()]) -> sink().
 start(Args) ->
     Exe = executable(),
@@ -27,7 +31,7 @@ start(Args) ->
             #{port => Port, tcp_port => binary_to_integer(TcpPort)};
         {Port, {exit_status, Status}} ->
             error(#{what => sink_exited, status => Status, args => Args})
-    after 5000 ->
+    after ?START_TIMEOUT_MS ->
             catch port_close(Port),
             error(#{what => sink_start_timeout, args => Args})
     end.
@@ -44,15 +48,29 @@ port(#{tcp_port := TcpPort}) ->
 
 %% @doc Requests the sink has answered so far (its `GET /stats').
 -spec requests(sink()) -> non_neg_integer().
-requests(#{tcp_port := TcpPort}) ->
+requests(Sink) ->
+    maps:get(requests, stats(Sink)).
+
+%% @doc The sink's counters (its `GET /stats'): requests answered and, for a sink
+%% started with `--sns', the messages those requests published (a PublishBatch
+%% carries up to ten).
+-spec stats(sink()) -> #{requests := non_neg_integer(), messages => non_neg_integer()}.
+stats(#{tcp_port := TcpPort}) ->
     {ok, Socket} = gen_tcp:connect({127, 0, 0, 1}, TcpPort, [binary, {active, false}], 5000),
     ok = gen_tcp:send(Socket, <<"GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                 "Connection: close\r\n\r\n">>),
     Response = recv_all(Socket, <<>>),
     gen_tcp:close(Socket),
-    case re:run(Response, <<"\"requests\": *([0-9]+)">>, [{capture, all_but_first, binary}]) of
-        {match, [N]} -> binary_to_integer(N);
-        nomatch -> error(#{what => bad_sink_stats, response => Response})
+    Counter = fun(Name) ->
+                      case re:run(Response, <<"\"", Name/binary, "\": *([0-9]+)">>,
+                                  [{capture, all_but_first, binary}]) of
+                          {match, [N]} -> [{binary_to_atom(Name), binary_to_integer(N)}];
+                          nomatch -> []
+                      end
+              end,
+    case maps:from_list(Counter(<<"requests">>) ++ Counter(<<"messages">>)) of
+        #{requests := _} = Stats -> Stats;
+        _ -> error(#{what => bad_sink_stats, response => Response})
     end.
 
 recv_all(Socket, Acc) ->

@@ -16,6 +16,10 @@ failure it prints a message to stderr and exits non-zero.
            Prints a list of the SQS bodies, each parsed as JSON (the SNS envelope:
            Type, MessageId, TopicArn, Message, MessageAttributes, ...); a body that
            is not JSON is given as {"Body": <text>}.
+  receive-all --endpoint URL --region R --queue URL=N [--queue URL=N ...] --timeout SECONDS
+           As receive, for several queues in one run (one deadline for all): takes
+           N messages from each queue, then, 0.5 s later, any extra ones from each.
+           Prints {"<queue url>": [<SQS body>, ...], ...}.
   purge    --endpoint URL --region R --queue-url U
            Receives and deletes until the queue is empty; prints {"purged": N}.
   create-user --endpoint URL --region R --user NAME
@@ -120,30 +124,60 @@ def parse_body(body):
         return {"Body": body}
 
 
-def cmd_receive(args):
-    if args.count < 0 or args.timeout < 0:
-        raise ValueError("--count and --timeout must not be negative")
-    sqs = client(args, "sqs")
-    deadline = time.monotonic() + args.timeout
+def receive_until(sqs, queue_url, count, deadline):
+    """Messages from the queue (deleted) until count arrived or the deadline passed."""
     messages = []
-    while len(messages) < args.count:
+    while len(messages) < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         # WaitTimeSeconds is whole seconds, 0..20; under a second left: short polls.
         wait_s = min(20, int(remaining))
-        batch = receive_batch(sqs, args.queue_url, wait_s)
+        batch = receive_batch(sqs, queue_url, wait_s)
         if not batch and wait_s == 0:
             time.sleep(min(remaining, 0.1))
         messages += batch
+    return messages
+
+
+def receive_rest(sqs, queue_url):
+    """Whatever is in the queue now (deleted): the extra messages, e.g. duplicates."""
+    messages = []
+    while True:
+        extra = receive_batch(sqs, queue_url, 0)
+        if not extra:
+            return messages
+        messages += extra
+
+
+def cmd_receive(args):
+    if args.count < 0 or args.timeout < 0:
+        raise ValueError("--count and --timeout must not be negative")
+    sqs = client(args, "sqs")
+    messages = receive_until(sqs, args.queue_url, args.count, time.monotonic() + args.timeout)
     if len(messages) >= args.count:
         time.sleep(EXTRA_WAIT_S)
-        while True:
-            extra = receive_batch(sqs, args.queue_url, 0)
-            if not extra:
-                break
-            messages += extra
+        messages += receive_rest(sqs, args.queue_url)
     return [parse_body(m["Body"]) for m in messages]
+
+
+def queue_and_count(text):
+    url, sep, count = text.rpartition("=")
+    if not sep or not url or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"not URL=COUNT: {text}")
+    return url, int(count)
+
+
+def cmd_receive_all(args):
+    if not args.queue or args.timeout < 0:
+        raise ValueError("receive-all needs --queue URL=COUNT and a timeout >= 0")
+    sqs = client(args, "sqs")
+    deadline = time.monotonic() + args.timeout
+    result = {url: receive_until(sqs, url, count, deadline) for url, count in args.queue}
+    time.sleep(EXTRA_WAIT_S)
+    for url, _count in args.queue:
+        result[url] += receive_rest(sqs, url)
+    return {url: [parse_body(m["Body"]) for m in messages] for url, messages in result.items()}
 
 
 def cmd_purge(args):
@@ -199,6 +233,12 @@ def parser():
     receive.add_argument("--count", type=int, required=True)
     receive.add_argument("--timeout", type=float, required=True, help="seconds")
     receive.set_defaults(run=cmd_receive)
+    receive_all = sub.add_parser("receive-all", parents=[common])
+    receive_all.add_argument(
+        "--queue", action="append", type=queue_and_count, help="URL=COUNT (repeatable)"
+    )
+    receive_all.add_argument("--timeout", type=float, required=True, help="seconds")
+    receive_all.set_defaults(run=cmd_receive_all)
     purge = sub.add_parser("purge", parents=[common])
     purge.add_argument("--queue-url", required=True)
     purge.set_defaults(run=cmd_purge)

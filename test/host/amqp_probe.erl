@@ -3,7 +3,10 @@
 %%
 %% start/1 binds a fresh exclusive, auto-delete queue to each `{Exchange, RoutingKey}'
 %% and returns once the bindings exist, so every message published afterwards is
-%% recorded; messages/1 and wait_for_messages/3 return them in arrival order. The probe
+%% recorded (or fails: the broker's error, or `probe_start_timeout' when the program
+%% has not connected and bound within the `timeout' option, 30 s by default, counted
+%% from the program's start: finding or building the program comes first);
+%% messages/1 and wait_for_messages/3 return them in arrival order. The probe
 %% lives in its own process (its port closes when that process, or the caller that
 %% started it, ends) and consumes on its own connection straight to the broker.
 %%
@@ -25,11 +28,11 @@
 -type probe() :: pid().
 -type bind() :: {Exchange :: binary() | string(), RoutingKey :: binary() | string()}.
 -type message() :: #{exchange := binary(), routing_key := binary(), payload := binary()}.
--type opts() :: #{uri => string(), timeout => timeout()}.
+-type opts() :: #{uri => string(), timeout => non_neg_integer()}.
 -export_type([probe/0, bind/0, message/0, opts/0]).
 
 -define(DEFAULT_URI, "amqp://guest:guest@127.0.0.1:5672/%2f").
--define(START_TIMEOUT, 10000).
+-define(START_TIMEOUT, 30000).
 %% Lines are at most this long before the port splits them (noeol); they are
 %% joined again, so this is only a chunk size.
 -define(LINE_CHUNK, 1 bsl 20).
@@ -58,19 +61,23 @@ try_start(Binds) ->
 
 -spec try_start([bind()], opts()) -> {ok, probe()} | {error, term()}.
 try_start(Binds, Opts) ->
+    %% Finding the program may build it (cargo): that is not the start being timed.
+    case executable() of
+        {ok, Exe} -> start_program(Exe, Binds, Opts);
+        {error, _} = Error -> Error
+    end.
+
+start_program(Exe, Binds, Opts) ->
     Args = uri_args(Opts) ++ lists:append([["--bind", arg(E, K)] || {E, K} <- Binds]),
+    Timeout = maps:get(timeout, Opts, ?START_TIMEOUT),
     Caller = self(),
     Ref = make_ref(),
-    Pid = spawn(fun() -> init(Caller, Ref, Args) end),
+    Pid = spawn(fun() -> init(Caller, Ref, Exe, Args, Timeout) end),
     MRef = monitor(process, Pid),
     receive
         {Ref, ready} -> demonitor(MRef, [flush]), {ok, Pid};
         {Ref, {error, Reason}} -> demonitor(MRef, [flush]), {error, Reason};
         {'DOWN', MRef, process, Pid, Reason} -> {error, {probe_died, Reason}}
-    after maps:get(timeout, Opts, ?START_TIMEOUT) ->
-            exit(Pid, kill),
-            demonitor(MRef, [flush]),
-            {error, probe_start_timeout}
     end.
 
 %% @doc Stops the probe (its queue goes with its connection).
@@ -136,15 +143,14 @@ executable() ->
 
 %%% The probe process
 
-init(Caller, Ref, Args) ->
+%% The probe process answers the caller with ready or an error within Timeout (the
+%% caller waits for that answer or for this process to end).
+init(Caller, Ref, Exe, Args, Timeout) ->
     CallerMRef = monitor(process, Caller),
-    {ok, Exe} = case executable() of
-                    {ok, _} = Ok -> Ok;
-                    {error, Reason} -> Caller ! {Ref, {error, Reason}}, exit(normal)
-                end,
     Port = open_port({spawn_executable, Exe},
                      [binary, exit_status, use_stdio, {line, ?LINE_CHUNK}, {args, Args}]),
-    case await_ready(Port, []) of
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
+    case await_ready(Port, [], Deadline) of
         ready ->
             Caller ! {Ref, ready},
             loop(#{port => Port, caller => CallerMRef, partial => [], messages => [],
@@ -155,9 +161,9 @@ init(Caller, Ref, Args) ->
             exit(normal)
     end.
 
-await_ready(Port, Partial) ->
+await_ready(Port, Partial, Deadline) ->
     receive
-        {Port, {data, {noeol, Chunk}}} -> await_ready(Port, [Partial, Chunk]);
+        {Port, {data, {noeol, Chunk}}} -> await_ready(Port, [Partial, Chunk], Deadline);
         {Port, {data, {eol, Chunk}}} ->
             case iolist_to_binary([Partial, Chunk]) of
                 <<"ready">> -> ready;
@@ -165,7 +171,7 @@ await_ready(Port, Partial) ->
                 Other -> {error, {unexpected_output, Other}}
             end;
         {Port, {exit_status, Status}} -> {error, {exit_status, Status}}
-    after ?START_TIMEOUT ->
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
             {error, probe_start_timeout}
     end.
 

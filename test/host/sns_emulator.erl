@@ -18,7 +18,8 @@
 %% access_key_id/secret_access_key are what a client should sign with.
 -module(sns_emulator).
 
--export([start/0, start/1, stop/1, setup/2, setup/3, receive_messages/4, purge/2]).
+-export([start/0, start/1, stop/1, setup/2, setup/3, receive_messages/4, receive_all/3,
+         purge/2]).
 
 -export_type([emulator/0, topics/0]).
 
@@ -40,7 +41,8 @@
 -define(DUMMY_ACCESS_KEY, <<"AKIAEXAMPLEEXAMPLE00">>).
 -define(DUMMY_SECRET_KEY, <<"secret">>).
 -define(IAM_USER, "event-pusher").
--define(START_TIMEOUT_MS, 30000).
+%% moto's first start on a cold, busy machine imports (and compiles) a lot of Python.
+-define(START_TIMEOUT_MS, 120000).
 -define(STOP_TIMEOUT_MS, 5000).
 -define(SCRIPT_TIMEOUT_MS, 60000).
 -define(POLL_MS, 100).
@@ -69,7 +71,7 @@ start() ->
     start(#{}).
 
 %% @doc Starts moto_server on a free 127.0.0.1 port and waits until it answers HTTP
-%% (at most 30 s). Raises {sns_emulator, Reason, Details} when it cannot.
+%% (at most 120 s). Raises {sns_emulator, Reason, Details} when it cannot.
 -spec start(#{auth => boolean()}) -> {ok, emulator()}.
 start(Opts) ->
     Auth = maps:get(auth, Opts, false),
@@ -152,6 +154,19 @@ receive_messages(Emulator, QueueUrl, Count, TimeoutMs) ->
             "--timeout", float_to_list(TimeoutMs / 1000, [{decimals, 3}])],
     Messages = run_script(Emulator, "receive", Args, TimeoutMs + ?SCRIPT_TIMEOUT_MS),
     [decode_message(M) || M <- Messages].
+
+%% @doc receive_messages/4 for several queues in one run of the script, with one
+%% deadline for all: Count messages (or what came by the deadline) from each queue,
+%% then, 0.5 s later, any extra ones from each (so duplicates show, and a queue that
+%% expects 0 shows what it should not have got).
+-spec receive_all(emulator(), [{QueueUrl :: binary(), Count :: non_neg_integer()}],
+                  non_neg_integer()) -> #{binary() => [map()]}.
+receive_all(Emulator, Queues, TimeoutMs) ->
+    Args = lists:append([["--queue", [Url, "=", integer_to_list(Count)]]
+                         || {Url, Count} <- Queues])
+        ++ ["--timeout", float_to_list(TimeoutMs / 1000, [{decimals, 3}])],
+    ByQueue = run_script(Emulator, "receive-all", Args, TimeoutMs + ?SCRIPT_TIMEOUT_MS),
+    maps:map(fun(_Url, Messages) -> [decode_message(M) || M <- Messages] end, ByQueue).
 
 %% @doc Deletes every message in the queue; returns how many there were.
 -spec purge(emulator(), binary()) -> non_neg_integer().
