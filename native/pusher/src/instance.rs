@@ -122,12 +122,9 @@ impl<B: Backend> Instance<B> {
         }
         match shared.queue.offer(envelope) {
             Offer::Queued { evicted } => {
-                if !evicted.is_empty() {
-                    stats.dropped.fetch_add(evicted.len() as u64, Relaxed);
-                    for old in evicted {
-                        shared.fail(old.tag, "evicted_by_overflow".into(), 0);
-                    }
-                }
+                // An evicted event is dropped, not failed: counted once, as dropped
+                // (the report's drop count says so; it never reached a worker).
+                stats.dropped.fetch_add(evicted.len() as u64, Relaxed);
                 shared.wake_one_if_idle();
                 Ok(())
             }
