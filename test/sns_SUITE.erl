@@ -115,7 +115,9 @@ outgoing_messages_are_not_published(Config) ->
                         <<"incoming">>),
     hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/a">>, <<"bob@localhost">>, <<"marker">>),
     ?assertEqual([<<"marker">>], [maps:get(<<"message">>, decoded(M))
-                                  || M <- receive_messages(Config, pm, 1)]).
+                                  || M <- receive_messages(Config, pm, 1)]),
+    %% accepted is counted before the hook returns: exactly one event was taken.
+    wait_stats(#{accepted => 1, delivered => 1}).
 
 %% No body, a topic left out, a message type with no topic: nothing is published.
 %% A marker message after them proves the pipeline was working.
@@ -188,7 +190,9 @@ plugin_errors_skip_the_event_and_are_counted(Config) ->
     ?assertEqual(2, lists:sum([N || #{skipped := N} <- events(mod_event_pusher_sns_delivery)])),
     wait_stats(#{accepted => 1, delivered => 1}).
 
-%% Batching (PublishBatch, on by default) and single Publish calls deliver the same.
+%% Batching (PublishBatch, on by default) and single Publish calls deliver the same:
+%% every message, and a second copy only when a call was retried (a call that timed
+%% out on a loaded machine may have been taken by SNS: at least once, counted).
 batching_on_and_off_deliver_each_message_once(Config) ->
     lists:foreach(
       fun(Batching) ->
@@ -198,8 +202,10 @@ batching_on_and_off_deliver_each_message_once(Config) ->
               [hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/a">>, <<"bob@localhost">>, B)
                || B <- Bodies],
               Got = [maps:get(<<"message">>, decoded(M)) || M <- receive_messages(Config, pm, 40)],
-              ?assertEqual(lists:sort(Bodies), lists:sort(Got)),
+              ?assertEqual(lists:sort(Bodies), lists:usort(Got)),
               wait_stats(#{delivered => 40, failed => 0}),
+              #{retried := Retried} = stats(),
+              ?assert(length(Got) - 40 =< Retried * 10, {duplicates_without_retries, Got}),
               mongoose_host:stop()
       end, [true, false]).
 
@@ -211,8 +217,8 @@ emulator_back_within_retry_budget_delivers(Config) ->
     test_tcp_proxy:set_mode(Proxy, refuse),
     [hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/a">>, <<"bob@localhost">>,
                       integer_to_binary(N)) || N <- lists:seq(1, 5)],
-    wait_until(fun() -> maps:get(retried, stats()) >= 5 end),
-    timer:sleep(500),
+    %% Two refused attempts per event before the emulator comes back.
+    wait_until(fun() -> maps:get(retried, stats()) >= 10 end),
     test_tcp_proxy:set_mode(Proxy, forward),
     Got = [maps:get(<<"message">>, decoded(M)) || M <- receive_messages(Config, pm, 5)],
     ?assertEqual([<<"1">>, <<"2">>, <<"3">>, <<"4">>, <<"5">>], lists:sort(Got)),
