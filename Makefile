@@ -8,7 +8,8 @@ APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-
                 erlang-jiffy rebar3
 ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
 
-.PHONY: setup venv rabbitmq postgres build test cargo-test ct erlang-strict demo bench lint clean
+.PHONY: setup venv rabbitmq postgres build test cargo-test ct erlang-strict demo bench lint clean \
+        otp27-root otp27-strict ct-otp27
 
 # Debian packages, installed only when one is missing.
 setup:
@@ -88,7 +89,19 @@ erlang-strict: build
 	erlc -o _build/strict -pa _build/test/lib/mongoose_event_pusher/ebin \
 	  -I erlang/include -I test/host/include +warn_missing_spec +warnings_as_errors erlang/src/*.erl
 
-test: cargo-test ct lint
+# The same on OTP 27 (MongooseIM 6.4 requires OTP 26 or later): Debian 13's packages in
+# a debootstrap root under _build, made once (1-2 minutes) and reused; `otp27-strict`
+# compiles erlang/src as erlang-strict does and everything the suites need.
+otp27-root:
+	tools/otp27.sh root
+
+otp27-strict: build otp27-root
+	tools/otp27.sh compile
+
+ct-otp27: otp27-strict rabbitmq postgres venv
+	tools/otp27.sh ct
+
+test: cargo-test ct ct-otp27 lint
 
 demo: build rabbitmq venv
 	$(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
