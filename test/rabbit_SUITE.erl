@@ -17,6 +17,7 @@
 -define(POOL_LABELS, #{host_type => global, pool_tag => event_pusher}).
 -define(DELIVERY_LABELS, #{host_type => ?HT}).
 -define(PROXY_CASES, [connection_cut_mid_stream_loses_nothing,
+                      unreachable_broker_at_start_events_wait_and_arrive,
                       broker_unreachable_after_start_events_wait,
                       queue_overflow_is_counted_exactly,
                       stop_while_unreachable_gives_up_and_can_restart]).
@@ -31,7 +32,9 @@ all() ->
      message_without_body_is_skipped,
      large_unicode_body_arrives_intact,
      conflicting_exchange_type_fails_the_start,
-     unreachable_broker_fails_the_start,
+     conflicting_exchange_durability_fails_the_start,
+     unreachable_broker_does_not_fail_the_start,
+     unreachable_broker_at_start_events_wait_and_arrive,
      wrong_credentials_fail_the_start,
      virtual_host_is_used,
      instrumentation_events_are_emitted,
@@ -73,6 +76,7 @@ init_per_testcase(Case, Config) ->
 end_per_testcase(_Case, Config) ->
     %% Cleans up even when the stop fails or hangs.
     catch test_wait:bounded(fun mongoose_host:stop/0, 10000),
+    stop_capturing_logs(),
     case ?config(proxy, Config) of
         {Proxy, _Port} -> test_tcp_proxy:stop(Proxy);
         undefined -> ok
@@ -272,18 +276,77 @@ conflicting_exchange_type_fails_the_start(Config) ->
     send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"after the fix">>),
     [_] = wait_messages(Probe, 1).
 
-unreachable_broker_fails_the_start(Config) ->
+%% Durability is part of an exchange's identity too: declaring an existing durable
+%% exchange as non-durable is refused, and the start names the exchange.
+conflicting_exchange_durability_fails_the_start(Config) ->
+    #{groupchat := G} = ?config(exchanges, Config),
+    ok = amqp_probe:declare(G, <<"topic">>, #{durable => true}),
+    Text = start_error(Config, #{}),
+    ?assertNotEqual(nomatch, binary:match(Text, G)),
+    ?assertNotEqual(nomatch, binary:match(Text, <<"durable">>)).
+
+%% Boot must not depend on the broker: nothing listens on the port, yet the module
+%% starts, says it is disconnected and why (stats, a warning), and keeps trying.
+unreachable_broker_does_not_fail_the_start(Config) ->
+    capture_logs(),
     Port = closed_port(),
-    Opts = options(Config, toml(Config, #{port => Port, connect_timeout_ms => 1000})),
+    start(Config, #{port => Port, connect_timeout_ms => 1000}),
+    Stats = stats(),
+    ct:pal("started without a broker: ~p", [Stats]),
+    #{connection := disconnected, last_connection_error := Error,
+      disconnected_since_ms := Since, connect_failures := Failures} = Stats,
+    ?assertNotEqual(nomatch, binary:match(Error, <<"127.0.0.1:", (integer_to_binary(Port))/binary>>)),
+    ?assertMatch({match, _}, re:run(Error, "refused", [caseless])),
+    ?assert(is_integer(Since) andalso Failures >= 1),
+    Warning = wait_log(event_pusher_rabbit_connect_failed),
+    ?assertMatch(#{level := warning, reason := Error, attempts := 1}, Warning),
+    %% The reconnect loop runs with no event asking for it.
+    wait_until(fun() -> maps:get(connect_failures, stats()) >= 3 end),
+    ?assertMatch(#{connection := disconnected}, stats()).
+
+%% Started while the broker is unreachable (the proxy refuses): events pushed
+%% meanwhile wait in the queue and are published once it is reachable, which a
+%% notice says; stats follow the connection.
+unreachable_broker_at_start_events_wait_and_arrive(Config) ->
+    #{presence := P, chat := C} = ?config(exchanges, Config),
+    {Proxy, Port} = ?config(proxy, Config),
+    capture_logs(),
+    ok = test_tcp_proxy:set_mode(Proxy, refuse),
+    start(Config, #{port => Port, confirms => true,
+                     %% shorter than the outage: waiting for the broker does not use it
+                     retry => #{deadline_ms => 300}}),
+    #{connection := disconnected, last_connection_error := Error} = stats(),
+    Warning = wait_log(event_pusher_rabbit_connect_failed),
+    ct:pal("start with the broker unreachable: ~p", [Warning]),
+    ?assertMatch(#{reason := Error}, Warning),
+    %% The probe binds to the chat exchange: declared here as the module will.
+    ok = amqp_probe:declare(C, <<"topic">>),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    ?assertNot(maps:is_key(P, list_exchanges())),
+    N = 100,
+    [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+     || I <- lists:seq(1, N)],
     T0 = erlang:monotonic_time(millisecond),
-    try mongoose_host:start(Opts) of
-        _ -> ct:fail(started_without_broker)
-    catch error:Reason ->
-            Text = iolist_to_binary(io_lib:format("~p", [Reason])),
-            ct:pal("start failed as expected after ~p ms: ~ts",
-                   [erlang:monotonic_time(millisecond) - T0, Text]),
-            ?assertNotEqual(nomatch, binary:match(Text, integer_to_binary(Port)))
-    end.
+    wait_until(fun() -> maps:get(connect_failures, stats()) >= 3 andalso
+                            erlang:monotonic_time(millisecond) - T0 > 600 end),
+    Waiting = stats(),
+    ?assertMatch(#{accepted := N, delivered := 0, failed := 0, dropped := 0,
+                   connection := disconnected}, Waiting),
+    ?assertEqual(N, maps:get(queued, Waiting) + maps:get(in_flight, Waiting)),
+    ?assertEqual(0, amqp_probe:count(Probe)),
+    ok = test_tcp_proxy:set_mode(Proxy, forward),
+    Msgs = wait_unique(Probe, N, 10000),
+    ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))),
+    Notice = wait_log(event_pusher_rabbit_connected),
+    ct:pal("back: ~p", [Notice]),
+    ?assertMatch(#{level := notice, failed_attempts := F} when F >= 3, Notice),
+    Back = wait_stats(#{delivered => N, failed => 0, queued => 0, in_flight => 0,
+                        connection => connected, disconnected_since_ms => undefined,
+                        connect_failures => 0}),
+    %% The last error stays for the record.
+    #{last_connection_error := LastError} = Back,
+    ?assertNotEqual(nomatch, binary:match(LastError, <<"127.0.0.1:", (integer_to_binary(Port))/binary>>)),
+    ?assertMatch({<<"topic">>, _}, maps:get(P, list_exchanges())).
 
 wrong_credentials_fail_the_start(Config) ->
     Text = start_error(Config, #{password => <<"not the password">>}),
@@ -414,11 +477,19 @@ broker_unreachable_after_start_events_wait(Config) ->
     {Proxy, Port} = ?config(proxy, Config),
     %% A confirm window smaller than the backlog: some events wait in the queue, the
     %% rest with the publishers.
+    capture_logs(),
     start(Config, #{port => Port, confirms => true, confirm_window => 50}),
     Probe = amqp_probe:start([{C, <<"#">>}]),
     wait_events(wpool_rabbit_connections, 1),
+    ?assertMatch(#{connection := connected, last_connection_error := undefined}, stats()),
     ok = test_tcp_proxy:set_mode(Proxy, refuse),
     wait_until(fun() -> connection_events(closed) >= 1 end),
+    %% Said loudly: the loss with its reason, then the failing reconnect.
+    Lost = wait_log(event_pusher_rabbit_connection_lost),
+    ct:pal("lost: ~p", [Lost]),
+    ?assertMatch(#{level := warning, reason := <<_/binary>>}, Lost),
+    ?assertMatch(#{level := warning, attempts := 1},
+                 wait_log(event_pusher_rabbit_connect_failed)),
     N = 200,
     [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
      || I <- lists:seq(1, N)],
@@ -433,17 +504,25 @@ broker_unreachable_after_start_events_wait(Config) ->
     ?assertEqual(N, maps:get(queued, Waiting) + maps:get(in_flight, Waiting)),
     ?assertEqual(0, amqp_probe:count(Probe)),
     ?assert(test_tcp_proxy:accepted(Proxy) >= 2),
+    ?assertMatch(#{connection := disconnected, last_connection_error := <<_/binary>>,
+                   disconnected_since_ms := Since} when is_integer(Since), Waiting),
     ok = test_tcp_proxy:set_mode(Proxy, forward),
     Msgs = wait_unique(Probe, N, 10000),
     ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))),
-    wait_stats(#{delivered => N, failed => 0, queued => 0, in_flight => 0}).
+    ?assertMatch(#{level := notice}, wait_log(event_pusher_rabbit_connected)),
+    wait_stats(#{delivered => N, failed => 0, queued => 0, in_flight => 0,
+                 connection => connected}).
 
 %% Fault (c): with the broker unreachable, a small queue overflows; every drop is
 %% counted (stats and metrics) and the events that fit are delivered later.
 queue_overflow_is_counted_exactly(Config) ->
     #{chat := C} = ?config(exchanges, Config),
     {Proxy, Port} = ?config(proxy, Config),
-    start(Config, #{port => Port, confirms => true, queue => #{max_events => 20}}),
+    capture_logs(),
+    %% A confirm window smaller than the queue: the publishers hold 5 events while
+    %% they wait for the broker, the queue 20, and the rest overflows.
+    start(Config, #{port => Port, confirms => true, confirm_window => 5,
+                    queue => #{max_events => 20}}),
     Probe = amqp_probe:start([{C, <<"#">>}]),
     wait_events(wpool_rabbit_connections, 1),
     ok = test_tcp_proxy:set_mode(Proxy, refuse),
@@ -451,7 +530,7 @@ queue_overflow_is_counted_exactly(Config) ->
     Pushed = 100,
     [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
      || I <- lists:seq(1, Pushed)],
-    timer:sleep(300),
+    wait_until(fun() -> maps:get(in_flight, stats()) =:= 5 end),
     Stats = stats(),
     ct:pal("overflowing: ~p", [Stats]),
     #{accepted := Pushed, queued := Queued, in_flight := InFlight, dropped := Dropped,
@@ -459,7 +538,13 @@ queue_overflow_is_counted_exactly(Config) ->
     ?assertEqual(Pushed - Queued - InFlight, Dropped),
     ?assert(Queued =< 20),
     ?assert(Dropped >= Pushed - 20 - InFlight),
+    ?assert(Dropped > 0),
     wait_until(fun() -> delivery_sum(dropped) =:= Dropped end),
+    %% The drop warning names the real cause, not the queue settings.
+    DropWarning = wait_log(event_pusher_events_dropped),
+    ct:pal("drop warning: ~p", [DropWarning]),
+    ?assertMatch(#{cause := backend_unreachable, unreachable_since := <<_/binary>>,
+                   backend_error := <<_/binary>>}, DropWarning),
     ok = test_tcp_proxy:set_mode(Proxy, forward),
     Kept = Pushed - Dropped,
     Msgs = wait_unique(Probe, Kept, 10000),
@@ -580,6 +665,37 @@ closed_port() ->
     {ok, Port} = inet:port(L),
     gen_tcp:close(L),
     Port.
+
+%%% Helpers: logs
+
+%% Sends this case's structured log events to the test process as
+%% {logged, Report#{level}}, every level; end_per_testcase undoes it.
+capture_logs() ->
+    #{level := Primary} = logger:get_primary_config(),
+    ok = logger:add_handler(?MODULE, ?MODULE, #{level => all,
+                                                config => #{pid => self(), primary => Primary}}),
+    ok = logger:update_primary_config(#{level => all}).
+
+stop_capturing_logs() ->
+    case logger:get_handler_config(?MODULE) of
+        {ok, #{config := #{primary := Primary}}} ->
+            ok = logger:remove_handler(?MODULE),
+            ok = logger:update_primary_config(#{level => Primary});
+        {error, _} ->
+            ok
+    end.
+
+%% logger handler callback
+log(#{level := Level, msg := {report, Report = #{what := _}}}, #{config := #{pid := Pid}}) ->
+    Pid ! {logged, Report#{level => Level}};
+log(_Event, _HandlerConfig) ->
+    ok.
+
+%% The first event logged with this `what' (in order of logging).
+wait_log(What) ->
+    receive {logged, Report = #{what := What}} -> Report
+    after 10000 -> ct:fail({not_logged, What})
+    end.
 
 %%% Helpers: hooks
 

@@ -4,7 +4,7 @@
 -module(mod_event_pusher_delivery).
 
 -export([config_items/0, config_defaults/0, instance_config/2]).
--export([find_pool/3, pool_workers/1, log_report/5]).
+-export([find_pool/3, pool_workers/1, log_report/5, log_report/6, timestamp/1]).
 
 -include("mongoose_config_spec.hrl").
 -include_lib("kernel/include/logger.hrl").
@@ -75,8 +75,23 @@ pool_workers(_) -> 10.
 -spec log_report(binary(), mod_event_pusher_instance:key(),
                  [{binary(), binary(), non_neg_integer()}], map(), non_neg_integer()) -> ok.
 log_report(HostType, Key, Failures, Counters, ReportsLost) ->
+    log_report(HostType, Key, Failures, Counters, ReportsLost, undefined).
+
+%% @doc log_report/5 for a backend with a connection: BackendDown (the report's
+%% `backend_down') says whether it was unreachable during the batch, so that drops
+%% name that cause instead of the queue settings.
+-spec log_report(binary(), mod_event_pusher_instance:key(),
+                 [{binary(), binary(), non_neg_integer()}], map(), non_neg_integer(),
+                 mod_event_pusher_instance:backend_down()) -> ok.
+log_report(HostType, Key, Failures, Counters, ReportsLost, BackendDown) ->
     log_failures(HostType, Key, Failures),
-    log_drops(HostType, Key, maps:get(dropped, Counters, 0), ReportsLost).
+    log_drops(HostType, Key, maps:get(dropped, Counters, 0), ReportsLost, BackendDown).
+
+%% @doc Milliseconds since the Unix epoch as RFC 3339 text (UTC), for log lines.
+-spec timestamp(integer()) -> binary().
+timestamp(Ms) ->
+    list_to_binary(calendar:system_time_to_rfc3339(Ms, [{unit, millisecond},
+                                                        {offset, "Z"}])).
 
 log_failures(_HostType, _Key, []) ->
     ok;
@@ -85,15 +100,23 @@ log_failures(HostType, Key, [{Tag, Reason, Attempts} | _] = Failures) ->
                    count => length(Failures),
                    example => #{tag => Tag, reason => Reason, attempts => Attempts}}).
 
-log_drops(_HostType, _Key, 0, 0) ->
+log_drops(_HostType, _Key, 0, 0, _BackendDown) ->
     ok;
-log_drops(HostType, Key, 0, ReportsLost) ->
+log_drops(HostType, Key, 0, ReportsLost, _BackendDown) ->
     %% Deliveries went on; only per-attempt metrics and failure details were skipped.
     ?LOG_WARNING(#{what => event_pusher_reports_lost, host_type => HostType, instance => Key,
                    reports_lost => ReportsLost,
                    text => <<"Outcome reports came faster than they could be passed on: "
                              "some attempt metrics and failure details are missing">>});
-log_drops(HostType, Key, Dropped, ReportsLost) ->
+log_drops(HostType, Key, Dropped, ReportsLost, undefined) ->
     ?LOG_WARNING(#{what => event_pusher_events_dropped, host_type => HostType, instance => Key,
                    dropped => Dropped, reports_lost => ReportsLost,
-                   text => <<"Queue full: raise queue.max_events/max_bytes or the concurrency">>}).
+                   text => <<"Queue full: raise queue.max_events/max_bytes or the concurrency">>});
+log_drops(HostType, Key, Dropped, ReportsLost, #{since_ms := Since, reason := Reason}) ->
+    ?LOG_WARNING(#{what => event_pusher_events_dropped, host_type => HostType, instance => Key,
+                   dropped => Dropped, reports_lost => ReportsLost,
+                   cause => backend_unreachable, unreachable_since => timestamp(Since),
+                   backend_error => Reason,
+                   text => <<"Queue full because the backend is unreachable: events wait for "
+                             "the reconnect, and those beyond queue.max_events/max_bytes "
+                             "are dropped">>}).

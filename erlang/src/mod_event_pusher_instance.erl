@@ -24,8 +24,22 @@
                     failures := [{binary(), binary(), non_neg_integer()}],
                     counters := #{delivered | retried | failed | dropped => non_neg_integer()},
                     connections := #{opened | closed | failed => non_neg_integer()},
-                    reports_lost := non_neg_integer()}.
--export_type([key/0, report/0]).
+                    reports_lost := non_neg_integer(),
+                    connection_events := [connection_event()],
+                    backend_down := backend_down()}.
+%% A backend connection's state changes, rate-limited in Rust (times: ms since the
+%% Unix epoch; suppressed: warnings not sent since the previous one).
+-type connection_event() ::
+        {lost, #{reason := binary(), at_ms := integer(), suppressed := non_neg_integer()}}
+      | {connect_failed, #{reason := binary(), at_ms := integer(),
+                           attempts := pos_integer(), down_since_ms := integer(),
+                           suppressed := non_neg_integer()}}
+      | {connected, #{at_ms := integer(), down_since_ms := integer(),
+                      failed_attempts := non_neg_integer(),
+                      suppressed := non_neg_integer()}}.
+%% Set when the backend was unreachable during the batch.
+-type backend_down() :: undefined | #{since_ms := integer(), reason := binary()}.
+-export_type([key/0, report/0, connection_event/0, backend_down/0]).
 
 -callback handle_report(HostType :: binary(), key(), report()) -> any().
 %% Backends whose instance asks Erlang to route stanzas (push) handle those requests.

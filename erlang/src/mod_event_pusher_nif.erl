@@ -11,7 +11,13 @@
 -type push_error() :: queue_full | stopped | badarg.
 -type stats() :: #{accepted | delivered | retried | failed | dropped | queued
                    | queued_bytes | in_flight | lost => non_neg_integer(),
-                   latency_p50_us | latency_p99_us => non_neg_integer() | undefined}.
+                   latency_p50_us | latency_p99_us => non_neg_integer() | undefined,
+                   %% rabbit only: the connection's state
+                   connection => connected | connecting | disconnected | closed,
+                   last_connection_error => binary() | undefined,
+                   last_connection_error_at_ms | disconnected_since_ms
+                       => non_neg_integer() | undefined,
+                   connect_failures => non_neg_integer()}.
 -export_type([instance/0, push_error/0, stats/0]).
 
 -define(LIBRARY, "libpusher_nif").
@@ -44,8 +50,10 @@ find_library() ->
 -spec start_http(map(), pid()) -> {ok, instance()} | {error, term()}.
 start_http(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
-%% @doc Starts a RabbitMQ backend instance: connects and declares the exchanges first
-%% (on a dirty scheduler), failing with a reason that names the exchange or broker.
+%% @doc Starts a RabbitMQ backend instance after one connect attempt (on a dirty
+%% scheduler, bounded by connect_timeout_ms). Fails, naming what, only when the broker
+%% answered and refused the credentials, the virtual host or an exchange declaration;
+%% an unreachable broker gives a disconnected instance that reconnects by itself.
 -spec start_rabbit(map(), pid()) -> {ok, instance()} | {error, term()}.
 start_rabbit(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 

@@ -6,6 +6,7 @@
 //! through a [`report::ReportSink`].
 
 pub mod backend;
+pub mod connection;
 pub mod form;
 pub mod http;
 pub mod instance;

@@ -3,6 +3,13 @@
 //! instance's concurrency is the confirm window), reconnecting with backoff and
 //! re-declaring the exchanges when the connection or channel is lost.
 //!
+//! Start makes one connect attempt and fails only when the broker answered and
+//! refused the configuration (credentials, virtual host, an exchange declaration). An
+//! unreachable or slow broker does not fail it: the backend starts disconnected and a
+//! task of its own reconnects (the same path as after a loss, declaring the exchanges
+//! on every connect), reporting each change to [`crate::connection::ConnectionStatus`]
+//! for logs and `stats`.
+//!
 //! While the broker is unreachable, `deliver` waits for the reconnect instead of
 //! failing: the workers stop taking events, and new events wait in the instance's
 //! bounded queue (where overflow is counted) rather than burning their retry budget.
@@ -28,7 +35,11 @@ use lapin::types::FieldTable;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
 use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
+use crate::connection::StatusSnapshot;
 use crate::stats::ConnectionCounters;
 
 /// One exchange as configured (`[modules.mod_event_pusher.rabbit.*_exchange]`).
@@ -290,11 +301,61 @@ fn reason(error: &lapin::Error) -> String {
 }
 
 const ACCESS_REFUSED: u16 = 403;
+const NOT_FOUND: u16 = 404;
+const PRECONDITION_FAILED: u16 = 406;
+const COMMAND_INVALID: u16 = 503;
 const NOT_ALLOWED: u16 = 530;
+const NOT_IMPLEMENTED: u16 = 540;
 
-fn connect_error(config: &RabbitConfig, error: &lapin::Error) -> RabbitError {
+/// Why a connect attempt (connection, channel, confirm mode, exchanges) failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LinkError {
+    message: String,
+    /// The broker answered and refused what the configuration asks for (credentials,
+    /// virtual host, an exchange declaration): trying again cannot help. Otherwise it
+    /// could not be reached (refused or timed out TCP, name resolution, TLS, a broker
+    /// going down), and trying again may.
+    refused: bool,
+}
+
+impl LinkError {
+    fn new(message: String, error: &lapin::Error) -> Self {
+        LinkError {
+            message,
+            refused: refuses_configuration(error),
+        }
+    }
+
+    fn unreachable(message: String) -> Self {
+        LinkError {
+            message,
+            refused: false,
+        }
+    }
+}
+
+/// The broker's answers that mean "not with this configuration": wrong credentials
+/// or permissions, no such virtual host, an exchange that exists with other
+/// properties, an exchange type the broker does not know. A broker shutting down
+/// (CONNECTION_FORCED) or failing internally is not among them.
+fn refuses_configuration(error: &lapin::Error) -> bool {
+    match error {
+        lapin::Error::ProtocolError(amqp) => matches!(
+            amqp.get_id(),
+            ACCESS_REFUSED
+                | NOT_FOUND
+                | PRECONDITION_FAILED
+                | COMMAND_INVALID
+                | NOT_ALLOWED
+                | NOT_IMPLEMENTED
+        ),
+        _ => false,
+    }
+}
+
+fn connect_error(config: &RabbitConfig, error: &lapin::Error) -> LinkError {
     let broker = broker(config);
-    RabbitError(match error {
+    let message = match error {
         lapin::Error::ProtocolError(amqp) if amqp.get_id() == ACCESS_REFUSED => format!(
             "access refused for user {:?} by {broker}: {}",
             config.username,
@@ -307,7 +368,8 @@ fn connect_error(config: &RabbitConfig, error: &lapin::Error) -> RabbitError {
         ),
         lapin::Error::IOError(io) => format!("cannot connect to {broker}: {io}"),
         other => format!("cannot connect to {broker}: {other}"),
-    })
+    };
+    LinkError::new(message, error)
 }
 
 fn exchange_kind(kind: &str) -> ExchangeKind {
@@ -321,7 +383,7 @@ fn exchange_kind(kind: &str) -> ExchangeKind {
     }
 }
 
-async fn declare(channel: &Channel, exchange: &ExchangeConfig) -> Result<(), RabbitError> {
+async fn declare(channel: &Channel, exchange: &ExchangeConfig) -> Result<(), LinkError> {
     let options = ExchangeDeclareOptions {
         durable: exchange.durable,
         ..ExchangeDeclareOptions::default()
@@ -335,13 +397,35 @@ async fn declare(channel: &Channel, exchange: &ExchangeConfig) -> Result<(), Rab
         )
         .await
         .map_err(|error| {
-            RabbitError(format!(
-                "cannot declare exchange {:?} (type {}): {}",
-                exchange.name,
-                exchange.kind,
-                reason(&error)
-            ))
+            LinkError::new(
+                format!(
+                    "cannot declare exchange {:?} (type {}): {}",
+                    exchange.name,
+                    exchange.kind,
+                    reason(&error)
+                ),
+                &error,
+            )
         })
+}
+
+/// Tells, once per link, that it is down: counts it in `connections.closed`, records
+/// the loss with its reason (logs, stats) and wakes the task that reconnects. Shared
+/// by the link and lapin's error callbacks, which must not hold the link itself.
+struct LossSignal {
+    signalled: AtomicBool,
+    connections: Arc<ConnectionCounters>,
+    link_down: Arc<Notify>,
+}
+
+impl LossSignal {
+    fn signal(&self, reason: &str) {
+        if !self.signalled.swap(true, SeqCst) {
+            self.connections.closed.fetch_add(1, Relaxed);
+            self.connections.status.lost(reason);
+            self.link_down.notify_one();
+        }
+    }
 }
 
 /// A connection and the one channel everything is published on.
@@ -356,21 +440,32 @@ struct Link {
     /// several threads must take both steps together, or a confirm would resolve
     /// another event's publish (and a nack would retry the wrong event).
     publish_order: Mutex<()>,
-    /// Whether this link's loss is in `connections.closed` already: counted once,
-    /// either by lapin's error callback as it happens (so an idle connection's loss
-    /// shows in the metrics) or when a delivery finds the link dead.
-    loss_counted: Arc<AtomicBool>,
+    /// Signalled by lapin's error callbacks as the loss happens (so an idle
+    /// connection's loss shows at once), by a delivery that finds the link dead, or
+    /// when the link is replaced or closed: whichever comes first.
+    loss: Arc<LossSignal>,
 }
 
 impl Link {
-    fn count_loss(&self, connections: &ConnectionCounters) {
-        count_loss_once(&self.loss_counted, connections);
-    }
-
     fn is_live(&self) -> bool {
         !self.lost.load(Relaxed)
             && self.channel.status().connected()
             && self.connection.status().connected()
+    }
+
+    /// A publish or confirm on this link failed: replace it.
+    fn mark_lost(&self, reason: &str) {
+        self.lost.store(true, Relaxed);
+        self.loss.signal(reason);
+    }
+
+    /// For a link found dead that nobody reported: what lapin's status says.
+    fn signal_loss_if_unreported(&self) {
+        self.loss.signal(if self.connection.status().connected() {
+            "channel closed"
+        } else {
+            "connection closed"
+        });
     }
 
     /// Runs the publish's first poll (delivery tag + frames queued, which lapin does
@@ -396,17 +491,14 @@ impl Link {
     }
 }
 
-fn count_loss_once(counted: &AtomicBool, connections: &ConnectionCounters) {
-    if !counted.swap(true, Relaxed) {
-        connections.closed.fetch_add(1, Relaxed);
-    }
-}
-
+/// One connect attempt: connection, channel, confirm mode, the three exchanges, all
+/// within connect_timeout.
 async fn open_link(
     target: &Target,
     config: &RabbitConfig,
     connections: &Arc<ConnectionCounters>,
-) -> Result<Link, RabbitError> {
+    link_down: &Arc<Notify>,
+) -> Result<Link, LinkError> {
     let setup = async {
         let properties =
             ConnectionProperties::default().with_connection_name("mongoose_event_pusher".into());
@@ -415,22 +507,28 @@ async fn open_link(
                 .await
                 .map_err(|error| connect_error(config, &error))?;
         let channel = connection.create_channel().await.map_err(|error| {
-            RabbitError(format!(
-                "cannot open a channel on {}: {}",
-                broker(config),
-                reason(&error)
-            ))
+            LinkError::new(
+                format!(
+                    "cannot open a channel on {}: {}",
+                    broker(config),
+                    reason(&error)
+                ),
+                &error,
+            )
         })?;
         if config.confirms {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
                 .map_err(|error| {
-                    RabbitError(format!(
-                        "cannot enable publisher confirms on {}: {}",
-                        broker(config),
-                        reason(&error)
-                    ))
+                    LinkError::new(
+                        format!(
+                            "cannot enable publisher confirms on {}: {}",
+                            broker(config),
+                            reason(&error)
+                        ),
+                        &error,
+                    )
                 })?;
         }
         for exchange in [
@@ -442,23 +540,30 @@ async fn open_link(
         }
         // Registered only now: a connection that fails during setup was never
         // counted opened, so its loss must not count as closed either.
-        let loss_counted = Arc::new(AtomicBool::new(false));
+        let loss = Arc::new(LossSignal {
+            signalled: AtomicBool::new(false),
+            connections: connections.clone(),
+            link_down: link_down.clone(),
+        });
         connection.on_error({
-            let loss_counted = loss_counted.clone();
-            let connections = connections.clone();
-            move |_| count_loss_once(&loss_counted, &connections)
+            let loss = loss.clone();
+            move |error| loss.signal(&format!("connection lost: {}", reason(&error)))
+        });
+        channel.on_error({
+            let loss = loss.clone();
+            move |error| loss.signal(&format!("channel closed: {}", reason(&error)))
         });
         Ok(Link {
             connection,
             channel,
             lost: AtomicBool::new(false),
             publish_order: Mutex::new(()),
-            loss_counted,
+            loss,
         })
     };
     match tokio::time::timeout(config.connect_timeout, setup).await {
         Ok(result) => result,
-        Err(_) => Err(RabbitError(format!(
+        Err(_) => Err(LinkError::unreachable(format!(
             "cannot connect to {}: no answer within {:?}",
             broker(config),
             config.connect_timeout
@@ -517,7 +622,11 @@ impl Drop for PendingConfirm {
     }
 }
 
-pub struct RabbitBackend {
+/// How often the reconnecting task looks at a link nobody reported lost.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the backend and its reconnecting task share.
+struct Connector {
     config: RabbitConfig,
     connections: Arc<ConnectionCounters>,
     target: Target,
@@ -525,57 +634,125 @@ pub struct RabbitBackend {
     link: RwLock<Option<Arc<Link>>>,
     /// Held by the one task that reconnects; the others wait on it.
     reconnect: tokio::sync::Mutex<Reconnect>,
-    properties: BasicProperties,
-    last_connect_error: Mutex<Option<String>>,
+    /// Woken when a link is lost.
+    link_down: Arc<Notify>,
     /// Set by close(): no reconnecting after it.
     closed: AtomicBool,
 }
 
+pub struct RabbitBackend {
+    connector: Arc<Connector>,
+    properties: BasicProperties,
+    /// The task that keeps the connection up; ended by close() or drop.
+    keeper: AbortHandle,
+}
+
+impl Drop for RabbitBackend {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+/// Reconnects as soon as the link is lost, not only when an event needs it: the
+/// exchanges exist, and `stats` and the logs say how things are, before the next
+/// event comes.
+async fn keep_connected(connector: Arc<Connector>) {
+    while !connector.closed.load(SeqCst) {
+        if connector.current_live_link().is_none() {
+            if connector.relink().await.is_none() {
+                return;
+            }
+            continue;
+        }
+        // A loss signalled before this wait left a permit: no wakeup is missed.
+        let _ = tokio::time::timeout(LINK_CHECK_INTERVAL, connector.link_down.notified()).await;
+    }
+}
+
 impl RabbitBackend {
-    /// Connects and declares the three exchanges. Fails with a reason naming the
-    /// exchange when a declaration is refused (access refused, type mismatch...), or
-    /// the broker when it cannot be reached within connect_timeout.
-    pub async fn connect(config: RabbitConfig) -> Result<Self, RabbitError> {
+    /// Makes one connect attempt (bounded by connect_timeout), then starts the task
+    /// that keeps the connection up. Fails only for what can never work: an
+    /// unreadable tls.cacertfile, or a broker that answered and refused the
+    /// credentials, the virtual host or an exchange declaration (the reason names
+    /// it). A broker that cannot be reached is no reason to fail: the backend starts
+    /// disconnected, reconnects with backoff (declaring the exchanges once connected)
+    /// and deliveries wait for it meanwhile.
+    pub async fn start(config: RabbitConfig) -> Result<Self, RabbitError> {
         let connections = Arc::new(ConnectionCounters::default());
         let target = Target::new(&config)?;
-        let link = match open_link(&target, &config, &connections).await {
-            Ok(link) => link,
+        let link_down = Arc::new(Notify::new());
+        let (link, failures) = match open_link(&target, &config, &connections, &link_down).await {
+            Ok(link) => {
+                connections.opened.fetch_add(1, Relaxed);
+                connections.status.connected();
+                (Some(Arc::new(link)), 0)
+            }
             Err(error) => {
                 connections.failed.fetch_add(1, Relaxed);
-                return Err(error);
+                if error.refused {
+                    return Err(RabbitError(error.message));
+                }
+                connections.status.connect_failed(error.message);
+                (None, 1)
             }
         };
-        connections.opened.fetch_add(1, Relaxed);
-        Ok(RabbitBackend {
-            properties: BasicProperties::default().with_content_type("application/json".into()),
+        let connector = Arc::new(Connector {
             config,
             connections,
             target,
-            link: RwLock::new(Some(Arc::new(link))),
-            reconnect: tokio::sync::Mutex::new(Reconnect { failures: 0 }),
-            last_connect_error: Mutex::new(None),
+            link: RwLock::new(link),
+            reconnect: tokio::sync::Mutex::new(Reconnect { failures }),
+            link_down,
             closed: AtomicBool::new(false),
+        });
+        let keeper = tokio::spawn(keep_connected(connector.clone())).abort_handle();
+        Ok(RabbitBackend {
+            connector,
+            properties: BasicProperties::default().with_content_type("application/json".into()),
+            keeper,
         })
     }
 
     pub fn config(&self) -> &RabbitConfig {
-        &self.config
+        &self.connector.config
     }
 
-    /// Why the latest reconnect attempt failed, if the latest one did (for logs and
-    /// status pages: a waiting delivery does not say it).
-    pub fn last_connect_error(&self) -> Option<String> {
-        self.last_connect_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The connection's state, last error and current outage, for `stats`.
+    pub fn connection_status(&self) -> StatusSnapshot {
+        self.connector.connections.status.snapshot()
     }
 
     /// True when the current connection and channel are up (as far as lapin knows).
     pub fn is_connected(&self) -> bool {
-        self.current_live_link().is_some()
+        self.connector.current_live_link().is_some()
     }
 
+    /// Closes the connection for good (module stop), counting it in
+    /// `connections.closed` as MongooseIM's rabbit worker reports its connection
+    /// closing when it terminates; waits at most connect_timeout for the broker's
+    /// close-ok. Deliveries after this fail without retry. Meant for after the
+    /// instance has drained.
+    pub async fn close(&self) {
+        let connector = &*self.connector;
+        connector.closed.store(true, SeqCst);
+        connector.connections.status.closed();
+        self.keeper.abort();
+        let link = connector
+            .link
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(link) = link {
+            if link.is_live() {
+                let closing = link.connection.close(200, "mongoose_event_pusher stopping");
+                let _ = tokio::time::timeout(connector.config.connect_timeout, closing).await;
+            }
+            link.loss.signal("closed");
+        }
+    }
+}
+
+impl Connector {
     fn current_live_link(&self) -> Option<Arc<Link>> {
         self.link
             .read()
@@ -614,14 +791,21 @@ impl RabbitBackend {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
             if let Some(dead) = dead {
-                dead.count_loss(&self.connections);
+                dead.signal_loss_if_unreported();
                 // Dropping our handle closes what is left of the connection (a
                 // channel closed by the broker leaves it open) once the publishes
                 // still holding it are done.
                 drop(dead);
             }
             tokio::time::sleep(reconnect.delay(&self.config)).await;
-            match open_link(&self.target, &self.config, &self.connections).await {
+            match open_link(
+                &self.target,
+                &self.config,
+                &self.connections,
+                &self.link_down,
+            )
+            .await
+            {
                 Ok(link) => {
                     let link = Arc::new(link);
                     {
@@ -635,43 +819,18 @@ impl RabbitBackend {
                         *current = Some(link.clone());
                     }
                     self.connections.opened.fetch_add(1, Relaxed);
+                    self.connections.status.connected();
                     reconnect.failures = 0;
-                    *self
-                        .last_connect_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = None;
                     return Some(link);
                 }
-                Err(RabbitError(error)) => {
+                Err(error) => {
+                    // Refused or unreachable alike: credentials may be fixed and
+                    // exchanges deleted while we wait, so keep trying, and say why.
                     self.connections.failed.fetch_add(1, Relaxed);
+                    self.connections.status.connect_failed(error.message);
                     reconnect.failures = reconnect.failures.saturating_add(1);
-                    *self
-                        .last_connect_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(error);
                 }
             }
-        }
-    }
-
-    /// Closes the connection for good (module stop), counting it in
-    /// `connections.closed` as MongooseIM's rabbit worker reports its connection
-    /// closing when it terminates; waits at most connect_timeout for the broker's
-    /// close-ok. Deliveries after this fail without retry. Meant for after the
-    /// instance has drained.
-    pub async fn close(&self) {
-        self.closed.store(true, SeqCst);
-        let link = self
-            .link
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(link) = link {
-            if link.is_live() {
-                let closing = link.connection.close(200, "mongoose_event_pusher stopping");
-                let _ = tokio::time::timeout(self.config.connect_timeout, closing).await;
-            }
-            link.count_loss(&self.connections);
         }
     }
 }
@@ -680,9 +839,10 @@ impl Backend for RabbitBackend {
     type Event = RabbitEvent;
 
     async fn deliver(&self, event: &RabbitEvent) -> Attempt {
-        let message = outgoing(&self.config, event);
+        let config = &self.connector.config;
+        let message = outgoing(config, event);
         let payload_bytes = message.payload.len();
-        let Some(link) = self.live_link().await else {
+        let Some(link) = self.connector.live_link().await else {
             return Attempt::rejected("backend closed");
         };
         let publish = link.channel.basic_publish(
@@ -699,12 +859,13 @@ impl Backend for RabbitBackend {
             let confirm = match link.publish_in_order(publish).await {
                 Ok(confirm) => confirm,
                 Err(error) => {
-                    link.lost.store(true, Relaxed);
-                    return Attempt::no_response(format!("publish failed: {}", reason(&error)));
+                    let why = format!("publish failed: {}", reason(&error));
+                    link.mark_lost(&why);
+                    return Attempt::no_response(why);
                 }
             };
             written = true;
-            if !self.config.confirms {
+            if !config.confirms {
                 // Written to the socket: without confirms that is all the broker promises.
                 return Attempt {
                     verdict: Verdict::Delivered,
@@ -730,12 +891,13 @@ impl Backend for RabbitBackend {
                     wire_bytes: Some(payload_bytes),
                 },
                 Err(error) => {
-                    link.lost.store(true, Relaxed);
-                    Attempt::no_response(format!("connection lost: {}", reason(&error)))
+                    let why = format!("connection lost: {}", reason(&error));
+                    link.mark_lost(&why);
+                    Attempt::no_response(why)
                 }
             }
         };
-        let finished = tokio::time::timeout(self.config.confirm_timeout, attempt).await;
+        let finished = tokio::time::timeout(config.confirm_timeout, attempt).await;
         finished.unwrap_or_else(|_| Attempt {
             verdict: Verdict::Retry(
                 if written {
@@ -751,7 +913,7 @@ impl Backend for RabbitBackend {
     }
 
     fn connections(&self) -> Option<Arc<ConnectionCounters>> {
-        Some(self.connections.clone())
+        Some(self.connector.connections.clone())
     }
 
     async fn shutdown(&self) {

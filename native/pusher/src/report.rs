@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::AttemptOutcome;
+use crate::connection::{unix_ms, ConnectionEvent, StatusSnapshot};
 use crate::queue::Tag;
 use crate::stats::{ConnectionCounters, ConnectionSnapshot, Stats, StatsSnapshot};
 
@@ -62,6 +63,36 @@ pub struct ReportBatch {
     pub connections: ConnectionSnapshot,
     /// Reports that could not be queued because the report channel was full.
     pub reports_lost: u64,
+    /// Connection state changes to log, oldest first (rate-limited by the backend).
+    pub connection_events: Vec<ConnectionEvent>,
+    /// Set when the backend was unreachable during this batch's interval (down now,
+    /// or back since the previous batch): drops in this batch are its doing.
+    pub backend_down: Option<BackendDown>,
+}
+
+/// The outage behind a batch's drops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendDown {
+    /// Milliseconds since the Unix epoch.
+    pub since_ms: u64,
+    /// The latest error (the loss, or a failed connect).
+    pub reason: String,
+}
+
+/// The outage that overlaps the interval since `previous_batch_ms`, if any.
+fn backend_down(status: &StatusSnapshot, previous_batch_ms: u64) -> Option<BackendDown> {
+    let reason = |r: &Option<String>| r.clone().unwrap_or_default();
+    match (&status.down_since_ms, &status.last_outage) {
+        (Some(since_ms), _) => Some(BackendDown {
+            since_ms: *since_ms,
+            reason: reason(&status.last_error),
+        }),
+        (None, Some(outage)) if outage.until_ms >= previous_batch_ms => Some(BackendDown {
+            since_ms: outage.since_ms,
+            reason: outage.reason.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// Where batches go (the NIF sends them to an Erlang process).
@@ -133,6 +164,7 @@ async fn run(
     let mut last_connections = ConnectionSnapshot::default();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous_batch_ms = unix_ms();
     let mut send = |batch: &mut ReportBatch| {
         let now = stats.snapshot();
         batch.counters = CounterDelta::between(&last, &now);
@@ -145,11 +177,16 @@ async fn run(
             failed: connections_now.failed - last_connections.failed,
         };
         last_connections = connections_now;
+        batch.connection_events = connections.status.take_events();
+        let batch_ms = unix_ms();
+        batch.backend_down = backend_down(&connections.status.snapshot(), previous_batch_ms);
+        previous_batch_ms = batch_ms;
         let nothing_new = batch.attempts.is_empty()
             && batch.failures.is_empty()
             && batch.counters.is_zero()
             && batch.connections == ConnectionSnapshot::default()
-            && batch.reports_lost == 0;
+            && batch.reports_lost == 0
+            && batch.connection_events.is_empty();
         if !nothing_new {
             sink.send(std::mem::take(batch));
         }

@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::connection::ConnectionStatus;
+
 /// Log-linear latency histogram: 8 sub-buckets per power of two of microseconds,
 /// good to ~10% and cheap enough to update on every delivery.
 const SUB_BUCKETS: usize = 8;
@@ -70,12 +72,14 @@ impl LatencyHistogram {
     }
 }
 
-/// Connections a backend opened, lost (closed) and failed to open.
+/// Connections a backend opened, lost (closed) and failed to open, and the
+/// connection's state for logs and `stats`.
 #[derive(Default, Debug)]
 pub struct ConnectionCounters {
     pub opened: AtomicU64,
     pub closed: AtomicU64,
     pub failed: AtomicU64,
+    pub status: ConnectionStatus,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

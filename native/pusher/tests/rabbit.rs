@@ -19,6 +19,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use pusher::backend::{AttemptOutcome, Backend, Verdict};
+use pusher::connection::{ConnectionEvent, ConnectionState};
 use pusher::rabbit::{
     ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, Topics,
 };
@@ -86,10 +87,13 @@ fn config(names: &Names, port: u16) -> RabbitConfig {
     }
 }
 
+/// A backend whose first connect attempt succeeded.
 async fn connect_backend(config: RabbitConfig) -> RabbitBackend {
-    RabbitBackend::connect(config)
+    let backend = RabbitBackend::start(config)
         .await
-        .unwrap_or_else(|e| panic!("connect: {e}"))
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    assert!(backend.is_connected(), "{:?}", backend.connection_status());
+    backend
 }
 
 /// The test's own connection to the broker, for declaring, binding and consuming.
@@ -396,7 +400,7 @@ async fn the_exchanges_are_declared_on_start_with_the_configured_types() {
 }
 
 async fn start_error(config: RabbitConfig) -> String {
-    match RabbitBackend::connect(config).await {
+    match RabbitBackend::start(config).await {
         Ok(_) => panic!("the start succeeded"),
         Err(error) => {
             eprintln!("start failed: {error}");
@@ -405,20 +409,28 @@ async fn start_error(config: RabbitConfig) -> String {
     }
 }
 
+/// Declares `exchange` as `kind` (and `durable`) from the test's own connection.
+async fn predeclare(broker: &Broker, exchange: &str, kind: ExchangeKind, durable: bool) {
+    broker
+        .channel
+        .exchange_declare(
+            exchange,
+            kind,
+            ExchangeDeclareOptions {
+                durable,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_exchange_type_fails_the_start_naming_the_exchange() {
     let names = unique_names();
     let broker = Broker::open().await;
-    broker
-        .channel
-        .exchange_declare(
-            &names.chat,
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare direct");
+    predeclare(&broker, &names.chat, ExchangeKind::Direct, false).await;
     let reason = start_error(config(&names, BROKER_PORT)).await;
     let expected = format!(
         "cannot declare exchange \"{}\" (type topic): PRECONDITION_FAILED - inequivalent arg 'type'",
@@ -429,23 +441,60 @@ async fn a_conflicting_exchange_type_fails_the_start_naming_the_exchange() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_fails_the_start() {
+async fn an_exchange_that_exists_durable_fails_a_non_durable_start_naming_it() {
+    let names = unique_names();
+    let broker = Broker::open().await;
+    predeclare(&broker, &names.groupchat, ExchangeKind::Topic, true).await;
+    let reason = start_error(config(&names, BROKER_PORT)).await;
+    let expected = format!(
+        "cannot declare exchange \"{}\" (type topic): PRECONDITION_FAILED - inequivalent arg 'durable'",
+        names.groupchat
+    );
+    assert!(reason.starts_with(&expected), "{reason}");
+    broker.delete_exchanges(&names).await;
+}
+
+/// Closes the backend, so that its reconnecting stops with the test.
+async fn closed(backend: RabbitBackend) {
+    backend.close().await;
+    assert_eq!(backend.connection_status().state, ConnectionState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_does_not_fail_the_start() {
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr").port()
     };
     let mut config = config(&unique_names(), closed_port);
     config.connect_timeout = Duration::from_millis(500);
-    let reason = start_error(config).await;
+    let backend = RabbitBackend::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("the start failed: {e}"));
+    assert!(!backend.is_connected());
+    let status = backend.connection_status();
+    eprintln!("started disconnected: {status:?}");
+    assert_eq!(status.state, ConnectionState::Disconnected);
+    let reason = status.last_error.unwrap_or_default();
     assert!(
         reason.starts_with(&format!("cannot connect to 127.0.0.1:{closed_port}: ")),
         "{reason}"
     );
     assert!(reason.contains("refused"), "{reason}");
+    assert!(status.down_since_ms.is_some() && status.last_error_at_ms.is_some());
+    assert!(status.failed_attempts >= 1);
+    // It keeps trying on its own, with no event asking for it.
+    let connections = backend.connections().expect("counters");
+    wait_until("reconnect attempts", Duration::from_secs(10), || {
+        connections.snapshot().failed >= 3
+    })
+    .await;
+    assert_eq!(connections.snapshot().opened, 0);
+    closed(backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_never_answers_fails_the_start_after_connect_timeout() {
+async fn a_broker_that_never_answers_does_not_fail_the_start_either() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     // Accepts and then says nothing.
@@ -457,13 +506,16 @@ async fn a_broker_that_never_answers_fails_the_start_after_connect_timeout() {
     });
     let mut config = config(&unique_names(), port);
     config.connect_timeout = Duration::from_millis(500);
-    let started = Instant::now();
-    let reason = start_error(config).await;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let backend = RabbitBackend::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("the start failed: {e}"));
+    let status = backend.connection_status();
+    assert_eq!(status.state, ConnectionState::Disconnected);
     assert_eq!(
-        reason,
-        format!("cannot connect to 127.0.0.1:{port}: no answer within 500ms")
+        status.last_error.as_deref(),
+        Some(format!("cannot connect to 127.0.0.1:{port}: no answer within 500ms").as_str())
     );
+    closed(backend).await;
     silent.abort();
 }
 
@@ -474,6 +526,24 @@ async fn wrong_credentials_fail_the_start_with_access_refused() {
     let reason = start_error(config).await;
     assert!(
         reason.starts_with("access refused for user \"no_such_user\""),
+        "{reason}"
+    );
+    let mut config = self::config(&unique_names(), BROKER_PORT);
+    config.password = "not the password".into();
+    let reason = start_error(config).await;
+    assert!(
+        reason.starts_with("access refused for user \"guest\" by 127.0.0.1:5672: "),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_virtual_host_fails_the_start_naming_it() {
+    let mut config = config(&unique_names(), BROKER_PORT);
+    config.virtual_host = "no_such_vhost".into();
+    let reason = start_error(config).await;
+    assert!(
+        reason.starts_with("cannot open virtual host \"no_such_vhost\" on 127.0.0.1:5672: "),
         "{reason}"
     );
 }
@@ -738,28 +808,171 @@ impl Drop for Arrivals {
     }
 }
 
+fn patient_config(concurrency: usize) -> InstanceConfig {
+    InstanceConfig {
+        queue: QueueLimits {
+            max_events: 50_000,
+            max_bytes: 64 * 1024 * 1024,
+            overflow: Overflow::DropNewest,
+        },
+        retry: RetryPolicy {
+            max_attempts: 100,
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(300),
+            deadline: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        },
+        concurrency,
+    }
+}
+
 /// A generous retry budget: what the fault tests check is that nothing is lost.
 fn patient_instance(backend: RabbitBackend, concurrency: usize) -> Instance<RabbitBackend> {
+    reporting_instance(backend, concurrency, Arc::new(pusher::report::NoReports))
+}
+
+fn reporting_instance(
+    backend: RabbitBackend,
+    concurrency: usize,
+    sink: Arc<dyn ReportSink>,
+) -> Instance<RabbitBackend> {
     Instance::start(
         &tokio::runtime::Handle::current(),
         backend,
-        InstanceConfig {
-            queue: QueueLimits {
-                max_events: 50_000,
-                max_bytes: 64 * 1024 * 1024,
-                overflow: Overflow::DropNewest,
-            },
-            retry: RetryPolicy {
-                max_attempts: 100,
-                base_backoff: Duration::from_millis(20),
-                max_backoff: Duration::from_millis(300),
-                deadline: Duration::from_secs(60),
-                ..RetryPolicy::default()
-            },
-            concurrency,
-        },
-        Arc::new(pusher::report::NoReports),
+        patient_config(concurrency),
+        sink,
     )
+}
+
+impl Collect {
+    fn connection_events(&self) -> Vec<ConnectionEvent> {
+        self.0
+            .lock()
+            .expect("reports")
+            .iter()
+            .flat_map(|b| b.connection_events.iter().cloned())
+            .collect()
+    }
+
+    fn any_backend_down(&self) -> bool {
+        self.0
+            .lock()
+            .expect("reports")
+            .iter()
+            .any(|b| b.backend_down.is_some())
+    }
+}
+
+/// True if `exchange` exists (a passive declare succeeds).
+async fn exchange_exists(exchange: &str) -> bool {
+    let connection = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("connection");
+    let channel = connection.create_channel().await.expect("channel");
+    let exists = channel
+        .exchange_declare(
+            exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = connection.close(200, "done").await;
+    exists
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pushed_before_the_broker_is_reachable_arrive_once_it_is() {
+    const EVENTS: usize = 300;
+    let names = unique_names();
+    let broker = Broker::open().await;
+    // The test's consumer needs the chat exchange now; the backend declares the same.
+    predeclare(&broker, &names.chat, ExchangeKind::Topic, false).await;
+    let queue = broker
+        .queue(&names.chat, &["#"], FieldTable::default())
+        .await;
+    let arrivals = Arrivals::start(broker.consume(&queue).await);
+    let proxy = Proxy::start().await;
+    proxy.refuse(true);
+    let backend = RabbitBackend::start(config(&names, proxy.port))
+        .await
+        .unwrap_or_else(|e| panic!("the start failed: {e}"));
+    let connections = backend.connections().expect("counters");
+    let sink = Arc::new(Collect::default());
+    let mut instance_config = patient_config(20);
+    // Shorter than the outage below: waiting for the broker does not use it up.
+    instance_config.retry.deadline = Duration::from_millis(500);
+    let instance = Instance::start(
+        &tokio::runtime::Handle::current(),
+        backend,
+        instance_config,
+        sink.clone(),
+    );
+    let status = instance.backend().connection_status();
+    assert_eq!(status.state, ConnectionState::Disconnected, "{status:?}");
+    let pushed_at = Instant::now();
+    for i in 0..EVENTS {
+        instance.push(numbered(i)).expect("push");
+    }
+    wait_until(
+        "an outage longer than the retry deadline",
+        Duration::from_secs(10),
+        || connections.snapshot().failed >= 3 && pushed_at.elapsed() > Duration::from_secs(1),
+    )
+    .await;
+    let waiting = instance.stats();
+    assert_eq!((waiting.delivered, waiting.failed), (0, 0));
+    assert_eq!(waiting.queued + waiting.in_flight, EVENTS as u64);
+    assert_eq!(arrivals.total(), 0);
+    assert!(!exchange_exists(&names.presence).await);
+    wait_until(
+        "the start's failure reported",
+        Duration::from_secs(5),
+        || !sink.connection_events().is_empty(),
+    )
+    .await;
+
+    proxy.refuse(false);
+    wait_until(
+        "every event at the consumer",
+        Duration::from_secs(20),
+        || arrivals.unique() == EVENTS,
+    )
+    .await;
+    assert_eq!(
+        instance.backend().connection_status().state,
+        ConnectionState::Connected
+    );
+    assert!(exchange_exists(&names.presence).await);
+    assert!(exchange_exists(&names.groupchat).await);
+    let stats = instance.stop(Duration::from_secs(5)).await.stats;
+    assert_eq!(
+        (stats.accepted, stats.delivered, stats.failed, stats.dropped),
+        (EVENTS as u64, EVENTS as u64, 0, 0)
+    );
+    let events = sink.connection_events();
+    eprintln!("connection events: {events:?}");
+    match events.as_slice() {
+        [ConnectionEvent::ConnectFailed {
+            attempts: 1,
+            reason,
+            ..
+        }, .., ConnectionEvent::Connected {
+            failed_attempts, ..
+        }] => {
+            assert!(
+                reason.starts_with("cannot connect to 127.0.0.1:"),
+                "{reason}"
+            );
+            assert!(*failed_attempts >= 3);
+        }
+        other => panic!("unexpected connection events {other:?}"),
+    }
+    broker.delete_exchanges(&names).await;
 }
 
 fn numbered(i: usize) -> Envelope<RabbitEvent> {
@@ -831,14 +1044,15 @@ async fn events_wait_while_the_broker_is_unreachable_and_arrive_once_it_is_back(
     let names = unique_names();
     let broker = Broker::open().await;
     let proxy = Proxy::start().await;
-    // connect() needs a reachable broker; it becomes unreachable right after.
+    // Reachable at start; unreachable right after.
     let backend = connect_backend(config(&names, proxy.port)).await;
     let connections = backend.connections().expect("counters");
     let queue = broker
         .queue(&names.chat, &["#"], FieldTable::default())
         .await;
     let arrivals = Arrivals::start(broker.consume(&queue).await);
-    let instance = patient_instance(backend, 50);
+    let sink = Arc::new(Collect::default());
+    let instance = reporting_instance(backend, 50, sink.clone());
 
     proxy.refuse(true);
     proxy.cut();
@@ -853,6 +1067,13 @@ async fn events_wait_while_the_broker_is_unreachable_and_arrive_once_it_is_back(
     assert_eq!(arrivals.total(), 0);
     assert_eq!((waiting.delivered, waiting.failed), (0, 0));
     assert_eq!(waiting.queued + waiting.in_flight, EVENTS as u64);
+    let status = instance.backend().connection_status();
+    assert_eq!(status.state, ConnectionState::Disconnected, "{status:?}");
+    assert!(status.down_since_ms.is_some() && status.failed_attempts >= 3);
+    wait_until("the outage in a report", Duration::from_secs(5), || {
+        sink.any_backend_down()
+    })
+    .await;
 
     proxy.refuse(false);
     wait_until(
@@ -868,7 +1089,102 @@ async fn events_wait_while_the_broker_is_unreachable_and_arrive_once_it_is_back(
     );
     let counters = connections.snapshot();
     assert!(counters.closed >= 1 && counters.opened >= 2, "{counters:?}");
+    // The loss with its reason, the first failed reconnect, then the way back (the
+    // rate limit keeps the other failures out of the log).
+    let events = sink.connection_events();
+    eprintln!("connection events: {events:?}");
+    match events.as_slice() {
+        [ConnectionEvent::Lost { reason: lost, .. }, ConnectionEvent::ConnectFailed {
+            attempts: 1,
+            reason: failed,
+            ..
+        }, ConnectionEvent::Connected {
+            failed_attempts, ..
+        }] => {
+            assert!(
+                lost.starts_with("connection lost: ") || lost.starts_with("publish failed: "),
+                "{lost}"
+            );
+            assert!(
+                failed.starts_with("cannot connect to 127.0.0.1:"),
+                "{failed}"
+            );
+            assert!(*failed_attempts >= 3);
+        }
+        other => panic!("unexpected connection events {other:?}"),
+    }
     broker.delete_exchanges(&names).await;
+}
+
+/// rabbitmqctl off the runtime's threads (each call starts a VM: a second or two).
+async fn rabbitmqctl_async(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rabbitmqctl(&args)
+    })
+    .await
+    .expect("rabbitmqctl")
+}
+
+/// A broker user deleted when the test ends, however it ends.
+struct TemporaryUser(String);
+
+impl Drop for TemporaryUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_user", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_refused_on_a_reconnect_are_retried_and_said() {
+    let names = unique_names();
+    let user = format!("test_rotated_{}", names.chat);
+    rabbitmqctl_async(&["-q", "add_user", &user, "first"]).await;
+    let _user = TemporaryUser(user.clone());
+    rabbitmqctl_async(&["-q", "set_permissions", "-p", "/", &user, ".*", ".*", ".*"]).await;
+    let proxy = Proxy::start().await;
+    let mut config = config(&names, proxy.port);
+    config.username = user.clone();
+    config.password = "first".into();
+    let backend = connect_backend(config).await;
+    let sink = Arc::new(Collect::default());
+    let instance = reporting_instance(backend, 5, sink.clone());
+
+    // The password is rotated on the broker, and then the connection drops.
+    rabbitmqctl_async(&["-q", "change_password", &user, "second"]).await;
+    proxy.cut();
+    let refused = format!("access refused for user {user:?}");
+    wait_until("a refused reconnect", Duration::from_secs(10), || {
+        let status = instance.backend().connection_status();
+        status.state == ConnectionState::Disconnected
+            && status
+                .last_error
+                .is_some_and(|error| error.starts_with(&refused))
+    })
+    .await;
+    // Back once the password the backend has is valid again.
+    rabbitmqctl_async(&["-q", "change_password", &user, "first"]).await;
+    wait_until("the reconnect", Duration::from_secs(10), || {
+        instance.backend().is_connected()
+    })
+    .await;
+    instance.stop(Duration::from_secs(1)).await;
+    let events = sink.connection_events();
+    eprintln!("connection events: {events:?}");
+    match events.as_slice() {
+        [ConnectionEvent::Lost { .. }, ConnectionEvent::ConnectFailed {
+            attempts: 1,
+            reason,
+            ..
+        }, .., ConnectionEvent::Connected { .. }] => {
+            assert!(reason.starts_with(&refused), "{reason}")
+        }
+        other => panic!("unexpected connection events {other:?}"),
+    }
+    Broker::open().await.delete_exchanges(&names).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

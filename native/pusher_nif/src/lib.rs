@@ -11,13 +11,14 @@ use futures_util::FutureExt;
 use std::time::Duration;
 
 use pusher::backend::AttemptOutcome;
+use pusher::connection::{ConnectionEvent, ConnectionState, StatusSnapshot};
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
 use pusher::push::{Element, Node, PushBackend, PushEvent, Reply, Router};
 use pusher::rabbit::{
     ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, RabbitTls,
     Topics,
 };
-use pusher::report::{ReportBatch, ReportSink};
+use pusher::report::{BackendDown, ReportBatch, ReportSink};
 use pusher::retry::Jitter;
 use pusher::sns::{AttributeValue, Notification, SnsBackend, SnsConfig, SnsEvent};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
@@ -99,6 +100,96 @@ struct PidSink {
     pid: LocalPid,
 }
 
+mod connection_atoms {
+    rustler::atoms! {
+        connection_events, backend_down, connect_failed, connected, connecting,
+        disconnected, reason, at_ms, down_since_ms, suppressed, failed_attempts, since_ms,
+        connection, last_connection_error, last_connection_error_at_ms,
+        disconnected_since_ms, connect_failures,
+    }
+}
+
+fn map_term<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifResult<Term<'a>> {
+    let keys: SmallVec<[Term; 8]> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: SmallVec<[Term; 8]> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values)
+}
+
+/// `{lost, #{reason, at_ms, suppressed}}`,
+/// `{connect_failed, #{reason, at_ms, attempts, down_since_ms, suppressed}}` or
+/// `{connected, #{at_ms, down_since_ms, failed_attempts, suppressed}}`.
+fn encode_connection_event<'a>(env: Env<'a>, event: &ConnectionEvent) -> NifResult<Term<'a>> {
+    use connection_atoms as a;
+    let (kind, details) = match event {
+        ConnectionEvent::Lost {
+            reason,
+            at_ms,
+            suppressed,
+        } => (
+            atoms::lost(),
+            map_term(
+                env,
+                &[
+                    (a::reason(), reason.as_str().encode(env)),
+                    (a::at_ms(), at_ms.encode(env)),
+                    (a::suppressed(), suppressed.encode(env)),
+                ],
+            )?,
+        ),
+        ConnectionEvent::ConnectFailed {
+            reason,
+            at_ms,
+            attempts,
+            down_since_ms,
+            suppressed,
+        } => (
+            a::connect_failed(),
+            map_term(
+                env,
+                &[
+                    (a::reason(), reason.as_str().encode(env)),
+                    (a::at_ms(), at_ms.encode(env)),
+                    (atoms::attempts(), attempts.encode(env)),
+                    (a::down_since_ms(), down_since_ms.encode(env)),
+                    (a::suppressed(), suppressed.encode(env)),
+                ],
+            )?,
+        ),
+        ConnectionEvent::Connected {
+            at_ms,
+            down_since_ms,
+            failed_attempts,
+            suppressed,
+        } => (
+            a::connected(),
+            map_term(
+                env,
+                &[
+                    (a::at_ms(), at_ms.encode(env)),
+                    (a::down_since_ms(), down_since_ms.encode(env)),
+                    (a::failed_attempts(), failed_attempts.encode(env)),
+                    (a::suppressed(), suppressed.encode(env)),
+                ],
+            )?,
+        ),
+    };
+    Ok((kind, details).encode(env))
+}
+
+/// `undefined | #{since_ms, reason}`.
+fn encode_backend_down<'a>(env: Env<'a>, down: Option<&BackendDown>) -> NifResult<Term<'a>> {
+    match down {
+        None => Ok(atoms::undefined().encode(env)),
+        Some(down) => map_term(
+            env,
+            &[
+                (connection_atoms::since_ms(), down.since_ms.encode(env)),
+                (connection_atoms::reason(), down.reason.as_str().encode(env)),
+            ],
+        ),
+    }
+}
+
 fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
     let attempts: Vec<Term> = batch
         .attempts
@@ -142,6 +233,11 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
         &[atoms::opened(), atoms::closed(), atoms::failed()],
         &[n.opened, n.closed, n.failed],
     )?;
+    let connection_events = batch
+        .connection_events
+        .iter()
+        .map(|event| encode_connection_event(env, event))
+        .collect::<NifResult<Vec<Term>>>()?;
     Term::map_from_term_arrays(
         env,
         &[
@@ -150,6 +246,8 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
             atoms::counters().encode(env),
             atoms::connections().encode(env),
             atoms::reports_lost().encode(env),
+            connection_atoms::connection_events().encode(env),
+            connection_atoms::backend_down().encode(env),
         ],
         &[
             attempts.encode(env),
@@ -157,6 +255,8 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
             counters,
             connections,
             batch.reports_lost.encode(env),
+            connection_events.encode(env),
+            encode_backend_down(env, batch.backend_down.as_ref())?,
         ],
     )
 }
@@ -347,9 +447,10 @@ fn rabbit_config(map: Term) -> Option<RabbitConfig> {
 }
 
 /// `start_rabbit(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, Reason}`.
-/// Connects and declares the exchanges before answering, so a start that cannot
-/// fails with the broker's reason. Dirty: it waits on the network (bounded by
-/// connect_timeout_ms).
+/// Makes one connect attempt before answering: a broker that refuses the credentials,
+/// the virtual host or an exchange declaration fails the start with its reason; one
+/// that cannot be reached does not (the instance starts disconnected and reconnects).
+/// Dirty: it waits on the network (bounded by connect_timeout_ms).
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
     let Some(runtime) = RUNTIME.get() else {
@@ -363,7 +464,7 @@ fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<
         return badarg(env);
     };
     // A dirty scheduler thread is not a runtime thread: blocking here is allowed.
-    let backend = match runtime.block_on(RabbitBackend::connect(rabbit)) {
+    let backend = match runtime.block_on(RabbitBackend::start(rabbit)) {
         Ok(backend) => backend,
         Err(e) => return error(env, e.0.as_str()),
     };
@@ -781,7 +882,46 @@ fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
     }
 }
 
-fn stats_term<'a>(env: Env<'a>, s: &StatsSnapshot, lost: Option<u64>) -> Term<'a> {
+/// The connection keys of a rabbit instance's stats.
+fn connection_stats<'a>(env: Env<'a>, status: &StatusSnapshot) -> Vec<(Atom, Term<'a>)> {
+    use connection_atoms as a;
+    let optional_ms = |v: Option<u64>| match v {
+        Some(ms) => ms.encode(env),
+        None => atoms::undefined().encode(env),
+    };
+    let state = match status.state {
+        ConnectionState::Connected => a::connected(),
+        ConnectionState::Connecting => a::connecting(),
+        ConnectionState::Disconnected => a::disconnected(),
+        ConnectionState::Closed => atoms::closed(),
+    };
+    vec![
+        (a::connection(), state.encode(env)),
+        (
+            a::last_connection_error(),
+            match &status.last_error {
+                Some(reason) => reason.as_str().encode(env),
+                None => atoms::undefined().encode(env),
+            },
+        ),
+        (
+            a::last_connection_error_at_ms(),
+            optional_ms(status.last_error_at_ms),
+        ),
+        (
+            a::disconnected_since_ms(),
+            optional_ms(status.down_since_ms),
+        ),
+        (a::connect_failures(), status.failed_attempts.encode(env)),
+    ]
+}
+
+fn stats_term<'a>(
+    env: Env<'a>,
+    s: &StatsSnapshot,
+    lost: Option<u64>,
+    extra: Vec<(Atom, Term<'a>)>,
+) -> Term<'a> {
     let latency = |v: Option<u64>| match v {
         Some(us) => us.encode(env),
         None => atoms::undefined().encode(env),
@@ -814,6 +954,10 @@ fn stats_term<'a>(env: Env<'a>, s: &StatsSnapshot, lost: Option<u64>) -> Term<'a
         keys.push(atoms::lost());
         values.push(lost.encode(env));
     }
+    for (key, value) in extra {
+        keys.push(key);
+        values.push(value);
+    }
     let keys: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| badarg(env))
 }
@@ -831,7 +975,15 @@ fn pusher_stats(pusher: &Pusher) -> StatsSnapshot {
 #[rustler::nif]
 fn stats<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
     match instance.decode::<ResourceArc<InstanceResource>>() {
-        Ok(resource) => stats_term(env, &pusher_stats(&resource.pusher), None),
+        Ok(resource) => {
+            let extra = match &resource.pusher {
+                Pusher::Rabbit(instance) => {
+                    connection_stats(env, &instance.backend().connection_status())
+                }
+                _ => Vec::new(),
+            };
+            stats_term(env, &pusher_stats(&resource.pusher), None, extra)
+        }
         Err(_) => badarg(env),
     }
 }
@@ -868,7 +1020,7 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
         let mut owned = owned;
         let _ = owned.send_and_clear(&caller, |env| {
             let stats = match &summary {
-                Some(summary) => stats_term(env, &summary.stats, Some(summary.lost)),
+                Some(summary) => stats_term(env, &summary.stats, Some(summary.lost), Vec::new()),
                 None => (atoms::error(), atoms::stop_failed()).encode(env),
             };
             (
