@@ -79,6 +79,7 @@
 -define(PROBE_TIMEOUT_MS, 60000).    % the demo's RabbitMQ queue is bound
 -define(ARRIVAL_TIMEOUT_MS, 30000).  % confirmed messages reach the demo's queue
 -define(SQS_TIMEOUT_MS, 60000).      % moto's queues are read
+-define(USERS_TIMEOUT_MS, 60000).    % the simulated users come online, and finish
 
 %% Counters of the hooks the users fire.
 -define(C_HOOKS, 1).
@@ -259,7 +260,7 @@ simulate(#{users := NUsers, duration_ms := Duration} = Opts0, Sink, SnsSink, Bac
     Deadline = Start + Duration,
     [Pid ! {go, Deadline} || {Pid, _} <- Users],
     progress(Start, Deadline, Counters, Backends, 1),
-    wait_users(Users),
+    wait_users(Users, Deadline),
     io:format("demo: ~b hooks fired (~b sent, ~b delivered to online users, ~b to offline "
               "users, ~b presence); ~b chat messages with a body sent~n",
               [counters:get(Counters, ?C_HOOKS), counters:get(Counters, ?C_SENT),
@@ -479,7 +480,7 @@ arrived_loop(Probe, Kinds, Expected, Confirmed, Deadline) ->
     _ = amqp_probe:wait_for_messages(Probe, Confirmed,
                                      max(0, Deadline - erlang:monotonic_time(millisecond))),
     Messages = amqp_probe:messages(Probe),
-    Checked = [{check_message(M, Kinds), M} || M <- Messages],
+    Checked = [{demo_message(check_message(M, Kinds)), M} || M <- Messages],
     Match = compare(Expected, count_events([Event || {{ok, _, Event}, _} <- Checked])),
     case maps:get(matched, Match) < Confirmed
         andalso erlang:monotonic_time(millisecond) < Deadline of
@@ -492,8 +493,27 @@ arrived_loop(Probe, Kinds, Expected, Confirmed, Deadline) ->
                    by_kind => maps:from_list(
                                 [{Kind, length([ok || {{ok, K, _}, _} <- Checked, K =:= Kind])}
                                  || {_, {Kind, _}} <- Kinds]),
-                   bad => [{Why, M} || {{bad, Why}, M} <- Checked]}
+                   bad => [{Why, M} || {{bad, Why}, M} <- Checked],
+                   foreign => length([M || {foreign, M} <- Checked])}
     end.
+
+%% The broker is shared (a test suite may publish to these exchanges at the same
+%% time): a well-formed message about nobody the demo simulates is another client's.
+demo_message({ok, _Kind, {presence, User, _}} = Ok) ->
+    demo_message_of([User], Ok);
+demo_message({ok, _Kind, {_, _, From, To, _}} = Ok) ->
+    demo_message_of([From, To], Ok);
+demo_message(Bad) ->
+    Bad.
+
+demo_message_of(Jids, Ok) ->
+    case lists:any(fun is_demo_jid/1, Jids) of
+        true -> Ok;
+        false -> foreign
+    end.
+
+is_demo_jid(Jid) ->
+    re:run(Jid, <<"^(user[0-9]+@localhost|lobby@muc\\.localhost)(/|$)">>) =/= nomatch.
 
 %% {ok, Kind, Event} (Event as the simulation expects it) or {bad, Why}.
 check_message(#{exchange := Exchange, routing_key := Key, payload := Payload}, Kinds) ->
@@ -980,20 +1000,34 @@ form(FormType, Fields) ->
 el(Name, Attrs, Children) ->
     push_client:el(Name, Attrs, Children).
 
-wait_ready([]) ->
+%% Every user online (and push enabled) within ?USERS_TIMEOUT_MS.
+wait_ready(Users) ->
+    wait_ready(Users, erlang:monotonic_time(millisecond) + ?USERS_TIMEOUT_MS).
+
+wait_ready([], _Deadline) ->
     ok;
-wait_ready([{Pid, Ref} | Users]) ->
+wait_ready([{Pid, Ref} | Users] = All, Deadline) ->
     receive
-        {ready, Pid} -> wait_ready(Users);
-        {'DOWN', Ref, process, Pid, Reason} -> error(#{what => demo_user_crashed, reason => Reason})
+        {ready, Pid} -> wait_ready(Users, Deadline);
+        {'DOWN', Ref, process, Pid, Reason} -> fail("a simulated user crashed: ~0tp", [Reason])
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+            fail("~b of the simulated users were not online within ~b s",
+                 [length(All), ?USERS_TIMEOUT_MS div 1000])
     end.
 
-wait_users([]) ->
+%% Every user done within ?USERS_TIMEOUT_MS after the end of the simulated time.
+wait_users(Users, Deadline) ->
+    wait_users_loop(Users, Deadline + ?USERS_TIMEOUT_MS).
+
+wait_users_loop([], _Deadline) ->
     ok;
-wait_users([{Pid, Ref} | Users]) ->
+wait_users_loop([{Pid, Ref} | Users] = All, Deadline) ->
     receive
-        {'DOWN', Ref, process, Pid, normal} -> wait_users(Users);
-        {'DOWN', Ref, process, Pid, Reason} -> error(#{what => demo_user_crashed, reason => Reason})
+        {'DOWN', Ref, process, Pid, normal} -> wait_users_loop(Users, Deadline);
+        {'DOWN', Ref, process, Pid, Reason} -> fail("a simulated user crashed: ~0tp", [Reason])
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+            fail("~b of the simulated users were still running ~b s after the end",
+                 [length(All), ?USERS_TIMEOUT_MS div 1000])
     end.
 
 %% One progress line per second while the users run.
@@ -1066,12 +1100,14 @@ report_pubsub(#{requests := Requests, bad := Bad, first_bad := FirstBad}) ->
 report_arrived(none) ->
     ok;
 report_arrived(#{total := Total, by_kind := ByKind, bad := Bad, matched := Matched,
-                 duplicates := Duplicates}) ->
+                 duplicates := Duplicates, foreign := Foreign}) ->
     io:format("demo: the demo's queue received ~b messages (presence ~b, chat ~b, "
               "groupchat ~b): ~b distinct events, ~b duplicates~n",
               [Total, maps:get(presence, ByKind, 0), maps:get(chat, ByKind, 0),
                maps:get(groupchat, ByKind, 0), Matched, Duplicates]),
     [io:format("demo: unexpected message (~p): ~p~n", [Why, M]) || {Why, M} <- lists:sublist(Bad, 3)],
+    [io:format("demo: ~b more messages concern none of the demo's users (another client of "
+               "the broker published them); not counted~n", [Foreign]) || Foreign > 0],
     ok.
 
 report_sns_sink(#{requests := Requests} = Stats) ->
