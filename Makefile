@@ -103,8 +103,10 @@ ct-otp27: otp27-strict rabbitmq postgres venv
 
 test: cargo-test ct ct-otp27 lint
 
+# The demo uses the amqp_probe that `build` just made (no second cargo run inside it).
 demo: build rabbitmq venv
-	$(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
+	AMQP_PROBE=$(CURDIR)/target/release/amqp_probe \
+	  $(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
 
 bench: build rabbitmq venv
 	$(ERL_RUN) -eval 'event_pusher_bench:main(), halt(0).'
