@@ -315,10 +315,15 @@ unreachable_broker_at_start_events_wait_and_arrive(Config) ->
     start(Config, #{port => Port, confirms => true,
                      %% shorter than the outage: waiting for the broker does not use it
                      retry => #{deadline_ms => 300}}),
+    Broker = <<"127.0.0.1:", (integer_to_binary(Port))/binary>>,
     #{connection := disconnected, last_connection_error := Error} = stats(),
+    ?assertNotEqual(nomatch, binary:match(Error, Broker)),
+    %% The first attempt's reason (the proxy closes the connection in various ways, so
+    %% a later attempt may read differently).
     Warning = wait_log(event_pusher_rabbit_connect_failed),
     ct:pal("start with the broker unreachable: ~p", [Warning]),
-    ?assertMatch(#{reason := Error}, Warning),
+    ?assertMatch(#{attempts := 1, reason := <<"cannot connect to ", _/binary>>}, Warning),
+    ?assertNotEqual(nomatch, binary:match(maps:get(reason, Warning), Broker)),
     %% The probe binds to the chat exchange: declared here as the module will.
     ok = amqp_probe:declare(C, <<"topic">>),
     Probe = amqp_probe:start([{C, <<"#">>}]),
@@ -345,7 +350,7 @@ unreachable_broker_at_start_events_wait_and_arrive(Config) ->
                         connect_failures => 0}),
     %% The last error stays for the record.
     #{last_connection_error := LastError} = Back,
-    ?assertNotEqual(nomatch, binary:match(LastError, <<"127.0.0.1:", (integer_to_binary(Port))/binary>>)),
+    ?assertNotEqual(nomatch, binary:match(LastError, Broker)),
     ?assertMatch({<<"topic">>, _}, maps:get(P, list_exchanges())).
 
 wrong_credentials_fail_the_start(Config) ->
