@@ -103,9 +103,10 @@ ct-otp27: otp27-strict rabbitmq postgres venv
 
 test: cargo-test ct ct-otp27 lint
 
-# The demo uses the amqp_probe that `build` just made (no second cargo run inside it).
+# The demo uses the programs `build` just made (no second cargo run inside it, which
+# could wait minutes on a busy machine).
 demo: build rabbitmq venv
-	AMQP_PROBE=$(CURDIR)/target/release/amqp_probe \
+	AMQP_PROBE=$(CURDIR)/target/release/amqp_probe TOML2TERM=$(CURDIR)/target/release/toml2term \
 	  $(ERL_RUN) -eval 'case event_pusher_demo:main() of ok -> halt(0); _ -> halt(1) end.'
 
 bench: build rabbitmq venv

@@ -201,16 +201,17 @@ run(Opts, Sink, SnsSink, Moto) ->
                           {read_concurrency, true}]) || Name <- [?PRESENCE, ?EVENTS]],
     try
         %% examples/mongooseim.toml with the sinks' ports filled in.
-        Config = event_pusher_sink:load_config(?TEMPLATE,
-                                               #{sink_port => event_pusher_sink:port(Sink),
-                                                 sns_port => event_pusher_sink:port(SnsSink)}),
+        Config = load_config(#{sink_port => event_pusher_sink:port(Sink),
+                               sns_port => event_pusher_sink:port(SnsSink)}),
+        %% moto's topics and queues are made (slowly) while the load runs.
+        SnsSetup = start_sns_setup(Moto, sns_topics(Config)),
         {Final, Context} = try
                                load_phase(Opts, Config, Sink, SnsSink)
                            after
                                _ = (catch mongoose_host:stop())
                            end,
         Sample = try
-                     sample_phase(Opts, Sink, Moto)
+                     sample_phase(Opts, Sink, Moto, SnsSetup)
                  after
                      _ = (catch mongoose_host:stop())
                  end,
@@ -218,6 +219,9 @@ run(Opts, Sink, SnsSink, Moto) ->
     after
         [ets:delete(T) || T <- Ets]
     end.
+
+load_config(Ports) ->
+    step("reading " ?TEMPLATE, fun() -> event_pusher_sink:load_config(?TEMPLATE, Ports) end).
 
 %% The load: every configured backend, the users at full speed.
 load_phase(Opts, Config, Sink, SnsSink) ->
@@ -557,10 +561,42 @@ bare(Jid) ->
 %% each call, so it takes tens to hundreds of messages a second, fewer as its
 %% queues fill: the load goes to pusher-sink --sns, and moto gets a sample, paced:
 %% a round of events goes out only when the previous one is delivered.
-sample_phase(#{sample_users := NUsers}, Sink, Moto) ->
-    Config0 = event_pusher_sink:load_config(?TEMPLATE,
-                                             #{sink_port => event_pusher_sink:port(Sink),
-                                               sns_port => maps:get(port, Moto)}),
+%% Kind => topic name, for the topics the sns backend's configuration names.
+sns_topics(Config) ->
+    Modules = proplists:get_value({modules, ?HOST}, Config, #{}),
+    SnsOpts = maps:get(sns, maps:get(mod_event_pusher, Modules, #{}), #{}),
+    maps:from_list([{Kind, list_to_binary(Name)}
+                    || {Kind, Option} <- [{presence, presence_updates_topic},
+                                          {pm, pm_messages_topic},
+                                          {muc, muc_messages_topic}],
+                       {ok, Name} <- [maps:find(Option, SnsOpts)]]).
+
+%% The topics in moto, each with an SQS queue subscribed, made by a process of
+%% their own; await_sns_setup/1 gives their ARNs and queues.
+start_sns_setup(_Moto, Topics) when map_size(Topics) =:= 0 ->
+    none;
+start_sns_setup(Moto, Topics) ->
+    Setup = fun() -> {ok, sns_emulator:setup(Moto, maps:values(Topics))} end,
+    {Pid, MRef} = spawn_monitor(fun() -> exit({sns_setup, catch Setup()}) end),
+    {Pid, MRef, Topics}.
+
+await_sns_setup({Pid, MRef, Topics}) ->
+    %% The script has its own timeout (sns_emulator's); this one only guards it.
+    receive
+        {'DOWN', MRef, process, Pid, {sns_setup, {ok, Queues}}} ->
+            {Topics, Queues};
+        {'DOWN', MRef, process, Pid, Reason} ->
+            fail("creating the SNS topics and SQS queues in moto: ~0tp", [Reason])
+    after 2 * ?SQS_TIMEOUT_MS ->
+            fail("creating the SNS topics and SQS queues in moto took more than ~b s",
+                 [2 * ?SQS_TIMEOUT_MS div 1000])
+    end.
+
+sample_phase(_Opts, _Sink, _Moto, none) ->
+    none;
+sample_phase(#{sample_users := NUsers}, Sink, Moto, SnsSetup) ->
+    Config0 = load_config(#{sink_port => event_pusher_sink:port(Sink),
+                            sns_port => maps:get(port, Moto)}),
     Modules = proplists:get_value({modules, ?HOST}, Config0, #{}),
     case maps:get(mod_event_pusher, Modules, #{}) of
         #{sns := SnsOpts} ->
@@ -570,20 +606,12 @@ sample_phase(#{sample_users := NUsers}, Sink, Moto) ->
                         mod_event_pusher_sns => maps:get(mod_event_pusher_sns, Modules)},
             Config = [{K, V} || {K, V} <- Config0, K =/= {modules, ?HOST}, K =/= outgoing_pools]
                 ++ [{{modules, ?HOST}, SnsOnly}, {outgoing_pools, []}],
-            sample(NUsers, Config, SnsOpts, Moto);
+            sample(NUsers, Config, await_sns_setup(SnsSetup), Moto);
         _ ->
             none
     end.
 
-sample(NUsers, Config, SnsOpts, Moto) ->
-    %% Kind => topic name, for the topics configured.
-    Topics = maps:from_list([{Kind, list_to_binary(Name)}
-                             || {Kind, Option} <- [{presence, presence_updates_topic},
-                                                   {pm, pm_messages_topic},
-                                                   {muc, muc_messages_topic}],
-                                {ok, Name} <- [maps:find(Option, SnsOpts)]]),
-    Queues = step("creating the SNS topics and SQS queues in moto",
-                  fun() -> sns_emulator:setup(Moto, maps:values(Topics)) end),
+sample(NUsers, Config, {Topics, Queues}, Moto) ->
     io:format("demo: SNS sample: the sns backend alone against moto, topics ~ts, each with "
               "an SQS queue subscribed; ~b users, in rounds~n",
               [lists:join(", ", maps:values(Topics)), NUsers]),
@@ -1160,20 +1188,11 @@ backend_checks("push", #{accepted := A, delivered := D},
 backend_checks("rabbit", #{accepted := A, delivered := D, retried := R, failed := F},
                #{expected := #{presence := P, chat := C, groupchat := G, skipped := S},
                  rabbit_skipped := SkippedMetric, arrived := Arrived}) ->
-    #{matched := Matched, unexpected := Unexpected, duplicates := Duplicates, bad := Bad} = Arrived,
     [{io_lib:format("rabbit: accepted ~b = presence ~b + chat ~b + groupchat ~b events "
                     "with a body (sent and received)", [A, P, C, G]), A =:= P + C + G},
      {io_lib:format("rabbit: skipped (no body) ~b = chat messages without a body ~b",
-                    [SkippedMetric, S]), SkippedMetric =:= S},
-     %% A failed event may still have reached the broker (its confirm was lost).
-     {io_lib:format("rabbit: the demo's queue received ~b distinct events: confirmed ~b <= ~b "
-                    "<= confirmed + failed ~b", [Matched, D, Matched, D + F]),
-      D =< Matched andalso Matched =< D + F},
-     {io_lib:format("rabbit: the demo's queue received nothing the users did not cause (~b "
-                    "unexpected), and duplicates ~b <= retried ~b", [Unexpected, Duplicates, R]),
-      Unexpected =:= 0 andalso Duplicates =< R},
-     {io_lib:format("rabbit: every message has MongooseIM's JSON and routing key (~b do not)",
-                    [length(Bad)]), Bad =:= []}];
+                    [SkippedMetric, S]), SkippedMetric =:= S}
+     | rabbit_arrival_checks(D, R, F, Arrived)];
 backend_checks("sns", #{accepted := A, delivered := D},
                #{expected := #{presence := P, webhooks := C, groupchat_sent := G},
                  sns_sink := SinkStats}) ->
@@ -1184,6 +1203,20 @@ backend_checks("sns", #{accepted := A, delivered := D},
                     [Messages, D]), Messages =:= D}];
 backend_checks(_Name, _Stats, _Context) ->
     [].
+
+rabbit_arrival_checks(_D, _R, _F, none) ->
+    [{"rabbit: the demo's queue was bound to the rabbit backend's exchanges", false}];
+rabbit_arrival_checks(D, R, F, #{matched := Matched, unexpected := Unexpected,
+                                 duplicates := Duplicates, bad := Bad}) ->
+    %% A failed event may still have reached the broker (its confirm was lost).
+    [{io_lib:format("rabbit: the demo's queue received ~b distinct events: confirmed ~b <= ~b "
+                    "<= confirmed + failed ~b", [Matched, D, Matched, D + F]),
+      D =< Matched andalso Matched =< D + F},
+     {io_lib:format("rabbit: the demo's queue received nothing the users did not cause (~b "
+                    "unexpected), and duplicates ~b <= retried ~b", [Unexpected, Duplicates, R]),
+      Unexpected =:= 0 andalso Duplicates =< R},
+     {io_lib:format("rabbit: every message has MongooseIM's JSON and routing key (~b do not)",
+                    [length(Bad)]), Bad =:= []}].
 
 %% moto got every event of the sample, each once, on its topic, as MongooseIM
 %% publishes it.
