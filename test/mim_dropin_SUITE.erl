@@ -21,6 +21,8 @@
 -define(HT, <<"localhost">>).
 -define(BACKENDS, [http, rabbit, sns, push]).
 -define(PUBSUB, <<"pubsub.push.example">>).
+-define(DYNAMIC_HT, <<"dynamic type">>).
+-define(DYNAMIC_DOMAIN, <<"dyn.example">>).
 
 all() ->
     [stand_in_refuses_a_duplicate_event_as_mongooseim_does,
@@ -29,6 +31,8 @@ all() ->
      rabbit_connection_in_the_module_section_needs_no_pool,
      rabbit_without_a_connection_fails_the_boot_as_a_whole,
      every_backend_boots_beside_every_pool_type,
+     every_backend_delivers_for_a_domain_of_a_dynamic_host_type,
+     replace_modules_restarts_with_the_new_options_and_drains_the_old,
      {group, mongooseim_option_maps}].
 
 groups() ->
@@ -57,12 +61,13 @@ init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(_Case, _Config) ->
-    ok = test_wait:bounded(fun mongoose_host:stop/0, 20000),
+    Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 20000),
     %% The push backend creates the table when it first starts.
     case lists:member(push_subscription, mnesia:system_info(tables)) of
         true -> {atomic, ok} = mnesia:clear_table(push_subscription), ok;
         false -> ok
-    end.
+    end,
+    Stopped.
 
 %%% The stand-in is as strict as MongooseIM
 
@@ -121,6 +126,7 @@ rabbit_without_a_connection_fails_the_boot_as_a_whole(_Config) ->
     Opts = base_opts(http_pools(Listener))
         ++ [{{modules, ?HT}, #{mod_event_pusher_http => mim_opts(http),
                                mod_event_pusher_rabbit => mim_opts(rabbit)}}],
+    log_guard:expect(#{what => module_start_failed, module => mod_event_pusher_rabbit}),
     try
         ?assertError(#{what := event_pusher_rabbit_start_failed,
                        reason := #{what := pool_not_configured}},
@@ -148,6 +154,53 @@ every_backend_boots_beside_every_pool_type(Config) ->
     after
         test_http_listener:stop(Listener)
     end.
+
+%% Dynamic domains (MongooseIM 6.4.0 supports none for the event pusher; we do):
+%% every backend configured for a host type of `host_types' delivers for its domain.
+%% The rabbit pool's `host_type' scope gives that host type its own pool.
+every_backend_delivers_for_a_domain_of_a_dynamic_host_type(Config) ->
+    Listener = test_http_listener:start(),
+    try
+        Modules = maps:from_list([{backend_module(B), local_opts(B, Config)} || B <- ?BACKENDS]),
+        ok = mongoose_host:start(
+               [{hosts, [?HT]}, {host_types, [?DYNAMIC_HT]}, {default_server_domain, ?HT},
+                {outgoing_pools, [rabbit_pool() | http_pools(Listener)]},
+                {{modules, ?HT}, #{}},
+                {{modules, ?DYNAMIC_HT}, Modules#{mod_event_pusher => backends_of(Modules)}}]),
+        ?assert(lists:member({rabbit, ?DYNAMIC_HT, event_pusher}, mongoose_wpool:get_pools())),
+        [deliver_and_check(B, through_mod_event_pusher, server_for(B, Listener), Config,
+                           {?DYNAMIC_HT, ?DYNAMIC_DOMAIN}) || B <- ?BACKENDS]
+    after
+        test_http_listener:stop(Listener)
+    end.
+
+%% A configuration reload as MongooseIM's tests do it: the handler's new path is used
+%% from then on, and what the old instance still held was delivered (drained) first.
+replace_modules_restarts_with_the_new_options_and_drains_the_old(_Config) ->
+    Listener = test_http_listener:start(),
+    try
+        Old = mim_opts(http),
+        ok = mongoose_host:start(base_opts(http_pools(Listener))
+                                 ++ [{{modules, ?HT}, #{mod_event_pusher => #{http => Old},
+                                                        mod_event_pusher_http => Old}}]),
+        Chat = fun(Body) -> hook_driver:send(?HT, <<"chat">>, <<"alice@localhost/r">>,
+                                             <<"bob@localhost">>, Body) end,
+        Chat(<<"before">>),
+        New = Old#{handlers := [H#{path := <<"changed">>} || H <- maps:get(handlers, Old)]},
+        ok = mongoose_modules:replace_modules(?HT, [], #{mod_event_pusher => #{http => New}}),
+        ?assertEqual(New, gen_mod:get_module_opts(?HT, mod_event_pusher_http)),
+        Chat(<<"after">>),
+        {ok, Requests} = test_http_listener:wait_for_requests(Listener, 2, 10000),
+        ?assertEqual([{<<"/changed">>, <<"after">>}, {<<"/notifications">>, <<"before">>}],
+                     lists:sort([{Path, proplists:get_value(<<"message">>,
+                                                            uri_string:dissect_query(Body))}
+                                 || #{path := Path, body := Body} <- Requests]))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
+server_for(http, Listener) -> Listener;
+server_for(_Backend, _Listener) -> none.
 
 %%% MongooseIM's own option maps
 
@@ -188,26 +241,30 @@ check_backend(Backend, How, Config) ->
     end.
 
 %% The event goes through the hooks when mod_event_pusher runs, else straight to the
-%% backend's push_event/2, as another module of MongooseIM's would call it.
-deliver_and_check(http, How, Listener, _Config) ->
+%% backend's push_event/2, as another module of MongooseIM's would call it. Users are
+%% of Domain, a domain of host type HT.
+deliver_and_check(Backend, How, Server, Config) ->
+    deliver_and_check(Backend, How, Server, Config, {?HT, ?HT}).
+
+deliver_and_check(http, How, Listener, _Config, {HT, Domain}) ->
     User = unique_user(),
-    event(How, fun() -> hook_driver:send(?HT, <<"chat">>, <<User/binary, "@localhost/r">>,
-                                         <<"bob@localhost">>, <<"hello">>) end,
-          mod_event_pusher_http, chat_event(in, <<User/binary, "@localhost/r">>,
-                                            <<"bob@localhost">>, <<"hello">>)),
+    From = <<User/binary, "@", Domain/binary, "/r">>,
+    To = <<"bob@", Domain/binary>>,
+    event(How, HT, fun() -> hook_driver:send(HT, <<"chat">>, From, To, <<"hello">>) end,
+          mod_event_pusher_http, chat_event(in, From, To, <<"hello">>)),
     {ok, [#{path := Path, body := Body}]} = test_http_listener:wait_for_requests(Listener, 1,
                                                                                  10000),
     ?assertEqual(<<"/notifications">>, Path),
-    ?assertEqual([{<<"author">>, User}, {<<"server">>, ?HT}, {<<"receiver">>, <<"bob">>},
+    ?assertEqual([{<<"author">>, User}, {<<"server">>, Domain}, {<<"receiver">>, <<"bob">>},
                   {<<"message">>, <<"hello">>}],
                  uri_string:dissect_query(Body));
-deliver_and_check(rabbit, How, none, _Config) ->
-    User = unique_user(),
-    Jid = <<User/binary, "@localhost/r">>,
+deliver_and_check(rabbit, How, none, _Config, {HT, Domain}) ->
+    Bare = <<(unique_user())/binary, "@", Domain/binary>>,
+    Jid = <<Bare/binary, "/r">>,
     %% MongooseIM's default exchange names are shared: bound to this user's key only.
-    Probe = amqp_probe:start([{<<"presence">>, <<User/binary, "@localhost">>}]),
+    Probe = amqp_probe:start([{<<"presence">>, Bare}]),
     try
-        event(How, fun() -> hook_driver:presence(?HT, Jid, online) end,
+        event(How, HT, fun() -> hook_driver:presence(HT, Jid, online) end,
               mod_event_pusher_rabbit, #user_status_event{jid = jid:from_binary(Jid),
                                                           status = online}),
         {ok, [#{exchange := <<"presence">>, payload := Payload}]} =
@@ -217,36 +274,47 @@ deliver_and_check(rabbit, How, none, _Config) ->
     after
         amqp_probe:stop(Probe)
     end;
-deliver_and_check(sns, How, none, Config) ->
-    User = unique_user(),
-    Jid = <<User/binary, "@localhost/r">>,
-    event(How, fun() -> hook_driver:presence(?HT, Jid, online) end,
+deliver_and_check(sns, How, none, Config, {HT, Domain}) ->
+    Bare = <<(unique_user())/binary, "@", Domain/binary>>,
+    Jid = <<Bare/binary, "/r">>,
+    event(How, HT, fun() -> hook_driver:presence(HT, Jid, online) end,
           mod_event_pusher_sns, #user_status_event{jid = jid:from_binary(Jid), status = online}),
     #{queue_url := Queue} = maps:get(<<"user_presence_updated">>, ?config(topics, Config)),
-    ?assertEqual([#{<<"user_id">> => <<User/binary, "@localhost">>, <<"present">> => true}],
-                 [Decoded || #{<<"decoded_message">> := Decoded}
-                                 <- sns_emulator:receive_messages(?config(emulator, Config),
-                                                                  Queue, 1, 20000)]);
-deliver_and_check(push, How, _Service, _Config) ->
+    %% Through the hooks, other backends' presence checks published here too.
+    ?assertEqual([#{<<"user_id">> => Bare, <<"present">> => true}],
+                 receive_sns_about(Config, Queue, Bare, 10));
+deliver_and_check(push, How, none, _Config, {HT, Domain}) ->
     ejabberd_sm:reset(),
     ejabberd_local:reset(),
     push_client:service(?PUBSUB, result),
-    Bob = <<(unique_user())/binary, "@localhost/pc">>,
-    ok = push_client:register_offline(?HT, Bob, ?PUBSUB, <<"node">>, []),
-    event(How, fun() -> hook_driver:deliver(?HT, <<"chat">>, <<"alice@localhost/a">>, Bob,
-                                            <<"hi">>) end,
-          mod_event_pusher_push, chat_event(out, <<"alice@localhost/a">>, Bob, <<"hi">>)),
-    [Publish] = push_client:wait_publishes(?HT, 1),
+    Bob = <<(unique_user())/binary, "@", Domain/binary, "/pc">>,
+    Alice = <<"alice@", Domain/binary, "/a">>,
+    ok = push_client:register_offline(HT, Bob, ?PUBSUB, <<"node">>, []),
+    event(How, HT, fun() -> hook_driver:deliver(HT, <<"chat">>, Alice, Bob, <<"hi">>) end,
+          mod_event_pusher_push, chat_event(out, Alice, Bob, <<"hi">>)),
+    [Publish] = push_client:wait_publishes(HT, 1),
     ?assertEqual(?PUBSUB, exml_query:attr(Publish, <<"to">>)),
+    ?assertEqual(Domain, exml_query:attr(Publish, <<"from">>)),
     ?assertEqual(<<"node">>, exml_query:path(Publish, [{element, <<"pubsub">>},
                                                       {element, <<"publish">>},
                                                       {attr, <<"node">>}])).
 
-event(through_mod_event_pusher, RunHooks, _Module, _Event) ->
+%% The messages about UserId in the queue, once at least one came (up to Tries reads).
+receive_sns_about(_Config, _Queue, UserId, 0) ->
+    ct:fail({no_sns_message_about, UserId});
+receive_sns_about(Config, Queue, UserId, Tries) ->
+    Decoded = [D || #{<<"decoded_message">> := D}
+                        <- sns_emulator:receive_messages(?config(emulator, Config), Queue, 1,
+                                                         20000)],
+    case [D || D = #{<<"user_id">> := Id} <- Decoded, Id =:= UserId] of
+        [] -> receive_sns_about(Config, Queue, UserId, Tries - 1);
+        About -> About
+    end.
+
+event(through_mod_event_pusher, _HT, RunHooks, _Module, _Event) ->
     RunHooks();
-event(_AloneOrRunTime, _RunHooks, Module, Event) ->
-    Acc = acc_for(Event),
-    Module:push_event(Acc, Event),
+event(_AloneOrRunTime, HT, _RunHooks, Module, Event) ->
+    Module:push_event(acc_for(HT, Event), Event),
     ok.
 
 %%% Servers
@@ -261,6 +329,7 @@ stop_server(_Backend, none) -> ok.
 pools(http, Listener) -> http_pools(Listener);
 pools(rabbit, none) -> [rabbit_pool()];
 pools(_Backend, none) -> [].
+
 
 %% MongooseIM's http pool (outgoing_pools.expected.terms), pointed at the listener.
 http_pools(Listener) ->
@@ -307,7 +376,7 @@ publish_and_check(Labels) ->
 hook_driver_presence_direct(User) ->
     Jid = <<User/binary, "@localhost/r">>,
     Event = #user_status_event{jid = jid:from_binary(Jid), status = online},
-    mod_event_pusher_rabbit:push_event(acc_for(Event), Event).
+    mod_event_pusher_rabbit:push_event(acc_for(?HT, Event), Event).
 
 %%% Options
 
@@ -348,9 +417,9 @@ chat_event(Direction, From, To, Body) ->
                 to = jid:from_binary(To),
                 packet = hook_driver:message(From, To, <<"chat">>, hook_driver:body(Body))}.
 
-acc_for(#chat_event{from = From, to = To, packet = El}) ->
-    hook_driver:acc(?HT, jid:to_binary(From), jid:to_binary(To), El);
-acc_for(#user_status_event{jid = Jid}) ->
+acc_for(HT, #chat_event{from = From, to = To, packet = El}) ->
+    hook_driver:acc(HT, jid:to_binary(From), jid:to_binary(To), El);
+acc_for(HT, #user_status_event{jid = Jid}) ->
     Bin = jid:to_binary(Jid),
-    hook_driver:acc(?HT, Bin, jid:to_bare_binary(Jid),
+    hook_driver:acc(HT, Bin, jid:to_bare_binary(Jid),
                     hook_driver:message(Bin, jid:to_bare_binary(Jid), undefined, [])).

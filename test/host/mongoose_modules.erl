@@ -3,7 +3,7 @@
 %% is written to the `{modules, HostType}' option, which gen_mod reads.
 -module(mongoose_modules).
 
--export([start/0, stop/0, ensure_started/3, ensure_stopped/2]).
+-export([start/0, stop/0, replace_modules/3, ensure_started/3, ensure_stopped/2]).
 
 -type host_type() :: binary().
 
@@ -17,6 +17,24 @@ start() ->
 -spec stop() -> ok.
 stop() ->
     lists:foreach(fun stop_host_type/1, all_host_types()).
+
+%% @doc Changes the running modules at run time, as MongooseIM's does (its
+%% configuration reload for tests): modules in ToStop, and modules in ToEnsure whose
+%% dependencies are no longer needed, are stopped (dependents first); then every
+%% module of the new set, with its dependencies, is ensure_started/3 (dependencies
+%% first), so a module whose options changed is restarted.
+-spec replace_modules(host_type(), [module()], #{module() => gen_mod:module_opts()}) -> ok.
+replace_modules(HostType, ToStop, ToEnsure) ->
+    Current = get_modules(HostType),
+    Old = gen_mod_deps:resolve_deps(HostType, maps:with(ToStop ++ maps:keys(ToEnsure), Current)),
+    Target = gen_mod_deps:resolve_deps(
+               HostType, maps:merge(maps:without(maps:keys(Old), Current), ToEnsure)),
+    [ensure_stopped(HostType, Module)
+     || {Module, _} <- lists:reverse(gen_mod_deps:sort_deps(HostType, Old)),
+        not maps:is_key(Module, Target)],
+    [ensure_started(HostType, Module, Opts)
+     || {Module, Opts} <- gen_mod_deps:sort_deps(HostType, Target)],
+    ok.
 
 %% @doc Makes Module run with Opts: starts it if it is not configured,
 %% restarts it if it is configured with other options.
