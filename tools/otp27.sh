@@ -23,8 +23,9 @@ ROOT=$REPO/_build/otp27-root
 ERLANG=$ROOT/usr/lib/erlang
 BIN=$ERLANG/bin
 OUT=$REPO/_build/otp27
-APP=$OUT/lib/mongoose_event_pusher
-COMPILE_STAMP=$OUT/.compiled
+CURRENT=$OUT/current # the last complete build (a link into $OUT, swapped atomically)
+APP=$CURRENT/lib/mongoose_event_pusher
+COMPILE_STAMP=$CURRENT/.compiled
 CT_LOGS=$REPO/_build/ct_logs_otp27
 SUITE=trixie
 PACKAGES=(erlang-base erlang-common-test erlang-tools erlang-runtime-tools erlang-crypto
@@ -193,40 +194,86 @@ cmd_compile() {
         echo "otp27: compiled modules are current"
         return 0
     fi
-    rm -rf "$OUT"
-    mkdir -p "$APP/ebin" "$APP/test" "$OUT/strict"
-    touch "$OUT/.started" # a source edited from now on is newer than the stamp
+    # A new build beside the current one, which a CT run may be using.
+    local build=$OUT/build.$$
+    local app=$build/lib/mongoose_event_pusher
+    rm -rf "$build"
+    trap "rm -rf '$build'" EXIT # a failed compile leaves the current build as it was
+    mkdir -p "$app/ebin" "$app/test" "$build/strict"
+    touch "$build/.started" # a source edited from now on is newer than the stamp
     # As the test profile (rebar.config): production code, the stand-in and the tools
     # in one application, every warning an error.
-    compile_ordered "$APP/ebin" "+debug_info +warnings_as_errors" \
+    compile_ordered "$app/ebin" "+debug_info +warnings_as_errors" \
         erlang/src/*.erl test/host/*.erl tools/*.erl
     # The production modules as `make erlang-strict` compiles them on OTP 25: specs
     # required, against the stand-in's behaviours.
-    "$BIN/erlc" -o "$OUT/strict" -pa "$APP/ebin" "${INCLUDES[@]}" \
+    "$BIN/erlc" -o "$build/strict" -pa "$app/ebin" "${INCLUDES[@]}" \
         +warn_missing_spec +warnings_as_errors erlang/src/*.erl
     # The application resource file, and priv/ (the NIF) where code:priv_dir/1 looks.
     local modules
-    modules=$(cd "$APP/ebin" && ls -- *.beam | sed 's/\.beam$//' | paste -sd, -)
+    modules=$(cd "$app/ebin" && ls -- *.beam | sed 's/\.beam$//' | paste -sd, -)
     sed "s/{modules, *\[\]}/{modules, [$modules]}/" erlang/src/mongoose_event_pusher.app.src \
-        >"$APP/ebin/mongoose_event_pusher.app"
-    ln -s "$REPO/erlang/priv" "$APP/priv"
+        >"$app/ebin/mongoose_event_pusher.app"
+    ln -s "$REPO/erlang/priv" "$app/priv"
     # The suites, and beside them what else test/ holds (their data directories: CT's
     # data_dir), as `rebar3 ct` lays them out in _build/test/extras/test.
-    "$BIN/erlc" -o "$APP/test" -pa "$APP/ebin" "${INCLUDES[@]}" +debug_info +warnings_as_errors \
+    "$BIN/erlc" -o "$app/test" -pa "$app/ebin" "${INCLUDES[@]}" +debug_info +warnings_as_errors \
         test/*_SUITE.erl
     local entry
     for entry in test/*; do
-        [[ $entry == *.erl ]] || ln -s "$REPO/$entry" "$APP/test/"
+        [[ $entry == *.erl ]] || ln -s "$REPO/$entry" "$app/test/"
     done
-    { compile_sources; echo "$RECIPE"; } >"$COMPILE_STAMP"
-    touch -r "$OUT/.started" "$COMPILE_STAMP"
-    echo "otp27: compiled $(ls "$APP/ebin"/*.beam | wc -l) modules and $(ls "$APP/test"/*.beam | wc -l) suites on OTP 27; erlang/src strict-clean"
+    { compile_sources; echo "$RECIPE"; } >"$build/.compiled"
+    touch -r "$build/.started" "$build/.compiled"
+    ln -sfn "$(basename "$build")" "$OUT/current.$$"
+    mv -T "$OUT/current.$$" "$CURRENT"
+    trap - EXIT
+    local old
+    for old in "$OUT"/build.*; do # earlier builds, unless a compile is still making one
+        [ "$old" = "$build" ] || kill -0 "${old##*.}" 2>/dev/null || rm -rf "$old"
+    done
+    echo "otp27: compiled $(ls "$app/ebin"/*.beam | wc -l) modules and" \
+         "$(ls "$app/test"/*.beam | wc -l) suites on OTP 27; erlang/src strict-clean"
 }
+
+# Runs ct:run_test/1 in a plain VM, as `rebar3 ct` does (ct_run would make the node
+# distributed as ct@host, a name a concurrent run may hold), with rebar.config's ct_opts
+# (hooks and all), our dir and logdir, and the selection. Exits 0 only when every case
+# passed: a failed or auto-skipped case (a failed init_per_*) or a run that tested
+# nothing fails.
+# Arguments (plain): test dir, log dir, suites and cases (comma-separated, or "").
+CT_MAIN='
+[Dir, LogDir, Suites, Cases] = init:get_plain_arguments(),
+{ok, Config} = file:consult("rebar.config"),
+RebarOpts = proplists:get_value(ct_opts, Config, []),
+%% rebar3 applies sys_config files itself before the run; ct does not know the key.
+[ok = application:set_env(App, Key, Value)
+ || File <- proplists:get_value(sys_config, RebarOpts, []),
+    {ok, [Terms]} <- [file:consult(File)], {App, Env} <- Terms, {Key, Value} <- Env],
+Names = fun(List) -> [list_to_atom(N) || N <- string:lexemes(List, ",")] end,
+Selection = [{suite, Names(Suites)} || Suites =/= ""] ++ [{testcase, Names(Cases)} || Cases =/= ""],
+Opts = [{dir, Dir}, {logdir, LogDir}, {auto_compile, false} | Selection]
+       ++ [Opt || Opt <- RebarOpts, not lists:member(element(1, Opt), [dir, logdir, sys_config])],
+Status = case ct:run_test(Opts) of
+             {Passed, 0, {UserSkipped, 0}} when Passed > 0 ->
+                 io:format("otp27: CT on OTP 27: ~b passed, ~b skipped~n", [Passed, UserSkipped]),
+                 0;
+             {Passed, Failed, {UserSkipped, AutoSkipped}}
+               when is_integer(Passed), is_integer(Failed) ->
+                 io:format("otp27: CT on OTP 27: ~b passed, ~b failed, ~b skipped, "
+                           "~b auto-skipped~n", [Passed, Failed, UserSkipped, AutoSkipped]),
+                 1;
+             Other ->
+                 io:format("otp27: CT on OTP 27 did not run: ~p~n", [Other]),
+                 2
+         end,
+halt(Status).'
 
 cmd_ct() {
     root_is_ready || die "no OTP 27 root yet: run tools/otp27.sh root (make otp27-root)"
-    [ -f "$COMPILE_STAMP" ] || die "nothing compiled: run tools/otp27.sh compile"
-    local suites="" cases="" selection="" name
+    cd "$REPO"
+    compile_is_current || die "not compiled since the last change: run tools/otp27.sh compile"
+    local suites="" cases="" name
     while [ $# -gt 0 ]; do
         case "$1" in
             --suite|--case)
@@ -240,28 +287,9 @@ cmd_ct() {
             *) die "unknown argument: $1 (use --suite NAME[,NAME] and --case NAME[,NAME])" ;;
         esac
     done
-    [ -z "$suites" ] || selection+=", {suite, [${suites#,}]}"
-    [ -z "$cases" ] || selection+=", {testcase, [${cases#,}]}"
-    cd "$REPO"
     mkdir -p "$CT_LOGS"
-    # ct:run_test/1 in a plain VM, as `rebar3 ct` runs it (ct_run would make the node
-    # distributed as ct@host, a name a concurrent run may hold). Any failed or
-    # auto-skipped case (a failed init_per_*) or a run that tested nothing fails.
-    "$BIN/erl" -noshell -pa "$APP/ebin" -eval "
-        Opts = [{dir, \"$APP/test\"}, {logdir, \"$CT_LOGS\"}, {auto_compile, false}$selection],
-        Status = case ct:run_test(Opts) of
-                     {Passed, 0, {_, 0}} when Passed > 0 -> 0;
-                     {Passed, Failed, {UserSkipped, AutoSkipped}}
-                       when is_integer(Passed), is_integer(Failed) ->
-                         io:format(\"otp27: CT on OTP 27: ~b passed, ~b failed, \"
-                                   \"~b skipped, ~b auto-skipped~n\",
-                                   [Passed, Failed, UserSkipped, AutoSkipped]),
-                         1;
-                     Other ->
-                         io:format(\"otp27: CT on OTP 27 did not run: ~p~n\", [Other]),
-                         2
-                 end,
-        halt(Status)."
+    "$BIN/erl" -noshell -pa "$APP/ebin" -eval "$CT_MAIN" \
+        -extra "$APP/test" "$CT_LOGS" "${suites#,}" "${cases#,}"
 }
 
 case "${1:-}" in
