@@ -25,6 +25,10 @@ all() ->
      client_error_is_not_retried,
      full_queue_drops_and_counts,
      stop_drains_pending_events,
+     webhook_failing_each_first_two_attempts_gets_every_event_with_default_settings,
+     retry_after_on_503_and_429_is_waited_out,
+     an_event_waiting_to_be_retried_holds_no_worker,
+     retry_after_past_the_deadline_fails_at_once_saying_so,
      dynamic_host_type_gets_its_own_instance,
      https_with_a_trusted_ca_delivers,
      https_certificate_is_verified_unless_told_not_to,
@@ -226,6 +230,73 @@ stop_drains_pending_events(Config) ->
     mongoose_host:stop(),
     %% Everything arrived before stop returned.
     ?assertEqual(40, length(requests(Config))).
+
+%% Every event's first two attempts get a 500. With the default retry settings (3
+%% attempts, 30 s deadline) and the pool's default 10 workers, every event arrives a
+%% third time and is delivered: a retry waits in the queue, not in a worker.
+webhook_failing_each_first_two_attempts_gets_every_event_with_default_settings(Config) ->
+    N = 2000,
+    test_http_listener:set_reply(?config(listener, Config), {per_body, [500, 500]}),
+    start(Config, #{workers => 10, retry => #{}}),
+    Sent = [integer_to_binary(I) || I <- lists:seq(1, N)],
+    [send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Body) || Body <- Sent],
+    wait_stats(http_pool, #{delivered => N, failed => 0, retried => 2 * N, queued => 0,
+                            waiting_retry => 0, in_flight => 0}, 3000),
+    Arrived = arrivals_by_message(Config),
+    ?assertEqual(lists:sort(Sent), lists:sort(maps:keys(Arrived))),
+    ?assertEqual([3], lists:usort([length(Times) || Times <- maps:values(Arrived)])),
+    ?assertMatch(#{accepted := N, dropped := 0}, pool_stats(http_pool)).
+
+%% 503 and then 429, each with `Retry-After: 1': the next attempt comes no sooner.
+retry_after_on_503_and_429_is_waited_out(Config) ->
+    N = 20,
+    RetryAfter = [{<<"retry-after">>, <<"1">>}],
+    test_http_listener:set_reply(?config(listener, Config),
+                                 {per_body, [{headers, 503, RetryAfter},
+                                             {headers, 429, RetryAfter}]}),
+    start(Config, #{retry => #{}}),
+    [send_chat(<<"alice@localhost">>, <<"bob@localhost">>, integer_to_binary(I))
+     || I <- lists:seq(1, N)],
+    wait_stats(http_pool, #{delivered => N, failed => 0, retried => 2 * N}, 1000),
+    Arrived = arrivals_by_message(Config),
+    ?assertEqual(N, map_size(Arrived)),
+    maps:foreach(fun(Body, Times = [T1, T2, T3]) ->
+                         %% A lower bound: no attempt before the server allowed it.
+                         ?assert(T2 - T1 >= 1000 andalso T3 - T2 >= 1000, {Body, Times})
+                 end, Arrived),
+    Codes = [maps:get(response_code, M)
+             || M <- wait_metrics(mod_event_pusher_http_sent, 3 * N)],
+    ?assertEqual([{<<"200">>, N}, {<<"429">>, N}, {<<"503">>, N}],
+                 [{C, length([X || X <- Codes, X =:= C])} || C <- lists:usort(Codes)]).
+
+%% One worker. The first event is told to come back in 2 s; the second, sent after
+%% the first one's attempt arrived, is delivered by that worker meanwhile.
+an_event_waiting_to_be_retried_holds_no_worker(Config) ->
+    Listener = ?config(listener, Config),
+    test_http_listener:set_reply(Listener, {per_body, [{headers, 503,
+                                                        [{<<"retry-after">>, <<"2">>}]}]}),
+    start(Config, #{workers => 1, retry => #{}}),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"told to wait">>),
+    wait_stats(http_pool, #{waiting_retry => 1, queued => 1, in_flight => 0}),
+    test_http_listener:set_reply(Listener, 200),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"behind it">>),
+    wait_stats(http_pool, #{delivered => 2, failed => 0}, 1000),
+    Order = [proplists:get_value(<<"message">>, form(R)) || R <- requests(Config)],
+    ?assertEqual([<<"told to wait">>, <<"behind it">>, <<"told to wait">>], Order).
+
+%% `Retry-After: 120' with the default 30 s deadline: failed after one attempt, with
+%% a reason that says why.
+retry_after_past_the_deadline_fails_at_once_saying_so(Config) ->
+    capture_logs(),
+    test_http_listener:set_reply(?config(listener, Config),
+                                 {per_body, [{headers, 503, [{<<"retry-after">>, <<"120">>}]}]}),
+    start(Config, #{retry => #{}}),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"too far">>),
+    wait_stats(http_pool, #{failed => 1, retried => 0, queued => 0, in_flight => 0}),
+    #{example := #{reason := Logged}} = wait_log(event_pusher_delivery_failed),
+    ?assertEqual(<<"http_status_503 (Retry-After 120 s is past the retry deadline)">>, Logged),
+    ?assertEqual([<<"too far">>],
+                 [proplists:get_value(<<"message">>, form(R)) || R <- requests(Config)]).
 
 dynamic_host_type_gets_its_own_instance(Config) ->
     start(Config, #{host_types => [<<"dyn type">>]}),
@@ -497,6 +568,13 @@ deliver_chat(From, To, Type, Body) ->
 
 requests(Config) ->
     test_http_listener:requests(?config(listener, Config)).
+
+%% Arrival times (ms) of each message text, in order.
+arrivals_by_message(Config) ->
+    lists:foldl(fun(Request = #{at := At}, Acc) ->
+                        Message = proplists:get_value(<<"message">>, form(Request)),
+                        maps:update_with(Message, fun(Times) -> Times ++ [At] end, [At], Acc)
+                end, #{}, requests(Config)).
 
 wait_requests(Config, N) ->
     case test_http_listener:wait_for_requests(?config(listener, Config), N, 5000) of

@@ -10,6 +10,11 @@
 %%     per-call sample = batch time / ?BATCH;
 %%  b. delivery throughput to a local keep-alive pusher-sink: N events pushed through
 %%     push_event/2, wall time until all are delivered (median of 3 runs);
+%%  b2. retries: with every http setting at its default (10 workers, queue of 10000,
+%%     3 attempts, 30 s deadline), 10000 distinct chat events through push_event/2 to
+%%     a healthy pusher-sink and to one that answers 500 to each event's first two
+%%     attempts (`pusher-sink --fail-first 2'), in alternating runs: events/s, failed,
+%%     and the failing webhook's rate as a share of the healthy one (median of 3);
 %%  c. the baseline: a synchronous httpc POST per event (one caller, and 16 callers),
 %%     with the webhook server healthy and answering after 100 ms;
 %%  d. RabbitMQ (on 127.0.0.1:5672): chat events pushed through push_event/2 with only
@@ -66,12 +71,14 @@
                   rabbit_window => pos_integer(), rabbit_workers => pos_integer(),
                   confirm_each_messages => pos_integer(),
                   amqp_client_messages => pos_integer(),
+                  retry_events => pos_integer(), retry_runs => pos_integer(),
                   sns_events => pos_integer(), sns_runs => pos_integer(),
                   sns_pool_size => pos_integer(), sns_warmup => non_neg_integer(),
                   moto_batching_events => pos_integer(), moto_single_events => pos_integer(),
                   moto_server => file:filename(),
                   phases => [phase()]}.
--type phase() :: per_call | slow | dead | throughput | httpc | rabbit | amqp_client | sns.
+-type phase() :: per_call | slow | dead | throughput | retry | httpc | rabbit | amqp_client
+               | sns.
 -define(HTTP_PHASES, [dead, httpc, per_call, slow, throughput]).
 -type result() :: {atom(), term()}.
 
@@ -83,7 +90,7 @@ main() ->
 main(Opts0) ->
     Opts = maps:merge(#{samples => 2000, warmup => 200, events => 100000, workers => 16,
                         httpc_calls => 5000, httpc_slow_calls => 50, sink_threads => 1,
-                        throughput_runs => 3,
+                        throughput_runs => 3, retry_events => 10000, retry_runs => 3,
                         rabbit_events => 50000, rabbit_runs => 5, rabbit_window => 1000,
                         rabbit_workers => 20, confirm_each_messages => 5000,
                         amqp_client_messages => 3000,
@@ -92,8 +99,8 @@ main(Opts0) ->
                         moto_single_events => 300,
                         moto_server => filename:join([event_pusher_sink:repo_root(), "_build",
                                                       "venv", "bin", "moto_server"]),
-                        phases => [per_call, slow, dead, throughput, httpc, rabbit, sns,
-                                   amqp_client]}, Opts0),
+                        phases => [per_call, slow, dead, throughput, retry, httpc, rabbit,
+                                   sns, amqp_client]}, Opts0),
     {ok, _} = application:ensure_all_started(inets),
     #{level := Level} = logger:get_primary_config(),
     %% Dead and slow servers and drain-less stops log a warning per report batch.
@@ -156,6 +163,8 @@ run(Opts = #{phases := Phases}, Sink, SlowSink) ->
                                 max_bytes => 1 bsl 30, drain_ms => 5000},
                               fun() -> throughput(Opts, Acc, Event) end)
           end},
+         %% b2. Retries: a webhook failing each event's first two attempts.
+         {retry, fun() -> retry_bench(Opts, Sink) end},
          %% c. The httpc baseline.
          {httpc, fun() -> httpc_bench(Opts, Live, Slow) end},
          %% d. RabbitMQ: the rabbit backend and the raw lapin loop.
@@ -295,6 +304,66 @@ wait_settled(Instance, Deadline) ->
         true -> Stats;
         false -> timer:sleep(2), wait_settled(Instance, Deadline)
     end.
+
+%% b2. Retries, default settings: the same distinct events to a healthy webhook and to
+%% one failing each event's first two attempts, in alternating runs.
+
+retry_bench(#{retry_events := N, retry_runs := Runs}, Sink) ->
+    Flaky = event_pusher_sink:start(["--fail-first", "2"]),
+    try
+        Live = url(event_pusher_sink:port(Sink)),
+        FlakyUrl = url(event_pusher_sink:port(Flaky)),
+        Rounds = [#{healthy => retry_run("retry phase, webhook healthy", Live, Sink,
+                                         distinct_chat_events(<<"h", (integer_to_binary(R))/binary>>, N)),
+                    failing => retry_run("retry phase, webhook failing 2 attempts per event",
+                                         FlakyUrl, Flaky,
+                                         distinct_chat_events(<<"f", (integer_to_binary(R))/binary>>, N))}
+                  || R <- lists:seq(1, Runs)],
+        [{retry, #{events => N, rounds => Rounds,
+                   healthy => median_run([H || #{healthy := H} <- Rounds]),
+                   failing => median_run([F || #{failing := F} <- Rounds]),
+                   ratio => paired_ratio([{F, H} || #{healthy := H, failing := F} <- Rounds])}}]
+    after
+        event_pusher_sink:stop(Flaky)
+    end.
+
+%% One run with the default settings; Sink is asked how many requests it answered
+%% (the attempts).
+retry_run(Name, Url, Sink, Events) ->
+    with_config("tools/event_pusher_bench_retry.toml", #{host => Url},
+                fun() ->
+                        Instance = mod_event_pusher_instance:instance(?HOST, {http, http_pool}),
+                        Before = event_pusher_sink:requests(Sink),
+                        Run = #{seconds := S} = timed_push_events(Name, Instance, Events, 120),
+                        Requests = event_pusher_sink:requests(Sink) - Before,
+                        Run#{requests => Requests, requests_rate => Requests / S}
+                end).
+
+%% N chat events with distinct bodies (a webhook failing each event's first attempts
+%% tells them apart by body).
+distinct_chat_events(Prefix, N) ->
+    [chat_event(<<"Are we still on for lunch tomorrow at 12:30? ", Prefix/binary, "-",
+                  (integer_to_binary(I))/binary>>)
+     || I <- lists:seq(1, N)].
+
+%% As timed_push/6, for a list of {Acc, Event}.
+timed_push_events(Name, Instance, Events, TimeoutS) ->
+    mongoose_instrument:clear_events(),
+    Before = mod_event_pusher_nif:stats(Instance),
+    T0 = erlang:monotonic_time(microsecond),
+    _ = [mod_event_pusher:push_event(Acc, Event) || {Acc, Event} <- Events],
+    TPushed = erlang:monotonic_time(microsecond),
+    After = wait_settled(Instance, T0 + TimeoutS * 1000000),
+    T1 = erlang:monotonic_time(microsecond),
+    [A, D, F, Dr, Re] = [maps:get(K, After) - maps:get(K, Before)
+                         || K <- [accepted, delivered, failed, dropped, retried]],
+    io:format("  ~ts: ~b events pushed in ~.1f ms; accepted ~b delivered ~b failed ~b "
+              "dropped ~b retried ~b in ~.2f s: ~b events/s~n",
+              [Name, length(Events), (TPushed - T0) / 1000, A, D, F, Dr, Re,
+               (T1 - T0) / 1000000, round(D * 1000000 / (T1 - T0))]),
+    #{events => length(Events), delivered => D, failed => F, dropped => Dr, retried => Re,
+      seconds => (T1 - T0) / 1000000, rate => D * 1000000 / (T1 - T0),
+      push_seconds => (TPushed - T0) / 1000000}.
 
 %% c. The httpc baseline: what MongooseIM's http backend does per event.
 
@@ -755,15 +824,17 @@ moto_version(Exe) ->
 %% The event and what the http backend makes of it
 
 chat_event() ->
+    %% A ~50-byte body.
+    chat_event(<<"Are we still on for lunch tomorrow at 12:30? Bring">>).
+
+chat_event(Text) ->
     From = jid:from_binary(<<"alice@localhost/phone">>),
     To = jid:from_binary(<<"bob@localhost">>),
-    %% A ~50-byte body.
-    Text = <<"Are we still on for lunch tomorrow at 12:30? Bring">>,
     Packet = #xmlel{name = <<"message">>,
                     attrs = #{<<"type">> => <<"chat">>, <<"from">> => <<"alice@localhost/phone">>,
                               <<"to">> => <<"bob@localhost">>, <<"id">> => <<"msg-42">>},
                     children = [#xmlel{name = <<"body">>, children = [#xmlcdata{content = Text}]}]},
-    Acc = mongoose_acc:new(#{location => #{mfa => {?MODULE, chat_event, 0}, line => ?LINE,
+    Acc = mongoose_acc:new(#{location => #{mfa => {?MODULE, chat_event, 1}, line => ?LINE,
                                            file => ?FILE},
                              lserver => ?HOST, host_type => ?HOST, element => Packet,
                              from_jid => From, to_jid => To}),
@@ -824,7 +895,11 @@ report(Results, Opts) ->
     R = maps:from_list(Results),
     Http = lists:all(fun(K) -> maps:is_key(K, R) end,
                      [noop, push_event_slow, push_event_dead, throughput, httpc]),
-    Text = [case Http of true -> http_text(R, Opts); false -> [] end,
+    Text = [case {Http, maps:find(retry, R)} of
+                {true, _} -> http_text(R, Opts);
+                {false, {ok, Retry}} -> retry_text(Retry);
+                {false, error} -> []
+            end,
             case maps:find(rabbit, R) of
                 {ok, Rabbit} -> rabbit_text(Rabbit, maps:get(amqp_client, R, undefined), Opts);
                 error -> []
@@ -901,7 +976,61 @@ http_text(R, Opts) ->
          "and the delivery threads compete with the caller for the 2 cores.",
          "Slow and dead server: queue max_events 10000, so after the first 10000 events "
          "push_event/2 takes the drop path (counted as dropped)."],
-    render(Rows, ThroughputRows, Ratios, Notes).
+    {RetryRows, RetryNotes} = case maps:find(retry, R) of
+                                  {ok, Retry} -> retry_rows(Retry);
+                                  error -> {[], []}
+                              end,
+    [{Path, Rate1, Target, Verdict} | Rest] = ThroughputRows,
+    render(Rows, [{Path, Rate1, Target, Verdict} | RetryRows] ++ Rest, Ratios,
+           Notes ++ RetryNotes).
+
+%% The retry phase's rows (events/s, target, verdict) and notes.
+retry_rows(#{events := N, healthy := Healthy, failing := Failing, ratio := Ratio,
+             rounds := Rounds}) ->
+    #{rate := HealthyRate} = Healthy,
+    #{rate := FailingRate, failed := Failed} = Failing,
+    Total = fun(Kind, Key) -> lists:sum([maps:get(Key, maps:get(Kind, X)) || X <- Rounds]) end,
+    Rows =
+        [{io_lib:format("event pusher, default settings (10 workers), ~b distinct events, webhook "
+                        "healthy (median of ~b)", [N, length(Rounds)]),
+          rate(HealthyRate), "", ""},
+         {io_lib:format("same, webhook failing each event's first two attempts (median of ~b; "
+                        "~b failed)", [length(Rounds), Failed]),
+          rate(FailingRate), ">= 50% of healthy, 0 failed",
+          verdict_all([at_least(Ratio, 0.5), Total(failing, failed) =:= 0])
+              ++ " " ++ percent(Ratio)}],
+    RequestRates = fun(Kind) ->
+                           rates([#{rate => maps:get(requests_rate, maps:get(Kind, X))}
+                                  || X <- Rounds])
+                   end,
+    Notes =
+        [io_lib:format("Retries (default settings: pool workers 10, queue 10000 events, 3 "
+                       "attempts, backoff 100 ms doubling, 30 s deadline): ~b distinct chat "
+                       "events per run through push_event/2, timed until all settled; runs "
+                       "alternate healthy / failing. Per run, events/s healthy ~ts; failing "
+                       "~ts; failing / healthy ~ts. Over all failing runs: delivered ~b, failed "
+                       "~b, dropped ~b, retried ~b, requests the webhook answered ~b.",
+                       [N, rates([maps:get(healthy, X) || X <- Rounds]),
+                        rates([maps:get(failing, X) || X <- Rounds]),
+                        round_ratios(Ratio, percent), Total(failing, delivered),
+                        Total(failing, failed), Total(failing, dropped),
+                        Total(failing, retried), Total(failing, requests)]),
+         io_lib:format("Requests/s the webhook answered, per run: healthy ~ts; failing ~ts. "
+                       "A failing webhook needs 3 requests per event, and the 10 workers "
+                       "(the pool's connections) are the same: the event rate can reach "
+                       "about a third of the healthy one, with the workers as busy as when "
+                       "healthy (no worker waits out a backoff).",
+                       [RequestRates(healthy), RequestRates(failing)])],
+    {Rows, Notes}.
+
+%% The retry phase alone (run without the other http phases).
+retry_text(Retry) ->
+    {Rows, Notes} = retry_rows(Retry),
+    [<<"\n### Retries (events/s)\n\n">>,
+     <<"| path | events/s | target | |\n|---|---:|---|---|\n">>,
+     [io_lib:format("| ~ts | ~ts | ~ts | ~ts |~n", [A, B, C, D]) || {A, B, C, D} <- Rows],
+     <<"\n">>,
+     [io_lib:format("- ~ts~n", [Note]) || Note <- Notes]].
 
 rabbit_text({error, Why}, _AmqpClient, _Opts) ->
     [<<"\n### RabbitMQ\n\nNot measured: ">>, Why, <<"\n">>];

@@ -11,6 +11,8 @@
 -type push_error() :: queue_full | stopped | badarg.
 -type stats() :: #{accepted | delivered | retried | failed | dropped | queued
                    | queued_bytes | in_flight | lost => non_neg_integer(),
+                   %% of queued: events waiting for their next attempt
+                   waiting_retry => non_neg_integer(),
                    latency_p50_us | latency_p99_us => non_neg_integer() | undefined,
                    %% rabbit only: the connection's state
                    connection => connected | connecting | disconnected | closed,

@@ -1,6 +1,7 @@
-%% @doc A real HTTP/1.1 server for tests: records every request it receives and
-%% answers with a status chosen by the test (or not at all, to simulate a hung server).
-%% Keep-alive, Content-Length bodies. Test-only.
+%% @doc A real HTTP/1.1 server for tests: records every request it receives (with the
+%% monotonic millisecond it arrived at) and answers with a status chosen by the test
+%% (or not at all, to simulate a hung server). Keep-alive, Content-Length bodies.
+%% Test-only.
 -module(test_http_listener).
 
 -export([start/0, start/1, start_tls/2, stop/1, port/1, requests/1, wait_for_requests/3,
@@ -8,11 +9,18 @@
 
 -type listener() :: pid().
 -type request() :: #{method := binary(), path := binary(),
-                     headers := #{binary() => binary()}, body := binary()}.
-%% A status for every request, a list of statuses used in order (then 200), or
-%% `{delay, Ms, Status}`.
--type reply() :: non_neg_integer() | [non_neg_integer()] | {delay, non_neg_integer(), non_neg_integer()}.
--export_type([listener/0, request/0, reply/0]).
+                     headers := #{binary() => binary()}, body := binary(),
+                     at := integer()}.
+%% An answer for every request, a list of them used in order (then 200), or, for each
+%% distinct body, its own list used in order (then 200: `{per_body, [...]}' makes a
+%% server that fails every event's first attempts).
+-type reply() :: answer() | [answer()] | {per_body, [answer()]}.
+%% A status, a status with extra response headers (e.g. `{headers, 503,
+%% [{<<"retry-after">>, <<"1">>}]}'), or either after a delay.
+-type answer() :: non_neg_integer()
+                | {headers, non_neg_integer(), [{binary(), binary()}]}
+                | {delay, non_neg_integer(), answer()}.
+-export_type([listener/0, request/0, reply/0, answer/0]).
 
 -spec start() -> listener().
 start() -> start(200).
@@ -89,7 +97,7 @@ init(Parent, Reply, Transport, TransportOpts) ->
     spawn_link(fun() -> accept(Transport, LSock, Self) end),
     Parent ! {self(), listening},
     loop(#{port => Port, requests => [], reply => Reply, lsock => LSock,
-           handshake_failures => []}).
+           handshake_failures => [], seen => #{}}).
 
 loop(State = #{requests := Requests, reply := Reply}) ->
     receive
@@ -98,19 +106,28 @@ loop(State = #{requests := Requests, reply := Reply}) ->
         {call, From, Ref, handshake_failures} ->
             From ! {Ref, lists:reverse(maps:get(handshake_failures, State))}, loop(State);
         {call, From, Ref, clear} ->
-            From ! {Ref, ok}, loop(State#{requests := [], handshake_failures := []});
+            From ! {Ref, ok},
+            loop(State#{requests := [], handshake_failures := [], seen := #{}});
         {handshake_failed, Reason} ->
             loop(State#{handshake_failures := [Reason | maps:get(handshake_failures, State)]});
-        {call, From, Ref, {set_reply, New}} -> From ! {Ref, ok}, loop(State#{reply := New});
-        {request, From, Request} ->
-            {Status, NextReply} = next_reply(Reply),
-            From ! {reply, Status},
-            loop(State#{requests := [Request | Requests], reply := NextReply})
+        {call, From, Ref, {set_reply, New}} ->
+            From ! {Ref, ok}, loop(State#{reply := New, seen := #{}});
+        {request, From, Request = #{body := Body}} ->
+            Seen = maps:get(seen, State),
+            Before = maps:get(Body, Seen, 0),
+            {Answer, NextReply} = next_reply(Reply, Before),
+            From ! {reply, Answer},
+            loop(State#{requests := [Request | Requests], reply := NextReply,
+                        seen := Seen#{Body => Before + 1}})
     end.
 
-next_reply([]) -> {200, []};
-next_reply([Status | Rest]) -> {Status, Rest};
-next_reply(Reply) -> {Reply, Reply}.
+%% The answer to a request whose body arrived `Before' times already.
+next_reply({per_body, Answers}, Before) when Before < length(Answers) ->
+    {lists:nth(Before + 1, Answers), {per_body, Answers}};
+next_reply({per_body, Answers}, _Before) -> {200, {per_body, Answers}};
+next_reply([], _Before) -> {200, []};
+next_reply([Answer | Rest], _Before) -> {Answer, Rest};
+next_reply(Answer, _Before) -> {Answer, Answer}.
 
 sockname(gen_tcp, LSock) -> inet:sockname(LSock);
 sockname(ssl, LSock) -> ssl:sockname(LSock).
@@ -153,6 +170,10 @@ respond(_Transport, _Sock, {delay, Ms, Status}) when Ms >= 60000 ->
 respond(Transport, Sock, {delay, Ms, Status}) ->
     timer:sleep(Ms),
     respond(Transport, Sock, Status);
+respond(Transport, Sock, {headers, Status, Headers}) ->
+    Transport:send(Sock, [<<"HTTP/1.1 ">>, integer_to_binary(Status), <<" X\r\n">>,
+                          [[Name, <<": ">>, Value, <<"\r\n">>] || {Name, Value} <- Headers],
+                          <<"content-length: 2\r\n\r\nok">>]);
 respond(Transport, Sock, Status) ->
     Transport:send(Sock, [<<"HTTP/1.1 ">>, integer_to_binary(Status), <<" X\r\n">>,
                           <<"content-length: 2\r\n\r\nok">>]).
@@ -168,7 +189,8 @@ read_request(Transport, Sock) ->
                        0 -> <<>>;
                        _ -> {ok, B} = Transport:recv(Sock, Length), B
                    end,
-            {ok, #{method => method(Method), path => Path, headers => Headers, body => Body}};
+            {ok, #{method => method(Method), path => Path, headers => Headers, body => Body,
+                   at => erlang:monotonic_time(millisecond)}};
         _ ->
             closed
     end.

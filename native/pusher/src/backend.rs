@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::stats::ConnectionCounters;
 
@@ -10,8 +11,13 @@ use crate::stats::ConnectionCounters;
 pub enum Verdict {
     /// The server took the event.
     Delivered,
-    /// Worth another attempt (5xx, 429, connection error, nack, timeout...).
+    /// Worth another attempt (5xx, 429, connection error, nack, timeout...), after the
+    /// retry policy's backoff.
     Retry(String),
+    /// Worth another attempt, but not before `after` has passed: the server said when
+    /// (HTTP `Retry-After`). The next attempt waits for the longer of this and the
+    /// backoff; if that lands past the event's retry deadline, the event fails now.
+    RetryAfter { reason: String, after: Duration },
     /// Trying again cannot help (4xx, malformed event...).
     Fatal(String),
 }

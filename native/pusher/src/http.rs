@@ -416,12 +416,37 @@ fn headers<'a>(raw: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Header
     Ok(map)
 }
 
-fn classify(status: u16) -> Verdict {
-    match status {
-        200..=299 => Verdict::Delivered,
-        429 | 500..=599 => Verdict::Retry(format!("http_status_{status}")),
+/// The verdict on a response; `retry_after` is the wait the server asked for, if any.
+fn classify(status: u16, retry_after: Option<Duration>) -> Verdict {
+    match (status, retry_after) {
+        (200..=299, _) => Verdict::Delivered,
+        (429 | 500..=599, None) => Verdict::Retry(format!("http_status_{status}")),
+        (429 | 500..=599, Some(after)) => Verdict::RetryAfter {
+            reason: format!("http_status_{status}"),
+            after,
+        },
         _ => Verdict::Fatal(format!("http_status_{status}")),
     }
+}
+
+/// The wait a 429 or 503 response asks for in its `Retry-After` header (RFC 9110
+/// 10.2.3; RFC 6585 for 429). None when there is none or it cannot be read.
+fn retry_after(status: u16, headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    if !matches!(status, 429 | 503) {
+        return None;
+    }
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value.trim(), now)
+}
+
+/// delay-seconds, or an HTTP-date (a date already past asks for no wait).
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than u64 holds is "later than any deadline" all the same.
+        return Some(value.parse().map_or(Duration::MAX, Duration::from_secs));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn describe(error: &reqwest::Error) -> String {
@@ -476,6 +501,7 @@ impl Backend for HttpBackend {
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
+                let wait = retry_after(status, response.headers(), std::time::SystemTime::now());
                 let mut drained = 0;
                 while let Ok(Some(chunk)) = response.chunk().await {
                     drained += chunk.len();
@@ -484,7 +510,7 @@ impl Backend for HttpBackend {
                     }
                 }
                 Attempt {
-                    verdict: classify(status),
+                    verdict: classify(status, wait),
                     outcome: AttemptOutcome::Response(status),
                     wire_bytes: None,
                 }
@@ -582,11 +608,70 @@ mod tests {
 
     #[test]
     fn statuses_are_classified() {
-        assert_eq!(classify(200), Verdict::Delivered);
-        assert_eq!(classify(204), Verdict::Delivered);
-        assert!(matches!(classify(500), Verdict::Retry(_)));
-        assert!(matches!(classify(429), Verdict::Retry(_)));
-        assert!(matches!(classify(404), Verdict::Fatal(_)));
-        assert!(matches!(classify(301), Verdict::Fatal(_)));
+        assert_eq!(classify(200, None), Verdict::Delivered);
+        assert_eq!(classify(204, None), Verdict::Delivered);
+        assert!(matches!(classify(500, None), Verdict::Retry(_)));
+        assert!(matches!(classify(429, None), Verdict::Retry(_)));
+        assert!(matches!(classify(404, None), Verdict::Fatal(_)));
+        assert!(matches!(classify(301, None), Verdict::Fatal(_)));
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            classify(503, Some(second)),
+            Verdict::RetryAfter {
+                reason: "http_status_503".into(),
+                after: second
+            }
+        );
+        assert_eq!(classify(200, Some(second)), Verdict::Delivered);
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_http_date_on_429_and_503() {
+        use std::time::UNIX_EPOCH;
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example date.
+        let date = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = date - Duration::from_secs(90);
+        let header = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(
+                reqwest::header::RETRY_AFTER,
+                HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}")),
+            );
+            map
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(retry_after(503, &header("120"), now), Some(secs(120)));
+        assert_eq!(retry_after(429, &header(" 0 "), now), Some(secs(0)));
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(
+                retry_after(503, &header(form), now),
+                Some(secs(90)),
+                "{form}"
+            );
+        }
+        // A date already past: no wait asked for.
+        assert_eq!(
+            retry_after(
+                503,
+                &header("Sun, 06 Nov 1994 08:49:37 GMT"),
+                date + secs(5)
+            ),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(429, &header("99999999999999999999999"), now),
+            Some(Duration::MAX)
+        );
+        for bad in ["-1", "1.5", "soon", "", "Sun, 06 Nov 1994"] {
+            assert_eq!(retry_after(503, &header(bad), now), None, "{bad:?}");
+        }
+        // Only 429 and 503 carry it; elsewhere it is ignored.
+        assert_eq!(retry_after(500, &header("120"), now), None);
+        assert_eq!(retry_after(301, &header("120"), now), None);
+        assert_eq!(retry_after(503, &HeaderMap::new(), now), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Retry policy: exponential backoff with jitter, bounded by attempts and by age.
+//! Retry policy: exponential backoff with jitter, bounded by attempts and by age, and
+//! stretched by a server's `Retry-After`.
 
 use std::time::Duration;
 
@@ -37,7 +38,58 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Why a failed event gets no further attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// `max_attempts` have been made.
+    OutOfAttempts,
+    /// The pause would end after the event's deadline.
+    DeadlinePassed,
+    /// The server asked to wait this long (`Retry-After`), which ends after the deadline.
+    RetryAfterPastDeadline(Duration),
+}
+
+impl GiveUp {
+    /// The failure reason to report: the last attempt's, plus why no other follows.
+    pub fn reason(self, last_attempt: String) -> String {
+        match self {
+            GiveUp::OutOfAttempts => last_attempt,
+            GiveUp::DeadlinePassed => format!("{last_attempt} (retry deadline passed)"),
+            GiveUp::RetryAfterPastDeadline(after) => {
+                let seconds = after
+                    .as_secs()
+                    .saturating_add(u64::from(after.subsec_nanos() > 0));
+                format!("{last_attempt} (Retry-After {seconds} s is past the retry deadline)")
+            }
+        }
+    }
+}
+
 impl RetryPolicy {
+    /// The pause before the next attempt of an event that has failed `failed_attempts`
+    /// times and was pushed `age` ago, or why it gets none. `retry_after` is the
+    /// server's own minimum wait: the pause is the longer of it and the backoff.
+    pub fn next_pause(
+        &self,
+        failed_attempts: u32,
+        age: Duration,
+        retry_after: Option<Duration>,
+        unit_random: f64,
+    ) -> Result<Duration, GiveUp> {
+        if failed_attempts >= self.max_attempts {
+            return Err(GiveUp::OutOfAttempts);
+        }
+        let backoff = self.backoff(failed_attempts, unit_random);
+        let pause = retry_after.map_or(backoff, |after| after.max(backoff));
+        if age.saturating_add(pause) <= self.deadline {
+            Ok(pause)
+        } else if retry_after.is_some_and(|after| after > backoff) {
+            Err(GiveUp::RetryAfterPastDeadline(pause))
+        } else {
+            Err(GiveUp::DeadlinePassed)
+        }
+    }
+
     /// Upper bound of the pause after the `failed_attempts`-th failure (1-based):
     /// base * 2^(n-1), capped at max_backoff.
     pub fn backoff_ceiling(&self, failed_attempts: u32) -> Duration {
@@ -108,6 +160,59 @@ mod tests {
         assert_eq!(p.backoff(1, 1.0), Duration::from_millis(50));
         assert_eq!(p.backoff(3, 0.0), Duration::from_millis(150));
         assert_eq!(p.backoff(3, 0.5), Duration::from_millis(175));
+    }
+
+    #[test]
+    fn next_pause_takes_the_longer_of_backoff_and_retry_after() {
+        let p = policy();
+        let young = Duration::from_millis(10);
+        assert_eq!(
+            p.next_pause(1, young, None, 1.0),
+            Ok(Duration::from_millis(100))
+        );
+        assert_eq!(
+            p.next_pause(1, young, Some(Duration::from_secs(2)), 1.0),
+            Ok(Duration::from_secs(2))
+        );
+        // A Retry-After shorter than the backoff (or zero) does not hurry the retry.
+        assert_eq!(
+            p.next_pause(3, young, Some(Duration::ZERO), 1.0),
+            Ok(Duration::from_millis(400))
+        );
+    }
+
+    #[test]
+    fn next_pause_gives_up_on_attempts_and_deadline_saying_why() {
+        let p = policy();
+        let young = Duration::from_millis(10);
+        assert_eq!(
+            p.next_pause(6, young, None, 0.5),
+            Err(GiveUp::OutOfAttempts)
+        );
+        assert_eq!(
+            p.next_pause(1, Duration::from_millis(9_990), None, 1.0),
+            Err(GiveUp::DeadlinePassed)
+        );
+        let far = Duration::from_secs(120);
+        assert_eq!(
+            p.next_pause(1, young, Some(far), 0.5),
+            Err(GiveUp::RetryAfterPastDeadline(far))
+        );
+        // Huge hints do not overflow.
+        assert_eq!(
+            p.next_pause(1, young, Some(Duration::MAX), 0.5),
+            Err(GiveUp::RetryAfterPastDeadline(Duration::MAX))
+        );
+        assert_eq!(
+            GiveUp::RetryAfterPastDeadline(Duration::from_millis(119_500))
+                .reason("http_status_503".into()),
+            "http_status_503 (Retry-After 120 s is past the retry deadline)"
+        );
+        assert_eq!(
+            GiveUp::DeadlinePassed.reason("http_status_500".into()),
+            "http_status_500 (retry deadline passed)"
+        );
+        assert_eq!(GiveUp::OutOfAttempts.reason("x".into()), "x");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! Invariant: accepted = delivered + failed + dropped + queued + in_flight, where
 //! `accepted` counts every well-formed event handed to `push` (also those refused
-//! because the queue was full: they are `dropped`).
+//! because the queue was full: they are `dropped`), `queued` includes the events
+//! waiting for their next attempt (`waiting_retry`), and `in_flight` counts the events
+//! a worker holds.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -122,6 +124,8 @@ pub struct StatsSnapshot {
     pub queued: u64,
     pub queued_bytes: u64,
     pub in_flight: u64,
+    /// Of `queued`, the events waiting for their next attempt (after a failed one).
+    pub waiting_retry: u64,
     pub latency_p50_us: Option<u64>,
     pub latency_p99_us: Option<u64>,
 }
@@ -137,6 +141,8 @@ impl Stats {
             queued: self.queued.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
+            // Known to the queue, filled in by the instance.
+            waiting_retry: 0,
             latency_p50_us: self.latency.quantile(0.50),
             latency_p99_us: self.latency.quantile(0.99),
         }

@@ -33,6 +33,7 @@ mod atoms {
         mod_event_pusher_nif, report,
         worker_threads,
         accepted, delivered, retried, failed, dropped, queued, queued_bytes, in_flight,
+        waiting_retry,
         latency_p50_us, latency_p99_us, lost,
         attempts, failures, counters, connections, reports_lost,
         published, confirmed, nacked, timeout, opened, closed,
@@ -935,6 +936,7 @@ fn stats_term<'a>(
         atoms::queued(),
         atoms::queued_bytes(),
         atoms::in_flight(),
+        atoms::waiting_retry(),
         atoms::latency_p50_us(),
         atoms::latency_p99_us(),
     ];
@@ -947,6 +949,7 @@ fn stats_term<'a>(
         s.queued.encode(env),
         s.queued_bytes.encode(env),
         s.in_flight.encode(env),
+        s.waiting_retry.encode(env),
         latency(s.latency_p50_us),
         latency(s.latency_p99_us),
     ];

@@ -2,7 +2,9 @@
 //!
 //! Every request is read in full and answered with a fixed status (200 unless
 //! `--status` says otherwise) after an optional delay; answered requests are counted.
-//! `GET /stats` answers `{"requests": N}` and is not counted itself.
+//! `GET /stats` answers `{"requests": N}` and is not counted itself. With
+//! `--fail-first N` each distinct body is answered 500 the first N times it arrives
+//! (a webhook failing every event's first attempts), then as usual.
 //!
 //! With `--sns` it stands in for Amazon SNS instead: every other request is read as
 //! an AWS query-protocol call (an `application/x-www-form-urlencoded` body) and
@@ -18,12 +20,14 @@
 //! and on SIGINT.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -35,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 const USAGE: &str = "usage: pusher-sink [--port N (0 = any)] [--delay-ms N] [--status N] \
-                     [--threads N (0 = one per core; default 1)] [--sns]";
+                     [--threads N (0 = one per core; default 1)] [--sns] [--fail-first N]";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
@@ -52,6 +56,8 @@ struct Args {
     status: StatusCode,
     threads: usize,
     mode: Mode,
+    /// Times each distinct body is answered 500 before it is taken.
+    fail_first: u32,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -61,6 +67,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         status: StatusCode::OK,
         threads: 1,
         mode: Mode::Http,
+        fail_first: 0,
     };
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -86,6 +93,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 parsed.threads = v.parse().map_err(|_| format!("bad --threads: {v}"))?;
             }
             "--sns" => parsed.mode = Mode::Sns,
+            "--fail-first" => {
+                let v = value("--fail-first")?;
+                parsed.fail_first = v.parse().map_err(|_| format!("bad --fail-first: {v}"))?;
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -102,6 +113,10 @@ struct Sink {
     delay: Duration,
     status: StatusCode,
     mode: Mode,
+    fail_first: u32,
+    /// With `fail_first`: how often each body (by hash) has been failed so far; a body
+    /// is forgotten once it is let through, so memory follows the bodies in retry.
+    failed_so_far: Mutex<HashMap<u64, u32>>,
 }
 
 impl Sink {
@@ -113,6 +128,30 @@ impl Sink {
             delay: args.delay,
             status: args.status,
             mode: args.mode,
+            fail_first: args.fail_first,
+            failed_so_far: Mutex::default(),
+        }
+    }
+
+    /// True when this body is to be failed once more (`--fail-first`).
+    fn fails(&self, body: &[u8]) -> bool {
+        if self.fail_first == 0 {
+            return false;
+        }
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        let key = hasher.finish();
+        let mut failed = self
+            .failed_so_far
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = failed.entry(key).or_default();
+        if *count < self.fail_first {
+            *count += 1;
+            true
+        } else {
+            failed.remove(&key);
+            false
         }
     }
 
@@ -144,7 +183,12 @@ impl Sink {
                 // Counted when answered: a request whose client gave up during the
                 // delay is not.
                 self.requests.fetch_add(1, Ordering::Relaxed);
-                response(self.status, "text/plain", String::new())
+                let status = if self.fails(&body) {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    self.status
+                };
+                response(status, "text/plain", String::new())
             }
             Mode::Sns => {
                 let answer = sns_answer(&body, self.status, &self.next_id);
@@ -624,7 +668,21 @@ mod tests {
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(a.threads, 1);
         assert_eq!(a.mode, Mode::Http);
+        assert_eq!(a.fail_first, 0);
         assert_eq!(args(&["--sns"]).unwrap().mode, Mode::Sns);
+        assert_eq!(args(&["--fail-first", "2"]).unwrap().fail_first, 2);
+        assert!(args(&["--fail-first", "x"]).is_err());
+    }
+
+    #[test]
+    fn fail_first_fails_each_body_that_many_times_then_forgets_it() {
+        let sink = Sink::new(&args(&["--fail-first", "2"]).unwrap());
+        let answers: Vec<bool> = [b"a", b"b", b"a", b"b", b"a", b"b", b"a"]
+            .iter()
+            .map(|body| sink.fails(&body[..]))
+            .collect();
+        assert_eq!(answers, [true, true, true, true, false, false, true]);
+        assert!(!Sink::new(&args(&[]).unwrap()).fails(b"a"));
     }
 
     #[test]
