@@ -14,15 +14,15 @@
 config_items() ->
     #{<<"queue">> => queue_spec(),
       <<"retry">> => retry_spec(),
-      <<"drain_timeout_ms">> => #option{type = integer, validate = non_negative}}.
+      <<"drain_timeout_ms">> => mod_event_pusher_config:bounded(non_negative, duration_ms)}.
 
 -spec config_defaults() -> #{binary() => term()}.
 config_defaults() ->
     #{<<"drain_timeout_ms">> => 5000}.
 
 queue_spec() ->
-    #section{items = #{<<"max_events">> => #option{type = integer, validate = positive},
-                       <<"max_bytes">> => #option{type = integer, validate = positive},
+    #section{items = #{<<"max_events">> => mod_event_pusher_config:bounded(positive, queue_events),
+                       <<"max_bytes">> => mod_event_pusher_config:bounded(positive, queue_bytes),
                        <<"overflow">> => #option{type = atom,
                                                  validate = {enum, [drop_newest, drop_oldest]}}},
              defaults = #{<<"max_events">> => 10000,
@@ -31,15 +31,18 @@ queue_spec() ->
              include = always}.
 
 retry_spec() ->
-    #section{items = #{<<"max_attempts">> => #option{type = integer, validate = positive},
-                       <<"base_backoff_ms">> => #option{type = integer, validate = positive},
-                       <<"max_backoff_ms">> => #option{type = integer, validate = positive},
-                       <<"deadline_ms">> => #option{type = integer, validate = positive}},
+    #section{items = #{<<"max_attempts">> => mod_event_pusher_config:bounded(positive, attempts),
+                       <<"base_backoff_ms">> => duration_ms(),
+                       <<"max_backoff_ms">> => duration_ms(),
+                       <<"deadline_ms">> => duration_ms()},
              defaults = #{<<"max_attempts">> => 3,
                           <<"base_backoff_ms">> => 100,
                           <<"max_backoff_ms">> => 5000,
                           <<"deadline_ms">> => 30000},
              include = always}.
+
+duration_ms() ->
+    mod_event_pusher_config:bounded(positive, duration_ms).
 
 %% @doc The instance part of a NIF start config, from the module options and the
 %% number of concurrent deliveries.

@@ -146,14 +146,32 @@ start_pools(HostType, Opts, [Pool | Pools], Started) ->
 start_pool(HostType, Opts, Pool) ->
     case mod_event_pusher_delivery:find_pool(HostType, http, Pool) of
         {ok, PoolConfig} ->
-            Config = maps:merge(connection_config(PoolConfig),
-                                mod_event_pusher_delivery:instance_config(
-                                  Opts, mod_event_pusher_delivery:pool_workers(PoolConfig))),
-            mod_event_pusher_instance:start(
-              HostType, {http, Pool}, ?MODULE,
-              fun(Reporter) -> mod_event_pusher_nif:start_http(Config, Reporter) end);
+            case check_pool_host(PoolConfig) of
+                ok -> start_instance(HostType, Opts, Pool, PoolConfig);
+                {error, _} = Error -> Error
+            end;
         {error, _} = Error ->
             Error
+    end.
+
+start_instance(HostType, Opts, Pool, PoolConfig) ->
+    Config = maps:merge(connection_config(PoolConfig),
+                        mod_event_pusher_delivery:instance_config(
+                          Opts, mod_event_pusher_delivery:pool_workers(PoolConfig))),
+    mod_event_pusher_instance:start(
+      HostType, {http, Pool}, ?MODULE,
+      fun(Reporter) -> mod_event_pusher_nif:start_http(Config, Reporter) end).
+
+%% MongooseIM's pool spec only wants a non-empty string: the URL is checked here, at
+%% start, naming the option (the value is left out: it may hold credentials).
+check_pool_host(#{tag := Tag, conn_opts := Conn}) ->
+    case mod_event_pusher_config:check_url(maps:get(host, Conn, ""), none) of
+        ok ->
+            ok;
+        {error, Cause} ->
+            {error, #{what => invalid_url, cause => Cause,
+                      option => iolist_to_binary(["outgoing_pools.http.", atom_to_binary(Tag),
+                                                  ".connection.host"])}}
     end.
 
 connection_config(#{tag := Tag, conn_opts := Conn}) ->

@@ -87,7 +87,7 @@ stop_with_drain_option(HostType, Key, Module) ->
     ok.
 
 %% @doc Refuses new events, delivers pending ones for up to DrainMs, then stops.
--spec stop(binary(), key(), non_neg_integer()) ->
+-spec stop(binary(), key(), term()) ->
           {ok, mod_event_pusher_nif:stats() | {error, stop_failed}}
           | {error, not_running | stop_timeout}.
 stop(HostType, Key, DrainMs) ->
@@ -95,14 +95,28 @@ stop(HostType, Key, DrainMs) ->
     Result.
 
 %% @doc stop/3 for several instances at once: they drain in parallel, so stopping
-%% takes at most DrainMs, not DrainMs per instance.
--spec stop_all(binary(), [key()], non_neg_integer()) ->
+%% takes at most DrainMs, not DrainMs per instance. DrainMs is capped at the
+%% `drain_timeout_ms' bound (1 day); a value that is no integer means the default.
+-spec stop_all(binary(), [key()], term()) ->
           [{key(), {ok, mod_event_pusher_nif:stats() | {error, stop_failed}}
                    | {error, not_running | stop_timeout}}].
-stop_all(HostType, Keys, DrainMs) ->
+stop_all(HostType, Keys, DrainMs0) ->
+    DrainMs = drain_ms(HostType, DrainMs0),
     Requests = [{Key, request_stop(HostType, Key, DrainMs)} || Key <- Keys],
     Deadline = erlang:monotonic_time(millisecond) + DrainMs + ?STOP_MARGIN_MS,
     [{Key, wait_stopped(HostType, Key, Request, Deadline)} || {Key, Request} <- Requests].
+
+%% The load-time bound, applied again because option maps given to
+%% mongoose_modules:ensure_started/3 skip the parser: the wait below must stay a valid
+%% timeout (2^32-1 ms at most), and the NIF takes no negative or huge integer.
+drain_ms(_HostType, DrainMs) when is_integer(DrainMs) ->
+    min(max(DrainMs, 0), mod_event_pusher_config:upper_bound(duration_ms));
+drain_ms(HostType, DrainMs) ->
+    #{<<"drain_timeout_ms">> := Default} = mod_event_pusher_delivery:config_defaults(),
+    ?LOG_WARNING(#{what => event_pusher_bad_drain_timeout, host_type => HostType,
+                   drain_timeout_ms => DrainMs, used => Default,
+                   text => <<"drain_timeout_ms is not an integer: the default is used">>}),
+    Default.
 
 request_stop(HostType, Key, DrainMs) ->
     Name = name(HostType, Key),

@@ -66,16 +66,21 @@ supported_features() ->
 %% `queue.*' and `drain_timeout_ms'.
 -spec config_spec() -> #section{}.
 config_spec() ->
-    WPool = mongoose_config_spec:wpool(#{<<"strategy">> => available_worker}),
+    WPool = #section{items = WPoolItems} =
+        mongoose_config_spec:wpool(#{<<"strategy">> => available_worker}),
+    %% MongooseIM's spec, with our bound on workers (the publishes in progress at once)
+    Workers = mod_event_pusher_config:bounded(positive, concurrency),
     Items = #{<<"iqdisc">> => mongoose_config_spec:iqdisc(),
               <<"backend">> => #option{type = atom, validate = {module, mod_event_pusher_push}},
-              <<"wpool">> => WPool#section{include = always},
+              <<"wpool">> => WPool#section{items = WPoolItems#{<<"workers">> := Workers},
+                                           include = always},
               <<"plugin_module">> => #option{type = atom, validate = module},
               <<"virtual_pubsub_hosts">> =>
                   #list{items = #option{type = string,
                                         validate = subdomain_template,
                                         process = fun mongoose_subdomain_utils:make_subdomain_pattern/1}},
-              <<"publish_timeout_ms">> => #option{type = integer, validate = positive}},
+              <<"publish_timeout_ms">> => mod_event_pusher_config:bounded(positive,
+                                                                           duration_ms)},
     Delivery = maps:without([<<"retry">>], mod_event_pusher_delivery:config_items()),
     #section{items = maps:merge(Items, Delivery),
              defaults = maps:merge(#{<<"iqdisc">> => one_queue,

@@ -68,8 +68,9 @@ config_spec() ->
               <<"groupchat_msg_exchange">> => message_exchange_spec(<<"groupchat_msg">>),
               <<"connection">> => connection_spec(),
               <<"reconnect">> => reconnect_spec(),
-              <<"confirm_window">> => #option{type = integer, validate = positive},
-              <<"confirm_timeout_ms">> => #option{type = integer, validate = positive}},
+              %% with confirms, the window is the number of deliveries at once
+              <<"confirm_window">> => mod_event_pusher_config:bounded(positive, concurrency),
+              <<"confirm_timeout_ms">> => duration_ms()},
     #section{items = maps:merge(Items, mod_event_pusher_delivery:config_items()),
              defaults = maps:merge(#{<<"confirm_window">> => 1000,
                                      <<"confirm_timeout_ms">> => 5000},
@@ -104,7 +105,7 @@ connection_spec() ->
                        <<"password">> => #option{type = binary, validate = non_empty},
                        <<"confirms_enabled">> => #option{type = boolean},
                        <<"virtual_host">> => #option{type = binary, validate = non_empty},
-                       <<"connect_timeout_ms">> => #option{type = integer, validate = positive},
+                       <<"connect_timeout_ms">> => duration_ms(),
                        <<"tls">> => #section{items = #{<<"cacertfile">> =>
                                                            #option{type = string,
                                                                    validate = non_empty}}}},
@@ -112,10 +113,13 @@ connection_spec() ->
              include = always}.
 
 reconnect_spec() ->
-    #section{items = #{<<"base_delay_ms">> => #option{type = integer, validate = positive},
-                       <<"max_delay_ms">> => #option{type = integer, validate = positive}},
+    #section{items = #{<<"base_delay_ms">> => duration_ms(),
+                       <<"max_delay_ms">> => duration_ms()},
              defaults = #{<<"base_delay_ms">> => 100, <<"max_delay_ms">> => 10000},
              include = always}.
+
+duration_ms() ->
+    mod_event_pusher_config:bounded(positive, duration_ms).
 
 %% @doc Our delivery counters. The connection and publish metrics are MongooseIM's
 %% pool events, set up in start/2 only when the pool has not (see there).

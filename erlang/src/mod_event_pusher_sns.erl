@@ -73,16 +73,20 @@ config_spec() ->
               <<"pm_messages_topic">> => #option{type = string},
               <<"muc_messages_topic">> => #option{type = string},
               <<"plugin_module">> => #option{type = atom, validate = module},
-              <<"pool_size">> => #option{type = integer, validate = positive},
-              <<"publish_retry_count">> => #option{type = integer, validate = non_negative},
-              <<"publish_retry_time_ms">> => #option{type = integer, validate = non_negative},
-              <<"sns_host">> => #option{type = string},
+              <<"pool_size">> => mod_event_pusher_config:bounded(positive, concurrency),
+              <<"publish_retry_count">> => mod_event_pusher_config:bounded(non_negative,
+                                                                            attempts),
+              <<"publish_retry_time_ms">> => mod_event_pusher_config:bounded(non_negative,
+                                                                              duration_ms),
+              %% a host name (https implied) or an http(s) URL
+              <<"sns_host">> => mod_event_pusher_config:url_option(https),
               <<"region">> => #option{type = string},
               <<"access_key_id">> => #option{type = string},
               <<"secret_access_key">> => #option{type = string},
               <<"account_id">> => #option{type = string},
               <<"batching">> => #option{type = boolean},
-              <<"request_timeout_ms">> => #option{type = integer, validate = positive}},
+              <<"request_timeout_ms">> => mod_event_pusher_config:bounded(positive,
+                                                                           duration_ms)},
     Delivery = maps:without([<<"retry">>], mod_event_pusher_delivery:config_items()),
     #section{items = maps:merge(Items, Delivery),
              required = [<<"sns_host">>, <<"region">>, <<"access_key_id">>,
@@ -220,11 +224,12 @@ start_config(Opts = #{publish_retry_count := Retries, publish_retry_time_ms := B
 
 %% MongooseIM's policy: publish_retry_count retries after the first attempt, the n-th
 %% after 2^(n-1) * publish_retry_time_ms minus up to publish_retry_time_ms; attempts
-%% alone bound it.
+%% alone bound it. The NIF doubles the pause at most 30 times, so a cap at 2^30 changes
+%% nothing, and the largest (1 day bsl 30 ms) fits the NIF's 64-bit decoding.
 retry(Retries, Base) ->
     #{max_attempts => Retries + 1,
       base_backoff_ms => Base,
-      max_backoff_ms => Base bsl min(Retries, 40),
+      max_backoff_ms => Base bsl min(Retries, 30),
       deadline_ms => 1 bsl 40}.
 
 %% Reports from the Rust instance, in the reporter process
