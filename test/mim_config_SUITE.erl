@@ -175,9 +175,10 @@ opt(Key, Opts) ->
         false -> ct:fail({option_missing, Key, [K || {K, _} <- Opts]})
     end.
 
-%% test/mim-6.4, next to this suite's data directory.
+%% test/mim-6.4 of the repository (not of a build's copy of test/).
 mim_dir(Config) ->
     filename:join(repo_dir(Config), "test/mim-6.4").
 
-repo_dir(Config) ->
-    filename:dirname(filename:dirname(filename:absname(?config(data_dir, Config)))).
+repo_dir(_Config) ->
+    {ok, Root} = repo_binary:root(),
+    Root.

@@ -404,8 +404,8 @@ backend_module(Backend) ->
     list_to_atom("mod_event_pusher_" ++ atom_to_list(Backend)).
 
 mim_file(Name) ->
-    filename:join([code:lib_dir(mongoose_event_pusher), "..", "..", "..", "..", "test",
-                   "mim-6.4", Name]).
+    {ok, Root} = repo_binary:root(),
+    filename:join([Root, "test", "mim-6.4", Name]).
 
 %%% Events
 
