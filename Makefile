@@ -79,8 +79,12 @@ build: setup
 cargo-test: setup rabbitmq
 	cargo test --release --workspace --quiet
 
+# Ends with the number of cases each suite ran (tools/ct_summary.sh), pass or fail.
 ct: build erlang-strict rabbitmq postgres venv
-	rebar3 as test ct
+	@mkdir -p _build/ct_logs && touch _build/ct_logs/.make_ct_started
+	@status=0; rebar3 as test ct || status=$$?; \
+	  tools/ct_summary.sh _build/ct_logs test _build/ct_logs/.make_ct_started || status=1; \
+	  exit $$status
 
 # Production modules with every warning an error and specs on all exports, compiled
 # against the stand-in's behaviours (as inside MongooseIM).

@@ -390,6 +390,8 @@ crashing_handler_is_skipped_bad_return_crashes(_Config) ->
              {test_hook, ?HT, fun ?MODULE:crash_handler/3, #{}, 20},
              {test_hook, ?HT, fun ?MODULE:record_handler/3, #{id => last}, 30}],
     BadReturn = {test_hook, ?HT, fun ?MODULE:bad_return_handler/3, #{}, 40},
+    %% The crash is skipped, and logged as MongooseIM's gen_hook logs it.
+    log_guard:expect(#{what => hook_failed, hook_name => test_hook, reason => expected_crash}),
     ok = gen_hook:add_handlers(Hooks),
     try
         ?assertEqual({ok, [first, last]}, gen_hook:run_fold(test_hook, ?HT, [], #{})),
@@ -455,6 +457,7 @@ mongoose_hooks_wrappers_return_acc(_Config) ->
         User = jid:make(<<"a">>, ?HT, <<>>),
         Counted = mongoose_hooks:inbox_unread_count(?HT, Acc, User),
         ?assertEqual(7, mongoose_acc:get(inbox, unread_count, Counted)),
+        log_guard:expect(#{what => undefined_host_type, hook_name => inbox_unread_count}),
         ?assertEqual(Acc, mongoose_hooks:inbox_unread_count(undefined, Acc, User))
     after
         gen_hook:delete_handlers(Hooks)
@@ -602,6 +605,8 @@ module_lifecycle(_Config) ->
 
 failed_start_leaves_nothing_behind(_Config) ->
     Opts = #{crash => true},
+    log_guard:expect(#{what => module_start_failed, module => host_test_backend,
+                       reason => start_crashed}),
     with_modules(#{host_test_backend => Opts},
       fun() ->
               ?assertError(start_crashed, gen_mod:start_module(?HT, host_test_backend, Opts)),

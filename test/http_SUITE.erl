@@ -51,9 +51,10 @@ init_per_testcase(_Case, Config) ->
     [{listener, Listener} | Config].
 
 end_per_testcase(_Case, Config) ->
-    catch mongoose_host:stop(),
+    Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 15000),
     logger:remove_handler(?MODULE),
-    test_http_listener:stop(?config(listener, Config)).
+    test_http_listener:stop(?config(listener, Config)),
+    Stopped.
 
 %% Cases
 
@@ -387,6 +388,7 @@ https_verify_mode_none_warns_at_start(Config) ->
 missing_pool_fails_the_start_with_a_reason(Config) ->
     Toml = toml(Config, #{handlers => [#{path => <<"/x">>, pool => no_such_pool}]}),
     Opts = options(Config, Toml),
+    log_guard:expect(#{what => module_start_failed, module => mod_event_pusher_http}),
     try mongoose_host:start(Opts) of
         _ -> ct:fail(started_without_pool)
     catch error:Reason ->

@@ -58,9 +58,9 @@ init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(_Case, _Config) ->
-    catch mongoose_host:stop(),
+    Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 15000),
     {atomic, ok} = mnesia:clear_table(push_subscription),
-    ok.
+    Stopped.
 
 %%% Enable and disable
 

@@ -279,6 +279,9 @@ iq_handler_crash_is_internal_server_error(_Config) ->
     {User, Domain, Acc} = handler_parties(),
     ok = gen_iq_handler:add_iq_handler(ejabberd_sm, ?HT, ?NS_PUSH, ?MODULE, push_iq_handler,
                                        parallel),
+    log_guard:expect(#{what => process_iq_error, module => ?MODULE, reason => crash}),
+    log_guard:expect(fun(#{msg := {report, #{what := process_iq_error,
+                                             reason := {bad_iq_handler_return, _}}}}) -> true end),
     lists:foreach(
       fun(Name) ->
               Child = push_child(Name),
@@ -483,6 +486,7 @@ create_table_tolerates_existing_table(_Config) ->
     ?assertEqual({aborted, {already_exists, push_host_suite_tmp}},
                  mongoose_mnesia:create_table(push_host_suite_tmp, [{ram_copies, [node()]}])),
     {atomic, ok} = mnesia:delete_table(push_host_suite_tmp),
+    log_guard:expect(#{what => mnesia_create_table_failed, table => push_host_suite_tmp}),
     ?assertError(#{what := mnesia_create_table_failed},
                  mongoose_mnesia:create_table(push_host_suite_tmp, [{attributes, [only_one]}])).
 
@@ -510,6 +514,7 @@ registrations_survive_restart(_Config) ->
 errors_when_mnesia_is_down(_Config) ->
     Alice = alice(),
     stopped = mnesia:stop(),
+    log_guard:expect(#{what => mnesia_create_table_failed, table => push_subscription}),
     try
         ?assertMatch({error, _}, mod_event_pusher_push_backend:get_publish_services(?HT, Alice)),
         ?assertMatch({error, _}, mod_event_pusher_push_backend:enable(?HT, Alice, pubsub(1),

@@ -74,15 +74,15 @@ init_per_testcase(Case, Config) ->
     Proxy ++ [{exchanges, Exchanges} | Config].
 
 end_per_testcase(_Case, Config) ->
-    %% Cleans up even when the stop fails or hangs.
-    catch test_wait:bounded(fun mongoose_host:stop/0, 10000),
+    %% Cleans up even when the stop fails or hangs, then fails the case if it did.
+    Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 10000),
     stop_capturing_logs(),
     case ?config(proxy, Config) of
         {Proxy, _Port} -> test_tcp_proxy:stop(Proxy);
         undefined -> ok
     end,
     [amqp_probe:delete(Name) || Name <- maps:values(?config(exchanges, Config))],
-    ok.
+    Stopped.
 
 %%% Cases
 
@@ -261,6 +261,7 @@ conflicting_exchange_type_fails_the_start(Config) ->
     #{chat := C} = ?config(exchanges, Config),
     ok = amqp_probe:declare(C, <<"direct">>),
     Opts = options(Config, toml(Config, #{})),
+    log_guard:expect(#{what => module_start_failed, module => mod_event_pusher_rabbit}),
     try mongoose_host:start(Opts) of
         _ -> ct:fail(started_despite_conflict)
     catch error:Reason ->
@@ -269,7 +270,7 @@ conflicting_exchange_type_fails_the_start(Config) ->
             ?assertNotEqual(nomatch, binary:match(Text, C)),
             ?assertNotEqual(nomatch, binary:match(string:lowercase(Text), <<"type">>))
     end,
-    catch mongoose_host:stop(),
+    ok = mongoose_host:stop(),
     ok = amqp_probe:delete(C),
     start(Config, #{}),
     Probe = amqp_probe:start([{C, <<"#">>}]),
@@ -596,6 +597,7 @@ stop_while_unreachable_gives_up_and_can_restart(Config) ->
 %% The start must fail; returns the error printed as text.
 start_error(Config, Spec) ->
     Opts = options(Config, toml(Config, Spec)),
+    log_guard:expect(#{what => module_start_failed, module => mod_event_pusher_rabbit}),
     try mongoose_host:start(Opts) of
         _ -> ct:fail({started, Spec})
     catch error:Reason ->

@@ -60,12 +60,12 @@ init_per_testcase(Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     catch logger:remove_handler(?MODULE),
-    catch test_wait:bounded(fun mongoose_host:stop/0, 15000),
+    Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 15000),
     case ?config(proxy, Config) of
         undefined -> ok;
         {Proxy, _Port} -> test_tcp_proxy:stop(Proxy)
     end,
-    ok.
+    Stopped.
 
 %%% Cases
 

@@ -40,11 +40,18 @@ start_listener(Reply, Transport, TransportOpts) ->
     Pid = spawn(fun() -> init(Parent, Reply, Transport, TransportOpts) end),
     receive {Pid, listening} -> Pid after 5000 -> error(listener_start_timeout) end.
 
+%% @doc Stops the listener and every connection process it accepted (one may be in a
+%% long `{delay, ...}' answer): when this returns, nothing of the listener runs.
 -spec stop(listener()) -> ok.
 stop(Listener) ->
     MRef = monitor(process, Listener),
-    exit(Listener, kill),
-    receive {'DOWN', MRef, _, _, _} -> ok end.
+    Listener ! {call, self(), make_ref(), stop},
+    receive
+        {'DOWN', MRef, _, _, _} -> ok
+    after 5000 ->
+            exit(Listener, kill),
+            receive {'DOWN', MRef, _, _, _} -> ok end
+    end.
 
 -spec port(listener()) -> inet:port_number().
 port(Listener) -> call(Listener, port).
@@ -94,13 +101,21 @@ init(Parent, Reply, Transport, TransportOpts) ->
                                                         {backlog, 1024}]),
     {ok, {_, Port}} = sockname(Transport, LSock),
     Self = self(),
-    spawn_link(fun() -> accept(Transport, LSock, Self) end),
+    Acceptor = spawn_link(fun() -> accept(Transport, LSock, Self) end),
     Parent ! {self(), listening},
     loop(#{port => Port, requests => [], reply => Reply, lsock => LSock,
-           handshake_failures => [], seen => #{}}).
+           handshake_failures => [], seen => #{},
+           acceptor => Acceptor, connections => #{}}).
 
 loop(State = #{requests := Requests, reply := Reply}) ->
     receive
+        {connection, Pid} ->
+            Connections = maps:get(connections, State),
+            loop(State#{connections := Connections#{Pid => monitor(process, Pid)}});
+        {'DOWN', _, process, Pid, _} ->
+            loop(State#{connections := maps:remove(Pid, maps:get(connections, State))});
+        {call, _From, _Ref, stop} ->
+            stop_processes(State);
         {call, From, Ref, port} -> From ! {Ref, maps:get(port, State)}, loop(State);
         {call, From, Ref, requests} -> From ! {Ref, lists:reverse(Requests)}, loop(State);
         {call, From, Ref, handshake_failures} ->
@@ -129,6 +144,22 @@ next_reply([], _Before) -> {200, []};
 next_reply([Answer | Rest], _Before) -> {Answer, Rest};
 next_reply(Answer, _Before) -> {Answer, Answer}.
 
+%% The acceptor first: once it is gone, every connection it started has been announced.
+stop_processes(#{acceptor := Acceptor, connections := Connections}) ->
+    unlink(Acceptor),
+    kill_and_wait(Acceptor),
+    Announced = fun Collect(Acc) -> receive {connection, Pid} -> Collect([Pid | Acc])
+                                    after 0 -> Acc
+                                    end
+                end,
+    lists:foreach(fun kill_and_wait/1, maps:keys(Connections) ++ Announced([])),
+    exit(normal).
+
+kill_and_wait(Pid) ->
+    MRef = monitor(process, Pid),
+    exit(Pid, kill),
+    receive {'DOWN', MRef, _, _, _} -> ok end.
+
 sockname(gen_tcp, LSock) -> inet:sockname(LSock);
 sockname(ssl, LSock) -> ssl:sockname(LSock).
 
@@ -150,6 +181,7 @@ accept(ssl, LSock, Server) ->
 
 serve(Transport, Sock, Server) ->
     Pid = spawn(fun() -> receive go -> connection(Transport, Sock, Server) end end),
+    Server ! {connection, Pid},
     ok = Transport:controlling_process(Sock, Pid),
     Pid ! go.
 

@@ -3,7 +3,7 @@
 %% must not hang.
 -module(test_wait).
 
--export([until/2, until/3, bounded/2]).
+-export([until/2, until/3, bounded/2, cleanup/2]).
 
 -define(INTERVAL_MS, 20).
 
@@ -40,4 +40,16 @@ bounded(F, TimeoutMs) ->
     after TimeoutMs ->
             exit(Pid, kill),
             ct:fail({did_not_return_within_ms, TimeoutMs, F})
+    end.
+
+%% @doc For end_per_testcase: runs Stop (e.g. `fun mongoose_host:stop/0'), bounded by
+%% TimeoutMs, and gives `ok' if it returned ok, else `{fail, Why}'. Return that after
+%% the rest of the cleanup: the case then fails (CT only warns when end_per_testcase
+%% crashes), as a stop that failed or hung hides a drain bug and leaves an instance
+%% running into the next case.
+-spec cleanup(fun(() -> term()), non_neg_integer()) -> ok | {fail, term()}.
+cleanup(Stop, TimeoutMs) ->
+    case catch bounded(Stop, TimeoutMs) of
+        ok -> ok;
+        Other -> {fail, {cleanup_failed, Stop, Other}}
     end.
