@@ -29,11 +29,13 @@
 %% A case that provokes an error on purpose says so, before provoking it:
 %%   log_guard:expect(event_pusher_http_callback_failed)    % a `what'
 %%   log_guard:expect(#{what => hook_failed, hook_name => user_send_message})
-%%   log_guard:expect({crash, mongoose_rdbms})             % OTP's crash report of a
-%%                                                           % process started in it
-%%   log_guard:expect(fun(#{msg := ...}) -> ... end)          % any log event
+%%   log_guard:expect({crash, mongoose_rdbms})     % the crash report of a process
+%%                                                  % whose initial call is there
+%%   log_guard:expect(fun(LogEvent) -> ... end)     % any logger event
 %% Every event a pattern matches is then allowed, and a pattern that matched none by
 %% the end of the case fails it: the expected error is part of what the case checks.
+%%
+%% Also: a case whose end_per_testcase crashed fails (Common Test alone only warns).
 -module(log_guard).
 
 %% Common Test hook callbacks
