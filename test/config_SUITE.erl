@@ -11,6 +11,7 @@
 
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-include("mod_event_pusher_events.hrl").
 
 -export([all/0, groups/0, init_per_suite/1, end_per_suite/1]).
 
@@ -37,7 +38,10 @@
          unknown_module/1, unknown_top_level_key/1, no_hosts/1, no_default_server_domain/1,
          general_options_are_checked/1, host_config_unknown_host/1,
          host_config_without_host/1, static_module_under_host_types/1,
-         all_errors_are_reported/1, malformed_toml/1]).
+         all_errors_are_reported/1, malformed_toml/1,
+         every_bound_is_checked_at_load/1, sns_host_is_parsed_at_load/1]).
+%% options that bypassed the parser, at run time
+-export([http_pool_bad_host_fails_the_start/1, stop_survives_any_drain_timeout/1]).
 %% the reader and dependency resolution
 -export([toml_values/1, resolve_deps/1, resolve_deps_optional/1, sort_deps/1,
          sort_deps_breaks_soft_cycles/1, sort_deps_rejects_hard_cycles/1]).
@@ -48,7 +52,7 @@
 -define(HTTP_ADDITIVE_KEYS, [drain_timeout_ms, queue, retry]).
 
 all() ->
-    [{group, good}, {group, bad}, {group, machinery}].
+    [{group, good}, {group, bad}, {group, machinery}, {group, runtime}].
 
 groups() ->
     [{good, [parallel],
@@ -73,10 +77,13 @@ groups() ->
        unknown_module, unknown_top_level_key, no_hosts, no_default_server_domain,
        general_options_are_checked, host_config_unknown_host,
        host_config_without_host, static_module_under_host_types,
-       all_errors_are_reported, malformed_toml]},
+       all_errors_are_reported, malformed_toml,
+       every_bound_is_checked_at_load, sns_host_is_parsed_at_load]},
      {machinery, [],
       [toml_values, resolve_deps, resolve_deps_optional, sort_deps,
-       sort_deps_breaks_soft_cycles, sort_deps_rejects_hard_cycles]}].
+       sort_deps_breaks_soft_cycles, sort_deps_rejects_hard_cycles]},
+     %% starts the stand-in host, so not in parallel with the cases that set options
+     {runtime, [], [http_pool_bad_host_fails_the_start, stop_survives_any_drain_timeout]}].
 
 init_per_suite(Config) ->
     %% builds toml2term if needed, once, before the parallel groups use it
@@ -422,6 +429,76 @@ rabbit_additive_options(Config) ->
                                    tls := #{cacertfile := "/etc/ca.pem"}}},
                  Rabbit).
 
+%% Each of our integer options has an upper bound (README): the bound itself loads,
+%% one more is refused naming the option, the bound and its unit.
+every_bound_is_checked_at_load(Config) ->
+    Day = 86400000,
+    Shared = [{"queue.max_events", 100000000, events}, {"queue.max_bytes", 17179869184, bytes},
+              {"drain_timeout_ms", Day, milliseconds}],
+    Retry = [{"retry.max_attempts", 1000, attempts}, {"retry.base_backoff_ms", Day, milliseconds},
+             {"retry.max_backoff_ms", Day, milliseconds}, {"retry.deadline_ms", Day, milliseconds}],
+    Bounds = [{http, Shared ++ Retry},
+              {rabbit, Shared ++ Retry
+                   ++ [{"confirm_window", 4096, deliveries},
+                       {"confirm_timeout_ms", Day, milliseconds},
+                       {"connection.connect_timeout_ms", Day, milliseconds},
+                       {"reconnect.base_delay_ms", Day, milliseconds},
+                       {"reconnect.max_delay_ms", Day, milliseconds},
+                       {"max_message_bytes", 536870912, bytes}]},
+              {sns, Shared ++ [{"pool_size", 4096, deliveries},
+                               {"publish_retry_count", 1000, attempts},
+                               {"publish_retry_time_ms", Day, milliseconds},
+                               {"request_timeout_ms", Day, milliseconds}]},
+              {push, Shared ++ [{"publish_timeout_ms", Day, milliseconds},
+                                {"wpool.workers", 4096, deliveries}]}],
+    [check_bound(Config, Backend, Key, Max, Unit)
+     || {Backend, Options} <- Bounds, {Key, Max, Unit} <- Options].
+
+check_bound(Config, Backend, Key, Max, Unit) ->
+    Line = fun(Value) -> [Key, " = ", integer_to_list(Value), "\n" | backend_lines(Backend)] end,
+    Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.", atom_to_list(Backend),
+                               "]\n", Line(Max)]),
+    #{mod_event_pusher := #{Backend := BackendOpts}} = opt({modules, ?HT}, Opts),
+    Path = [list_to_atom(K) || K <- string:split(Key, ".", all)],
+    ?assertEqual({Key, Max}, {Key, get_path(Path, BackendOpts)}),
+    assert_module_rejected(Config, Backend, Line(Max + 1), "." ++ Key,
+                           #{text => "TOML configuration error: Node could not be processed",
+                             reason => value_too_large, toml_value => Max + 1,
+                             option => atom_to_binary(lists:last(Path)), max => Max,
+                             unit => Unit}).
+
+backend_lines(sns) -> sns_lines(sns_required_toml());
+backend_lines(_Backend) -> [].
+
+get_path([Key], Map) -> maps:get(Key, Map);
+get_path([Key | Rest], Map) -> get_path(Rest, maps:get(Key, Map)).
+
+%% sns_host is a host name (https implied) or an http(s) URL; anything the SNS client
+%% could never send to is refused at load, not at every publish.
+sns_host_is_parsed_at_load(Config) ->
+    Good = ["sns.eu-west-1.amazonaws.com", "localhost:9911", "http://127.0.0.1:4566/sns/",
+            "https://[::1]:4566", "HTTPS://SNS.example.com"],
+    [begin
+         Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.sns]\n"
+                                    | sns_lines((sns_required_toml())#{sns_host => Host})]),
+         #{mod_event_pusher := #{sns := #{sns_host := Parsed}}} = opt({modules, ?HT}, Opts),
+         ?assertEqual(Host, Parsed)
+     end || Host <- Good],
+    Bad = [{"http://[::1", <<"not a valid URL">>},
+           {"ftp://x", <<"the scheme must be http or https">>},
+           {"", <<"empty">>},
+           {"https://", <<"a host name or IP address is required">>},
+           {"https://999.1.1.1", <<"a host name or IP address is required">>},
+           {"sns.example.com:99999", <<"the port must be 1..65535">>},
+           {"https://key:secret@sns.example.com", <<"credentials in the URL are not supported">>},
+           {"https://sns.example.com/?a=b", <<"a query or fragment is not allowed">>}],
+    [assert_module_rejected(Config, sns, sns_lines((sns_required_toml())#{sns_host => Host}),
+                            ".sns_host",
+                            #{text => "TOML configuration error: Node could not be processed",
+                              reason => invalid_url, option => <<"sns_host">>, cause => Cause,
+                              toml_value => list_to_binary(Host)})
+     || {Host, Cause} <- Bad].
+
 %%--------------------------------------------------------------------
 %% Bad pools, hosts and files
 %%--------------------------------------------------------------------
@@ -585,6 +662,77 @@ malformed_toml(Config) ->
                [#{what := toml_parsing_failed, text := Text, file := File}]} ->
             ?assertMatch({match, _}, re:run(Text, "line 5, column"), Text)
     end.
+
+%%--------------------------------------------------------------------
+%% Options that bypassed the parser, at run time
+%%--------------------------------------------------------------------
+
+%% The pool's connection.host is MongooseIM's option (its spec wants a non-empty
+%% string only): the http module parses it at start and fails naming it.
+http_pool_bad_host_fails_the_start(_Config) ->
+    log_guard:expect(#{what => module_start_failed, module => mod_event_pusher_http}),
+    [begin
+         Pool = #{type => http, scope => global, tag => http_pool,
+                  opts => #{workers => 5, strategy => best_worker, call_timeout => 5000},
+                  conn_opts => #{host => Host, path_prefix => <<"/">>, request_timeout => 2000}},
+         ?assertError(#{what := event_pusher_http_start_failed, pool_name := http_pool,
+                        reason := #{what := invalid_url, cause := Cause,
+                                    option := <<"outgoing_pools.http.http_pool.connection.host">>}},
+                      mongoose_host:start(runtime_opts([Pool], #{mod_event_pusher_http =>
+                                                                     #{handlers => [#{}]}}))),
+         ?assertEqual(undefined, mod_event_pusher_instance:instance(?HT, {http, http_pool}))
+     end || {Host, Cause} <- [{"http://[::1", <<"not a valid URL">>},
+                              {"ftp://x", <<"the scheme must be http or https">>},
+                              {"localhost:8000", <<"the scheme must be http or https">>}]].
+
+%% mongoose_modules:ensure_started/3 passes on any option map: whatever the drain
+%% timeout (2^32 ms and more used to crash the stop in gen_server's wait and leave the
+%% instance draining), the module delivers, then stops, and its instance is gone.
+stop_survives_any_drain_timeout(_Config) ->
+    Listener = test_http_listener:start(),
+    Pool = #{type => http, scope => global, tag => http_pool,
+             opts => #{workers => 5, strategy => best_worker, call_timeout => 5000},
+             conn_opts => #{host => "http://127.0.0.1:" ++ integer_to_list(
+                                                           test_http_listener:port(Listener)),
+                            path_prefix => <<"/">>, request_timeout => 2000}},
+    try
+        ok = mongoose_host:start(runtime_opts([Pool], #{})),
+        [begin
+             Opts = #{handlers => [#{pool_name => http_pool, path => <<"events">>,
+                                     callback_module => mod_event_pusher_http_defaults}],
+                      drain_timeout_ms => Drain},
+             {started, _} = mongoose_modules:ensure_started(?HT, mod_event_pusher_http, Opts),
+             Instance = mod_event_pusher_instance:instance(?HT, {http, http_pool}),
+             ?assertNotEqual(undefined, Instance),
+             Body = iolist_to_binary(io_lib:format("drain ~p", [Drain])),
+             send_chat(Body),
+             {ok, [#{body := Sent}]} = test_http_listener:wait_for_requests(Listener, 1, 10000),
+             ?assertEqual([Body], [V || {<<"message">>, V} <- uri_string:dissect_query(Sent)]),
+             ?assertMatch({stopped, _},
+                          test_wait:bounded(fun() -> mongoose_modules:ensure_stopped(
+                                                       ?HT, mod_event_pusher_http) end, 20000)),
+             ?assertEqual(undefined, mod_event_pusher_instance:instance(?HT, {http, http_pool})),
+             ?assertEqual({error, stopped}, mod_event_pusher_nif:push(Instance, {<<>>, [], <<>>,
+                                                                                 <<"x">>})),
+             test_http_listener:clear(Listener)
+         end || Drain <- [1 bsl 32, 1 bsl 32 - 1, 1 bsl 40, 1 bsl 64, -1, infinity, <<"5000">>]],
+        ?assertMatch([_, _], log_guard:logged(event_pusher_bad_drain_timeout))
+    after
+        test_wait:bounded(fun mongoose_host:stop/0, 20000),
+        test_http_listener:stop(Listener)
+    end.
+
+runtime_opts(Pools, Modules) ->
+    [{hosts, [?HT]}, {host_types, []}, {default_server_domain, ?HT}, {outgoing_pools, Pools},
+     {{modules, ?HT}, Modules}].
+
+send_chat(Body) ->
+    From = <<"alice@localhost/r">>,
+    To = <<"bob@localhost">>,
+    Packet = hook_driver:message(From, To, <<"chat">>, hook_driver:body(Body)),
+    Event = #chat_event{type = chat, direction = in, from = jid:from_binary(From),
+                        to = jid:from_binary(To), packet = Packet},
+    mod_event_pusher_http:push_event(hook_driver:acc(?HT, From, To, Packet), Event).
 
 %%--------------------------------------------------------------------
 %% The TOML reader and module dependencies
