@@ -73,7 +73,11 @@ own_example_is_a_mongooseim_file(Config) ->
     {ok, Toml} = toml2term:parse_file(Example),
     ?assertMatch(#{<<"general">> := #{<<"default_server_domain">> := <<"localhost">>,
                                       <<"hosts">> := [<<"localhost">> | _]}}, Toml),
-    ?assertEqual([], maps:keys(Toml) -- [<<"general">>, <<"outgoing_pools">>, <<"modules">>]).
+    ?assertEqual([], maps:keys(Toml) -- [<<"general">>, <<"outgoing_pools">>, <<"modules">>]),
+    %% As it is, not only after the demo moved its local addresses.
+    Opts = mongoose_config_parser:parse_file(Example),
+    ?assertMatch(#{mod_event_pusher := #{http := _, push := _, rabbit := _, sns := _}},
+                 opt({modules, <<"localhost">>}, Opts)).
 
 %% The comparison itself: a changed or missing value anywhere is a difference, an
 %% added key anywhere is reported with its path.

@@ -29,7 +29,7 @@
 %%     waiting for the confirm of each message (as mongoose_rabbit_worker does).
 %%     Median of 5 runs;
 %%  f. Amazon SNS: chat events pushed through push_event/2 with only the sns backend
-%%     configured (tools/event_pusher_bench_sns.toml; aws-sdk-sns in the NIF), wall
+%%     configured (tools/event_pusher_bench_sns.toml.in; aws-sdk-sns in the NIF), wall
 %%     time until every one is delivered, with batching on (PublishBatch, up to 10
 %%     entries a call) and off (a Publish per event), against `pusher-sink --sns'
 %%     (median of rounds of both, with the calls the sink answered and the CPU the
@@ -52,12 +52,12 @@
 -define(BATCH, 100).
 -define(ROUND, 100).
 -define(AMQP_URI, "amqp://guest:guest@127.0.0.1:5672/%2f").
-%% The bench's own exchanges (see tools/event_pusher_bench_rabbit.toml).
+%% The bench's own exchanges (see tools/event_pusher_bench_rabbit.toml.in).
 -define(EXCHANGE_PREFIX, <<"bench_">>).
 -define(RABBIT_PLUGINS, "/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins").
 %% amqp_client and what it needs that OTP does not ship.
 -define(AMQP_CLIENT_APPS, [amqp_client, rabbit_common, credentials_obfuscation, recon, jsx]).
-%% The SNS phases' topic (see tools/event_pusher_bench_sns.toml).
+%% The SNS phases' topic (see tools/event_pusher_bench_sns.toml.in).
 -define(SNS_TOPIC_ARN, <<"arn:aws:sns:us-east-1:123456789012:bench">>).
 %% moto checks no signature, but finds the service in the credential scope.
 -define(MOTO_AUTHORIZATION, "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLEEXAMPLE00/20250101/"
@@ -330,7 +330,7 @@ retry_bench(#{retry_events := N, retry_runs := Runs}, Sink) ->
 %% One run with the default settings; Sink is asked how many requests it answered
 %% (the attempts).
 retry_run(Name, Url, Sink, Events) ->
-    with_config("tools/event_pusher_bench_retry.toml", #{host => Url},
+    with_config("tools/event_pusher_bench_retry.toml.in", #{host => Url},
                 fun() ->
                         Instance = mod_event_pusher_instance:instance(?HOST, {http, http_pool}),
                         Before = event_pusher_sink:requests(Sink),
@@ -449,7 +449,7 @@ rabbit_run(#{rabbit_events := N, rabbit_window := Window, rabbit_workers := Work
     Values = #{workers => Workers, confirms => atom_to_binary(Confirms), window => Window,
                exchange_prefix => ?EXCHANGE_PREFIX, max_events => max(200000, 2 * N),
                max_bytes => 1 bsl 30},
-    with_config("tools/event_pusher_bench_rabbit.toml", Values,
+    with_config("tools/event_pusher_bench_rabbit.toml.in", Values,
                 fun() ->
                         Instance = mod_event_pusher_instance:instance(?HOST, rabbit),
                         ok = loop_push_event(Acc, Event, 1000),
@@ -669,7 +669,7 @@ sns_run(#{sns_pool_size := Pool} = Opts, Server, Batching, N, Acc, Event) ->
     #{name := ServerName, url := Url, os_pid := ServerPid, counts := Counts} = Server,
     Values = #{sns_host => Url, batching => atom_to_binary(Batching), pool_size => Pool,
                max_events => max(200000, 2 * N), max_bytes => 1 bsl 30},
-    with_config("tools/event_pusher_bench_sns.toml", Values,
+    with_config("tools/event_pusher_bench_sns.toml.in", Values,
                 fun() ->
                         Instance = mod_event_pusher_instance:instance(?HOST, sns),
                         Warmup = min(maps:get(sns_warmup, Opts), N),
@@ -862,7 +862,7 @@ message_body(#chat_event{packet = Packet}) ->
 %% Configuration: the template with this phase's values, started as at boot.
 
 with_config(Values, Fun) ->
-    with_config("tools/event_pusher_bench.toml", Values, Fun).
+    with_config("tools/event_pusher_bench.toml.in", Values, Fun).
 
 with_config(Template, Values, Fun) ->
     Opts = event_pusher_sink:load_config(Template, Values),

@@ -201,8 +201,7 @@ run(Opts, Sink, SnsSink, Moto) ->
                           {read_concurrency, true}]) || Name <- [?PRESENCE, ?EVENTS]],
     try
         %% examples/mongooseim.toml with the sinks' ports filled in.
-        Config = load_config(#{sink_port => event_pusher_sink:port(Sink),
-                               sns_port => event_pusher_sink:port(SnsSink)}),
+        Config = load_config(event_pusher_sink:port(Sink), event_pusher_sink:port(SnsSink)),
         %% moto's topics and queues are made (slowly) while the load runs.
         SnsSetup = start_sns_setup(Moto, sns_topics(Config)),
         {Final, Context} = try
@@ -220,8 +219,13 @@ run(Opts, Sink, SnsSink, Moto) ->
         [ets:delete(T) || T <- Ets]
     end.
 
-load_config(Ports) ->
-    step("reading " ?TEMPLATE, fun() -> event_pusher_sink:load_config(?TEMPLATE, Ports) end).
+%% The example's local webhook (127.0.0.1:8000) and SNS (127.0.0.1:4566) addresses,
+%% moved to the ports of the servers the demo started.
+load_config(SinkPort, SnsPort) ->
+    Address = fun(Port) -> <<"127.0.0.1:", (integer_to_binary(Port))/binary, "\"">> end,
+    Moved = #{<<"127.0.0.1:8000\"">> => Address(SinkPort),
+              <<"127.0.0.1:4566\"">> => Address(SnsPort)},
+    step("reading " ?TEMPLATE, fun() -> event_pusher_sink:load_config(?TEMPLATE, Moved) end).
 
 %% The load: every configured backend, the users at full speed.
 load_phase(Opts, Config, Sink, SnsSink) ->
@@ -595,8 +599,7 @@ await_sns_setup({Pid, MRef, Topics}) ->
 sample_phase(_Opts, _Sink, _Moto, none) ->
     none;
 sample_phase(#{sample_users := NUsers}, Sink, Moto, SnsSetup) ->
-    Config0 = load_config(#{sink_port => event_pusher_sink:port(Sink),
-                            sns_port => maps:get(port, Moto)}),
+    Config0 = load_config(event_pusher_sink:port(Sink), maps:get(port, Moto)),
     Modules = proplists:get_value({modules, ?HOST}, Config0, #{}),
     case maps:get(mod_event_pusher, Modules, #{}) of
         #{sns := SnsOpts} ->

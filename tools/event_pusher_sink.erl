@@ -92,22 +92,28 @@ repo_root() ->
 executable() ->
     filename:join([repo_root(), "target", "release", "pusher-sink"]).
 
-%% @doc The options of a mongooseim.toml template (path relative to the repository),
-%% with each `{{KEY}}' replaced by the value of `key' in Values, parsed as MongooseIM
-%% would (the tools run the stand-in, which reads only files).
--spec load_config(file:filename(), #{atom() => integer() | binary()}) -> [{term(), term()}].
+%% @doc The options of a mongooseim.toml (path relative to the repository), parsed as
+%% MongooseIM would (the tools run the stand-in, which reads only files), after
+%% replacing, for an atom key `key' of Values, each `{{KEY}}' placeholder of a
+%% template (tools/*.toml.in), and for a binary key, that text of a complete file
+%% (examples/mongooseim.toml: its local addresses).
+-spec load_config(file:filename(), #{atom() | binary() => integer() | binary()}) ->
+          [{term(), term()}].
 load_config(Template, Values) ->
     {ok, Text} = file:read_file(filename:join(repo_root(), Template)),
     Toml = maps:fold(fun(Key, Value, T) ->
-                             Placeholder = <<"{{", (string:uppercase(atom_to_binary(Key)))/binary,
-                                             "}}">>,
-                             binary:replace(T, Placeholder, value_text(Value), [global])
+                             binary:replace(T, placeholder(Key), value_text(Value), [global])
                      end, Text, Values),
     Path = filename:join(tmp_dir(), "event_pusher_" ++ os:getpid() ++ ".toml"),
     ok = file:write_file(Path, Toml),
     try mongoose_config_parser:parse_file(Path)
     after file:delete(Path)
     end.
+
+placeholder(Key) when is_atom(Key) ->
+    <<"{{", (string:uppercase(atom_to_binary(Key)))/binary, "}}">>;
+placeholder(Text) when is_binary(Text) ->
+    Text.
 
 value_text(V) when is_integer(V) -> integer_to_binary(V);
 value_text(V) when is_binary(V) -> V.
