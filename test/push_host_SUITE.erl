@@ -438,9 +438,22 @@ auth_users(_Config) ->
     ok = ejabberd_auth:unregister_user(jid:to_bare(Alice)),
     ?assertNot(ejabberd_auth:does_user_exist(?HT, Alice, stored)).
 
+%% Successes log nothing; `{error, E}' and any other result are logged at error level,
+%% once each, as MongooseIM 6.4 does (reason E of `{error, E}', the caller, the args).
 log_if_backend_error(_Config) ->
-    [?assertEqual(ok, mongoose_lib:log_if_backend_error(R, ?MODULE, ?LINE, {extra}))
-     || R <- [ok, {ok, 1}, {atomic, ok}, {updated, 1}, {error, reason}, whatever]].
+    log_guard:expect(backend_error),
+    [?assertEqual(ok, mongoose_lib:log_if_backend_error(R, ?MODULE, 1000 + I, {extra, I}))
+     || {I, R} <- lists:enumerate([ok, {ok, 1}, {atomic, ok}, {updated, 1},
+                                   {error, reason}, whatever])],
+    Logged = [{Level, Report} || #{level := Level, msg := {report, Report}}
+                                     <- log_guard:logged(backend_error)],
+    ?assertEqual([{error, #{what => backend_error, text => <<"Error calling backend module">>,
+                            caller_module => ?MODULE, caller_line => 1005,
+                            reason => reason, args => {extra, 5}}},
+                  {error, #{what => backend_error, text => <<"Unexpected return from backend">>,
+                            caller_module => ?MODULE, caller_line => 1006,
+                            reason => whatever, args => {extra, 6}}}],
+                 Logged).
 
 opts_for_module(_Config) ->
     ?assertEqual([{none, none}], mongoose_module_metrics:opts_for_module(?HT, mod_absent, [backend])),
