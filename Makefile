@@ -116,6 +116,14 @@ demo: build rabbitmq venv
 bench: build rabbitmq venv
 	$(ERL_RUN) -eval 'event_pusher_bench:main(), halt(0).'
 
+# Fault scenarios against real servers on loopback, one row each (README, Reliability);
+# writes _build/reliability.md. A measurement like bench: not part of `make test`, and
+# it exits non-zero only when the table could not be made (a FAIL verdict is a row).
+.PHONY: reliability
+reliability: build rabbitmq
+	AMQP_PROBE=$(CURDIR)/target/release/amqp_probe TOML2TERM=$(CURDIR)/target/release/toml2term \
+	  $(ERL_RUN) -eval 'case event_pusher_reliability:main() of ok -> halt(0); _ -> halt(1) end.'
+
 # Formatting, lints and Dialyzer over the production code, the stand-in and the tools.
 # (Dialyzer runs on the ebin directly: `rebar3 ct` also compiles test/host into its
 # extras directory, and rebar3's dialyzer would see every stand-in module twice.)
