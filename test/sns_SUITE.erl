@@ -271,8 +271,17 @@ wrong_credentials_fail_with_a_clear_reason_and_no_secret(Config) ->
         hook_driver:presence(?HT, <<"alice@localhost/a">>, online),
         wait_stats(#{failed => 1, delivered => 0, retried => 0}),
         [#{failed := 1}] = wait_events(mod_event_pusher_sns_publish, 1),
-        %% A crash report of the process that started the instance.
-        {Pid, _Instance} = persistent_term:get({mod_event_pusher_instance, ?HT, sns}),
+        %% A crash report of the process that started the instance: its reporter,
+        %% under a supervisor of its own under ejabberd_sup.
+        {_, Supervisor, supervisor, _} =
+            lists:keyfind({mod_event_pusher_instance, ?HT, sns}, 1,
+                          supervisor:which_children(ejabberd_sup)),
+        [{reporter, Pid, worker, _}] = supervisor:which_children(Supervisor),
+        %% Provoked: its crash report and its supervisor's (which restarts it).
+        log_guard:expect(fun(#{msg := {report, #{label := {proc_lib, crash}}}}) -> true end),
+        log_guard:expect(fun(#{msg := {report, #{label := {supervisor, child_terminated}}}}) ->
+                                 true
+                         end),
         MRef = monitor(process, Pid),
         catch gen_server:call(Pid, this_request_crashes_the_server),
         receive {'DOWN', MRef, process, Pid, _} -> ok end,

@@ -1,15 +1,24 @@
 %% @doc One Rust backend instance and the process that receives its reports.
 %%
-%% The process creates the NIF instance (so outcome batches come to it), hands each
-%% batch to the backend module's handle_report/3 (metrics, logs), and on stop drains
-%% the instance. The hook path never talks to this process: backends keep the
-%% instance reference returned by start/4 and call mod_event_pusher_nif:push/2.
+%% The reporter (a gen_server of this module) creates the NIF instance, so outcome
+%% batches come to it, and hands each batch to the backend module's handle_report/3
+%% (metrics, logs). It lives under its own supervisor (mod_event_pusher_instance_sup),
+%% started with ejabberd_sup:start_child/1 as MongooseIM starts its per-host-type
+%% workers. A reporter that dies is restarted and takes the running instance over
+%% (mod_event_pusher_nif:set_reporter/2): delivery never depends on the reporter, and
+%% the instance's stats (Rust atomics) stay exact whatever happens to it. What the dead
+%% reporter had not handled yet is counted and logged, and its counts are added to the
+%% next report so that counter metrics stay whole (see take_over/2).
+%%
+%% The hook path never talks to the reporter: backends find the instance with
+%% instance/2 and call mod_event_pusher_nif:push/2. Stop is driven by the stopping
+%% process itself, so that it completes, with final stats, even without a reporter.
 -module(mod_event_pusher_instance).
 -behaviour(gen_server).
 
 -export([start/4, stop/3, stop_all/3, stats/2, instance/2]).
 -export([start_or_raise/5, stop_with_drain_option/3]).
--export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+-export([start_link/1, init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -50,21 +59,72 @@
 
 %% How long past its drain deadline a stop may take before the caller gives up.
 -define(STOP_MARGIN_MS, 30000).
+%% How long a stop waits, once the instance stopped, for the last reports to be handled.
+-define(FINISH_REPORTS_MS, 5000).
+
+%% The `handled' counters, shared by an instance's successive reporters (and a
+%% stopping process that takes over): what they took from their mailbox, and the batch
+%% being handled now (zero between batches), each in the order of batch_counts/1; and
+%% the counts of batches a dead reporter never handled, to add to the next report, in
+%% the order of value_counts/2.
+-define(COUNTS, 9).
+-define(VALUES, 7).
+-define(HANDLED, 1).
+-define(IN_PROGRESS, (?HANDLED + ?COUNTS)).
+-define(CARRIED, (?IN_PROGRESS + ?COUNTS)).
+-define(SLOTS, (?CARRIED + ?VALUES - 1)).
+
+%% What persistent_term holds for (HostType, Key): the hook path reads the instance,
+%% a restarted reporter finds it and its counters here.
+-record(entry, {instance :: mod_event_pusher_nif:instance(), supervisor :: pid(),
+                handled :: counters:counters_ref(), module :: module(),
+                stopping = false :: boolean()}).
 
 -record(state, {host_type :: binary(), key :: key(), module :: module(),
-                instance :: mod_event_pusher_nif:instance()}).
+                supervisor :: pid(), handled :: counters:counters_ref(),
+                instance :: mod_event_pusher_nif:instance() | undefined}).
 
-%% @doc Starts the instance for (HostType, Key); Module:handle_report/3 gets its reports.
+%% @doc Starts the instance for (HostType, Key) and its supervised reporter;
+%% Module:handle_report/3 gets its reports.
 -spec start(binary(), key(), module(), starter()) ->
           {ok, mod_event_pusher_nif:instance()} | {error, term()}.
 start(HostType, Key, Module, Starter) ->
-    case gen_server:start(?MODULE, {HostType, Key, Module, Starter}, []) of
-        {ok, Pid} ->
-            Instance = gen_server:call(Pid, instance),
-            persistent_term:put(name(HostType, Key), {Pid, Instance}),
+    Handled = counters:new(?SLOTS, []),
+    %% No configuration in the spec: MongooseIM logs a spec that fails to start.
+    Spec = #{id => child_id(HostType, Key),
+             start => {mod_event_pusher_instance_sup, start_link,
+                       [{HostType, Key, Module, Handled}]},
+             restart => transient,
+             shutdown => infinity,
+             type => supervisor,
+             modules => [mod_event_pusher_instance_sup]},
+    case start_supervisor(Spec) of
+        {ok, Supervisor} -> start_instance(HostType, Key, Supervisor, Starter);
+        {error, _} = Error -> Error
+    end.
+
+%% ejabberd_sup:start_child/1 raises (after logging) when the child does not start.
+start_supervisor(Spec) ->
+    try ejabberd_sup:start_child(Spec)
+    catch error:{start_child_failed, Reason, _Spec} -> {error, Reason}
+    end.
+
+start_instance(HostType, Key, Supervisor, Starter) ->
+    Result = case reporter(Supervisor) of
+                 {ok, Reporter} ->
+                     try gen_server:call(Reporter, {start_instance, Starter}, infinity)
+                     catch exit:{Reason, _Call} -> {error, {reporter_died, Reason}}
+                     end;
+                 none ->
+                     {error, no_reporter}
+             end,
+    case Result of
+        {ok, Instance} ->
             {ok, Instance};
-        {error, Reason} ->
-            {error, Reason}
+        {error, _} ->
+            %% Stops the instance if the reporter made one, and the supervisor.
+            _ = stop(HostType, Key, 0),
+            Result
     end.
 
 %% @doc start/4 for a backend's gen_mod start/2: the instance, or an error raised as
@@ -118,30 +178,71 @@ drain_ms(HostType, DrainMs) ->
                    text => <<"drain_timeout_ms is not an integer: the default is used">>}),
     Default.
 
+%% Stopping is driven from the calling process: the NIF's `stopped' message comes
+%% here, so that a reporter dying meanwhile changes nothing.
 request_stop(HostType, Key, DrainMs) ->
-    Name = name(HostType, Key),
-    case persistent_term:get(Name, undefined) of
+    case persistent_term:get(name(HostType, Key), undefined) of
         undefined ->
             not_running;
-        {Pid, _Instance} ->
-            persistent_term:erase(Name),
-            gen_server:send_request(Pid, {stop, DrainMs})
+        #entry{instance = Instance} = Entry ->
+            %% The hook path leaves a stopping instance alone; reporters still find it.
+            persistent_term:put(name(HostType, Key), Entry#entry{stopping = true}),
+            Tag = make_ref(),
+            ok = mod_event_pusher_nif:stop(Instance, DrainMs, Tag),
+            {Entry, Tag}
     end.
 
-wait_stopped(_HostType, _Key, not_running, _Deadline) ->
+wait_stopped(HostType, Key, not_running, _Deadline) ->
+    %% A supervisor may be left by a start that failed before the instance existed.
+    ok = ejabberd_sup:stop_child(child_id(HostType, Key)),
     {error, not_running};
-wait_stopped(HostType, Key, RequestId, Deadline) ->
+wait_stopped(HostType, Key, {Entry, Tag}, Deadline) ->
     Timeout = max(0, Deadline - erlang:monotonic_time(millisecond)),
-    case gen_server:wait_response(RequestId, Timeout) of
-        {reply, Reply} ->
-            Reply;
-        {error, _} ->
-            {error, not_running};
-        timeout ->
-            %% The drain deadline is enforced in Rust; this only guards module stop
-            %% against a stuck instance.
-            ?LOG_ERROR(#{what => event_pusher_stop_timeout, host_type => HostType, key => Key}),
-            {error, stop_timeout}
+    Result = receive
+                 {mod_event_pusher_nif, stopped, Tag, Stats} ->
+                     finish_reports(HostType, Key, Entry),
+                     {ok, Stats}
+             after Timeout ->
+                     %% The drain deadline is enforced in Rust; this only guards module
+                     %% stop against a stuck instance.
+                     ?LOG_ERROR(#{what => event_pusher_stop_timeout, host_type => HostType,
+                                  key => Key}),
+                     {error, stop_timeout}
+             end,
+    ok = ejabberd_sup:stop_child(child_id(HostType, Key)),
+    persistent_term:erase(name(HostType, Key)),
+    log_stop(HostType, Key, Result),
+    Result.
+
+%% The instance has stopped and sent its last batch: the reporter handles every batch
+%% sent to it before it is stopped. Without a reporter (it died, or its supervisor
+%% gave up after repeated deaths) this process takes the instance over and does it.
+finish_reports(HostType, Key, #entry{instance = Instance, supervisor = Supervisor,
+                                     handled = Handled, module = Module}) ->
+    Deadline = erlang:monotonic_time(millisecond) + ?FINISH_REPORTS_MS,
+    Finished = case reporter(Supervisor) of
+                   {ok, Reporter} ->
+                       try gen_server:call(Reporter, {handle_remaining_reports, Deadline},
+                                           ?FINISH_REPORTS_MS + 1000)
+                       catch exit:_ -> false
+                       end;
+                   none ->
+                       false
+               end,
+    case Finished of
+        ok ->
+            ok;
+        false ->
+            State = #state{host_type = HostType, key = Key, module = Module,
+                           supervisor = Supervisor, handled = Handled, instance = Instance},
+            handle_remaining_reports(take_over(State, stopping), Deadline),
+            flush_report_messages()
+    end.
+
+%% Leftovers sent to this (non-reporter) process once it gave up waiting.
+flush_report_messages() ->
+    receive {mod_event_pusher_nif, report, _} -> flush_report_messages()
+    after 0 -> ok
     end.
 
 -spec stats(binary(), key()) -> mod_event_pusher_nif:stats() | {error, not_running}.
@@ -154,35 +255,62 @@ stats(HostType, Key) ->
 -spec instance(binary(), key()) -> mod_event_pusher_nif:instance() | undefined.
 instance(HostType, Key) ->
     case persistent_term:get(name(HostType, Key), undefined) of
-        {_Pid, Instance} -> Instance;
-        undefined -> undefined
+        #entry{instance = Instance, stopping = false} -> Instance;
+        _ -> undefined
     end.
 
 name(HostType, Key) ->
     {?MODULE, HostType, Key}.
 
-%% gen_server callbacks
+child_id(HostType, Key) ->
+    {?MODULE, HostType, Key}.
 
--spec init({binary(), key(), module(), starter()}) -> {ok, #state{}} | {stop, term()}.
-init({HostType, Key, Module, Starter}) ->
-    case Starter(self()) of
-        {ok, Instance} ->
-            {ok, #state{host_type = HostType, key = Key, module = Module, instance = Instance}};
-        {error, Reason} ->
-            {stop, Reason}
+%% The current reporter under Supervisor; none while it restarts or after its
+%% supervisor gave up.
+reporter(Supervisor) ->
+    try supervisor:which_children(Supervisor) of
+        [{reporter, Pid, worker, _}] when is_pid(Pid) -> {ok, Pid};
+        _ -> none
+    catch exit:_ -> none
     end.
 
--spec handle_call(term(), gen_server:from(), #state{}) ->
-          {reply, term(), #state{}} | {stop, normal, term(), #state{}}.
-handle_call(instance, _From, State) ->
-    {reply, State#state.instance, State};
-handle_call({stop, DrainMs}, _From, State = #state{instance = Instance}) ->
-    Tag = make_ref(),
-    ok = mod_event_pusher_nif:stop(Instance, DrainMs, Tag),
-    Stats = wait_stopped(Tag, State),
-    flush_reports(State),
-    log_stop(State, Stats),
-    {stop, normal, {ok, Stats}, State}.
+%% The reporter
+
+%% @doc Started by mod_event_pusher_instance_sup.
+-spec start_link({binary(), key(), module(), counters:counters_ref(), pid()}) ->
+          {ok, pid()} | {error, term()}.
+start_link(Args) ->
+    gen_server:start_link(?MODULE, Args, []).
+
+-spec init({binary(), key(), module(), counters:counters_ref(), pid()}) -> {ok, #state{}}.
+init({HostType, Key, Module, Handled, Supervisor}) ->
+    State = #state{host_type = HostType, key = Key, module = Module,
+                   supervisor = Supervisor, handled = Handled},
+    case persistent_term:get(name(HostType, Key), undefined) of
+        #entry{instance = Instance, supervisor = Supervisor, handled = Handled} ->
+            %% A restart: the instance runs on and sends to the dead predecessor.
+            {ok, take_over(State#state{instance = Instance}, restarted)};
+        _ ->
+            %% The first reporter: start_instance follows.
+            {ok, State}
+    end.
+
+-spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
+handle_call({start_instance, Starter}, _From, State = #state{instance = undefined}) ->
+    #state{host_type = HostType, key = Key, module = Module, supervisor = Supervisor,
+           handled = Handled} = State,
+    %% The reason of a crash, never its stacktrace: arguments may hold secrets.
+    case try Starter(self()) catch Class:Crash -> {error, {Class, Crash}} end of
+        {ok, Instance} ->
+            persistent_term:put(name(HostType, Key),
+                                #entry{instance = Instance, supervisor = Supervisor,
+                                       handled = Handled, module = Module}),
+            {reply, {ok, Instance}, State#state{instance = Instance}};
+        {error, Reason} ->
+            {reply, {error, Reason}, State}
+    end;
+handle_call({handle_remaining_reports, Deadline}, _From, State) ->
+    {reply, ok, handle_remaining_reports(State, Deadline)}.
 
 -spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
 handle_cast(_Msg, State) ->
@@ -190,24 +318,13 @@ handle_cast(_Msg, State) ->
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({mod_event_pusher_nif, report, Report}, State) ->
-    handle_report(Report, State),
-    {noreply, State};
+    {noreply, handle_report(Report, State)};
 handle_info({mod_event_pusher_nif, route, _Id, _From, _To, _El} = Request, State) ->
     handle_route(Request, State),
     {noreply, State};
 handle_info(Other, State) ->
     ?LOG_WARNING(#{what => event_pusher_unexpected_message, msg => Other}),
     {noreply, State}.
-
-%% Draining may need stanzas routed (push): keep routing until the instance stops.
-wait_stopped(Tag, State) ->
-    receive
-        {mod_event_pusher_nif, stopped, Tag, Stats} ->
-            Stats;
-        {mod_event_pusher_nif, route, _Id, _From, _To, _El} = Request ->
-            handle_route(Request, State),
-            wait_stopped(Tag, State)
-    end.
 
 handle_route({mod_event_pusher_nif, route, Id, From, To, El},
              #state{host_type = HostType, key = Key, module = Module, instance = Instance}) ->
@@ -218,27 +335,173 @@ handle_route({mod_event_pusher_nif, route, Id, From, To, El},
             mod_event_pusher_nif:push_reply(Instance, Id, {error, <<"route_failed">>})
     end.
 
-%% The final batch is sent before the stopped message; handle what is in the mailbox.
-flush_reports(State) ->
-    receive {mod_event_pusher_nif, report, Report} ->
-            handle_report(Report, State),
-            flush_reports(State)
-    after 0 -> ok
-    end.
+%% A batch counts as handled as soon as it is taken: a reporter killed while handling
+%% it leaves its metrics partial, never doubled (take_over/2 logs that batch).
+handle_report(Report, State = #state{handled = Handled}) ->
+    [Batches, Reports | Values] = batch_counts(Report),
+    Carried = take_slots(Handled, ?CARRIED, ?VALUES),
+    add_slots(Handled, ?HANDLED, [Batches, Reports | Values]),
+    put_slots(Handled, ?IN_PROGRESS, [Batches, Reports | add_lists(Values, Carried)]),
+    pass_on(with_carried(Report, Carried), State),
+    put_slots(Handled, ?IN_PROGRESS, zeros(?COUNTS)),
+    State.
 
-handle_report(Report, #state{host_type = HostType, key = Key, module = Module}) ->
+pass_on(Report, #state{host_type = HostType, key = Key, module = Module}) ->
     try Module:handle_report(HostType, Key, Report)
     catch Class:Reason:Stacktrace ->
             ?LOG_ERROR(#{what => event_pusher_report_failed, host_type => HostType, key => Key,
                          class => Class, reason => Reason, stacktrace => Stacktrace})
     end.
 
-log_stop(#state{host_type = HostType, key = Key}, {error, Reason}) ->
+%% Handles reports until every batch sent to a reporter was handled and none is held
+%% for one, or until Deadline.
+handle_remaining_reports(State = #state{instance = Instance, handled = Handled}, Deadline) ->
+    #{batches := Sent, held := Held} = mod_event_pusher_nif:reports_sent(Instance),
+    Left = Deadline - erlang:monotonic_time(millisecond),
+    case counters:get(Handled, 1) >= Sent andalso Held =:= 0 of
+        true ->
+            log_carried_left(State);
+        false when Left =< 0 ->
+            ?LOG_WARNING(#{what => event_pusher_reports_unhandled_at_stop,
+                           host_type => State#state.host_type, key => State#state.key,
+                           batches => max(0, Sent - counters:get(Handled, 1)),
+                           held_batches => Held,
+                           text => <<"Some outcome reports were not handled before the stop: "
+                                     "their metrics are missing (the stats are complete)">>}),
+            State;
+        false ->
+            %% Held batches arrive without a further notice: look again shortly.
+            receive
+                {mod_event_pusher_nif, report, Report} ->
+                    handle_remaining_reports(handle_report(Report, State), Deadline)
+            after min(Left, 20) ->
+                    handle_remaining_reports(State, Deadline)
+            end
+    end.
+
+log_carried_left(State = #state{handled = Handled}) ->
+    case take_slots(Handled, ?CARRIED, ?VALUES) of
+        [] ->
+            State;
+        Counts ->
+            ?LOG_WARNING(#{what => event_pusher_reports_unhandled_at_stop,
+                           host_type => State#state.host_type, key => State#state.key,
+                           counts => counts_map(Counts),
+                           text => <<"Counts of reports a dead reporter never handled could "
+                                     "not be added to a later report: their metrics are "
+                                     "missing (the stats are complete)">>}),
+            State
+    end.
+
+%% Makes this process the instance's reporter. What the instance sent to its dead
+%% predecessors and they did not handle is gone with their mailbox: counted, logged,
+%% and its counts carried into the next report.
+take_over(State = #state{instance = Instance, handled = Handled}, Why) ->
+    {ok, Sent} = mod_event_pusher_nif:set_reporter(Instance, self()),
+    SentCounts = sent_counts(Sent),
+    Unhandled = [max(0, S - H)
+                 || {S, H} <- lists:zip(SentCounts, get_slots(Handled, ?HANDLED, ?COUNTS))],
+    Interrupted = get_slots(Handled, ?IN_PROGRESS, ?COUNTS),
+    put_slots(Handled, ?HANDLED, SentCounts),
+    put_slots(Handled, ?IN_PROGRESS, zeros(?COUNTS)),
+    [_UnhandledBatches, _UnhandledReports | UnhandledValues] = Unhandled,
+    add_slots(Handled, ?CARRIED, UnhandledValues),
+    log_take_over(State, Why, Unhandled, Interrupted, maps:get(held, Sent)),
+    State.
+
+log_take_over(#state{host_type = HostType, key = Key}, Why, [Batches, Reports | Counts],
+              [Interrupted, InterruptedReports | InterruptedCounts], Held) ->
+    What = case Why of
+               restarted -> event_pusher_reporter_restarted;
+               stopping -> event_pusher_reporter_missing_at_stop
+           end,
+    Text = case Why of
+               restarted -> <<"The reporter process died (the supervisor report says why) and "
+                              "was restarted; the new one took over the running instance. "
+                              "Delivery and stats are unaffected.">>;
+               stopping -> <<"No reporter process was alive at stop (it died, or its "
+                             "supervisor gave up after repeated deaths); the stopping process "
+                             "handled the remaining reports. Delivery and stats are "
+                             "unaffected.">>
+           end,
+    ?LOG_WARNING(#{what => What, host_type => HostType, key => Key, text => Text,
+                   unhandled_batches => Batches,
+                   %% Attempt and failure details of those batches: missing from the
+                   %% per-attempt metrics and failure logs.
+                   reports_lost => Reports,
+                   %% Their counts, added to the next report.
+                   counts_carried => counts_map(Counts),
+                   interrupted_batch => case Interrupted of
+                                            0 -> none;
+                                            _ -> #{reports => InterruptedReports,
+                                                   counts => counts_map(InterruptedCounts)}
+                                        end,
+                   held_batches => Held}).
+
+counts_map([Delivered, Retried, Failed, Dropped, Opened, Closed, ConnectFailed]) ->
+    #{delivered => Delivered, retried => Retried, failed => Failed, dropped => Dropped,
+      connections => #{opened => Opened, closed => Closed, failed => ConnectFailed}}.
+
+%% [Batches, Reports, Delivered, Retried, Failed, Dropped, Opened, Closed, ConnectFailed]
+batch_counts(#{attempts := Attempts, failures := Failures, counters := Counters,
+               connections := Connections}) ->
+    [1, length(Attempts) + length(Failures) | value_counts(Counters, Connections)].
+
+sent_counts(#{batches := Batches, reports := Reports, counters := Counters,
+              connections := Connections}) ->
+    [Batches, Reports | value_counts(Counters, Connections)].
+
+value_counts(Counters, Connections) ->
+    [maps:get(K, Counters, 0) || K <- [delivered, retried, failed, dropped]]
+        ++ [maps:get(K, Connections, 0) || K <- [opened, closed, failed]].
+
+with_carried(Report, []) ->
+    Report;
+%% Only counts: the attempt details are gone (take_over/2 logged how many), and the
+%% report's reports_lost means a full report channel, another cause.
+with_carried(Report = #{counters := Counters, connections := Connections},
+           [Delivered, Retried, Failed, Dropped, Opened, Closed, ConnectFailed]) ->
+    Add = fun(Map, Pairs) -> lists:foldl(fun({K, V}, M) -> M#{K => maps:get(K, M, 0) + V} end,
+                                         Map, Pairs)
+          end,
+    Report#{counters := Add(Counters, [{delivered, Delivered}, {retried, Retried},
+                                       {failed, Failed}, {dropped, Dropped}]),
+            connections := Add(Connections, [{opened, Opened}, {closed, Closed},
+                                             {failed, ConnectFailed}])}.
+
+get_slots(Ref, First, N) ->
+    [counters:get(Ref, I) || I <- lists:seq(First, First + N - 1)].
+
+put_slots(Ref, First, Values) ->
+    lists:foldl(fun(V, I) -> counters:put(Ref, I, V), I + 1 end, First, Values),
+    ok.
+
+add_slots(Ref, First, Values) ->
+    lists:foldl(fun(V, I) -> counters:add(Ref, I, V), I + 1 end, First, Values),
+    ok.
+
+%% The N slots from First, zeroed; [] when all were zero.
+take_slots(Ref, First, N) ->
+    Values = get_slots(Ref, First, N),
+    case lists:all(fun(V) -> V =:= 0 end, Values) of
+        true -> [];
+        false -> put_slots(Ref, First, zeros(N)), Values
+    end.
+
+add_lists(Values, []) -> Values;
+add_lists(Values, More) -> [A + B || {A, B} <- lists:zip(Values, More)].
+
+zeros(N) ->
+    lists:duplicate(N, 0).
+
+log_stop(_HostType, _Key, {error, stop_timeout}) ->
+    ok;
+log_stop(HostType, Key, {ok, {error, Reason}}) ->
     ?LOG_ERROR(#{what => event_pusher_stop_failed, host_type => HostType, key => Key,
                  reason => Reason});
-log_stop(#state{host_type = HostType, key = Key}, Stats = #{lost := 0}) ->
+log_stop(HostType, Key, {ok, Stats = #{lost := 0}}) ->
     ?LOG_INFO(#{what => event_pusher_stopped, host_type => HostType, key => Key, stats => Stats});
-log_stop(#state{host_type = HostType, key = Key}, Stats = #{lost := Lost}) ->
+log_stop(HostType, Key, {ok, Stats = #{lost := Lost}}) ->
     ?LOG_WARNING(#{what => event_pusher_stopped_with_losses, host_type => HostType, key => Key,
                    lost => Lost, stats => Stats,
                    text => <<"Drain deadline passed before every pending event was delivered">>}).

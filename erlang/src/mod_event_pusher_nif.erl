@@ -2,9 +2,9 @@
 %% NIF cannot be hot-upgraded; all logic lives in other modules.
 -module(mod_event_pusher_nif).
 
--export([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-export([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, noop/0]).
 
--nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, form_urlencode/1, noop/0]).
+-nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, noop/0]).
 -on_load(load/0).
 
 -type instance() :: reference().
@@ -20,7 +20,12 @@
                    last_connection_error_at_ms | disconnected_since_ms
                        => non_neg_integer() | undefined,
                    connect_failures => non_neg_integer()}.
--export_type([instance/0, push_error/0, stats/0]).
+-type reports_sent() :: #{batches := non_neg_integer(), reports := non_neg_integer(),
+                         counters := #{delivered | retried | failed | dropped
+                                       => non_neg_integer()},
+                         connections := #{opened | closed | failed => non_neg_integer()},
+                         held := non_neg_integer()}.
+-export_type([instance/0, push_error/0, stats/0, reports_sent/0]).
 
 -define(LIBRARY, "libpusher_nif").
 
@@ -85,6 +90,18 @@ stats(_Instance) -> erlang:nif_error(nif_not_loaded).
 %% `{mod_event_pusher_nif, stopped, Tag, Stats}'.
 -spec stop(instance(), non_neg_integer(), term()) -> ok | {error, term()}.
 stop(_Instance, _DrainMs, _Tag) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc Makes Pid the instance's reporter: it gets the reports (and routing requests)
+%% from now on, including batches held while no reporter was alive. Answers what its
+%% predecessors were sent, read atomically with the change (the map of reports_sent/1).
+-spec set_reporter(instance(), pid()) -> {ok, reports_sent()} | {error, term()}.
+set_reporter(_Instance, _Pid) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc The report batches handed to live reporters so far, with their attempt and
+%% failure reports and the sums of their counters and connection counts; `held' batches
+%% wait for a live reporter.
+-spec reports_sent(instance()) -> reports_sent() | {error, badarg}.
+reports_sent(_Instance) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc application/x-www-form-urlencoded encoding of binary pairs.
 -spec form_urlencode([{binary(), binary()}]) -> binary() | {error, badarg}.

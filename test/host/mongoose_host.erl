@@ -6,9 +6,10 @@
 -export([start/1, start_file/1, start_toml/2, write_toml/2, stop/0]).
 
 %% Services are started unlinked: tests call start/1 from short-lived processes
-%% (e.g. init_per_suite), and the services must outlive them.
--define(SERVICES, [gen_hook, mongoose_instrument, ejabberd_sm, ejabberd_local, gen_iq_handler,
-                   ejabberd_auth]).
+%% (e.g. init_per_suite), and the services must outlive them. ejabberd_sup first, as
+%% MongooseIM's root supervisor: modules start their processes under it.
+-define(SERVICES, [ejabberd_sup, gen_hook, mongoose_instrument, ejabberd_sm, ejabberd_local,
+                   gen_iq_handler, ejabberd_auth]).
 
 %% @doc Starts the services that are not running yet, replaces the
 %% configuration with Opts, then starts the outgoing pools and after them the

@@ -18,13 +18,16 @@ use pusher::rabbit::{
     ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, RabbitTls,
     Topics,
 };
-use pusher::report::{BackendDown, ReportBatch, ReportSink};
+use pusher::report::{BackendDown, ReportBatch};
 use pusher::retry::Jitter;
 use pusher::sns::{AttributeValue, Notification, SnsBackend, SnsConfig, SnsEvent};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
 use pusher::{StatsSnapshot, StopSummary};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
 use smallvec::SmallVec;
+
+mod reporter;
+use reporter::ReportTarget;
 
 mod atoms {
     rustler::atoms! {
@@ -83,6 +86,8 @@ enum Pusher {
 /// instance, which aborts its tasks.
 struct InstanceResource {
     pusher: Pusher,
+    /// Where its reports go; replaced when a restarted reporter takes over.
+    target: Arc<ReportTarget>,
 }
 
 #[rustler::resource_impl]
@@ -94,11 +99,6 @@ fn error<'a>(env: Env<'a>, reason: impl Encoder) -> Term<'a> {
 
 fn badarg(env: Env) -> Term {
     error(env, atoms::badarg())
-}
-
-/// Sends report batches to the Erlang reporter process.
-struct PidSink {
-    pid: LocalPid,
 }
 
 mod connection_atoms {
@@ -268,17 +268,6 @@ fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     binary.into()
 }
 
-impl ReportSink for PidSink {
-    fn send(&self, batch: ReportBatch) {
-        let mut owned = OwnedEnv::new();
-        // A dead reporter only means nobody listens any more: nothing to do.
-        let _ = owned.send_and_clear(&self.pid, |env| {
-            let body = encode_batch(env, &batch).unwrap_or_else(|_| badarg(env));
-            (atoms::mod_event_pusher_nif(), atoms::report(), body).encode(env)
-        });
-    }
-}
-
 /// The elements of a proper list; None for anything else. (rustler's ListIterator
 /// panics on an improper list.)
 fn proper_list(mut term: Term) -> Option<SmallVec<[Term; 4]>> {
@@ -391,10 +380,11 @@ fn start_http<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a
         Ok(backend) => backend,
         Err(e) => return error(env, e.0.as_str()),
     };
-    let sink = Arc::new(PidSink { pid });
-    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let target = Arc::new(ReportTarget::new(pid));
+    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
     let resource = ResourceArc::new(InstanceResource {
         pusher: Pusher::Http(instance),
+        target,
     });
     (atoms::ok(), resource).encode(env)
 }
@@ -469,10 +459,11 @@ fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<
         Ok(backend) => backend,
         Err(e) => return error(env, e.0.as_str()),
     };
-    let sink = Arc::new(PidSink { pid });
-    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let target = Arc::new(ReportTarget::new(pid));
+    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
     let resource = ResourceArc::new(InstanceResource {
         pusher: Pusher::Rabbit(instance),
+        target,
     });
     (atoms::ok(), resource).encode(env)
 }
@@ -509,18 +500,19 @@ fn start_sns<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a>
         let _guard = runtime.enter();
         SnsBackend::new(&sns)
     };
-    let sink = Arc::new(PidSink { pid });
-    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let target = Arc::new(ReportTarget::new(pid));
+    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
     let resource = ResourceArc::new(InstanceResource {
         pusher: Pusher::Sns(instance),
+        target,
     });
     (atoms::ok(), resource).encode(env)
 }
 
-/// Hands publish IQs to the Erlang process that routes them:
+/// Hands publish IQs to the Erlang process that routes them (the reporter):
 /// `{mod_event_pusher_nif, route, Id, From, PubSub, PubsubElement}`.
 struct PidRouter {
-    pid: LocalPid,
+    target: Arc<ReportTarget>,
 }
 
 fn element_term<'a>(env: Env<'a>, element: &Element) -> Term<'a> {
@@ -551,7 +543,7 @@ impl Router for PidRouter {
     fn route(&self, id: u64, event: &PushEvent, pubsub: &Element) -> bool {
         let mut owned = OwnedEnv::new();
         owned
-            .send_and_clear(&self.pid, |env| {
+            .send_and_clear(&self.target.pid(), |env| {
                 (
                     atoms::mod_event_pusher_nif(),
                     atoms::route(),
@@ -580,11 +572,15 @@ fn start_push<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a
     ) else {
         return badarg(env);
     };
-    let backend = PushBackend::new(PidRouter { pid }, timeout);
-    let sink = Arc::new(PidSink { pid });
-    let instance = Instance::start(runtime.handle(), backend, instance, sink);
+    let target = Arc::new(ReportTarget::new(pid));
+    let router = PidRouter {
+        target: target.clone(),
+    };
+    let backend = PushBackend::new(router, timeout);
+    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
     let resource = ResourceArc::new(InstanceResource {
         pusher: Pusher::Push(instance),
+        target,
     });
     (atoms::ok(), resource).encode(env)
 }
@@ -1035,6 +1031,40 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
         });
     });
     atoms::ok().encode(env)
+}
+
+/// `set_reporter(Instance, Pid)` -> `{ok, Sent}`: Pid gets the instance's reports (and
+/// routing requests) from now on, batches held while no reporter lived included. Sent
+/// is what its predecessors were sent (the map of `reports_sent/1`), read atomically
+/// with the change. Dirty: it waits for a batch being sent to finish.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn set_reporter<'a>(env: Env<'a>, instance: Term<'a>, pid: Term<'a>) -> Term<'a> {
+    let (Ok(resource), Ok(pid)) = (
+        instance.decode::<ResourceArc<InstanceResource>>(),
+        pid.decode::<LocalPid>(),
+    ) else {
+        return badarg(env);
+    };
+    let Some(runtime) = RUNTIME.get() else {
+        return error(env, atoms::no_runtime());
+    };
+    let sent = resource.target.replace(pid);
+    // Sending needs a thread the VM does not manage.
+    let target = resource.target.clone();
+    runtime.spawn(async move { target.send_held() });
+    (atoms::ok(), sent.encode(env)).encode(env)
+}
+
+/// `reports_sent(Instance)` -> `#{batches, reports, counters, connections, held}`: the
+/// report batches handed to live reporters so far, their attempt and failure reports,
+/// the sums of their counters and connection counts, and the batches held for the
+/// next reporter.
+#[rustler::nif]
+fn reports_sent<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
+    match instance.decode::<ResourceArc<InstanceResource>>() {
+        Ok(resource) => resource.target.sent().encode(env),
+        Err(_) => badarg(env),
+    }
 }
 
 /// `form_urlencode([{Key, Value}])` -> binary | `{error, badarg}`.
