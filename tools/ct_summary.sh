@@ -9,8 +9,8 @@
 # With STAMP (a file touched before the run), only a run newer than it counts: a run
 # that never started is not reported with an older run's numbers.
 #
-# Reads CT's own count of each suite (run.*/suite.summary: {summary, {Passed, Failed,
-# UserSkipped, AutoSkipped}}); skipped is both kinds (auto: a failed init_per_*).
+# Reads each case's result from the run's suite.log; skipped is both kinds (auto: a
+# failed init_per_*).
 set -eu
 
 logdir=${1:-_build/ct_logs}
@@ -29,14 +29,22 @@ fi
 
 counts=$(mktemp)
 trap 'rm -f "$counts"' EXIT
-for summary in "$run"*.logs/run.*/suite.summary; do
-    [ -f "$summary" ] || continue
-    # .../<prefix>.<Suite>.logs/run.<time>/suite.summary
-    suite=$(basename "$(dirname "$(dirname "$summary")")" .logs)
-    suite=${suite##*.}
-    numbers=$(tr -d ' \n' <"$summary" | sed -n 's/^{summary,{\([0-9]*\),\([0-9]*\),\([0-9]*\),\([0-9]*\)}}\.$/\1 \2 \3 \4/p')
-    [ -n "$numbers" ] || { echo "ct_summary: cannot read $summary" >&2; exit 1; }
-    echo "$suite $numbers" >>"$counts"
+# Every suite.log of the run (one per test directory: rebar3 runs all suites of test/
+# in one): each case is `=case Suite:Case' followed by its `=result'. Common Test's
+# own entries (ct_framework) are left out; init/end_per_* count only when they fail,
+# so a failed init_per_suite shows as a failure and its cases as skipped.
+for log in "$run"*.logs/run.*/suite.log; do
+    [ -f "$log" ] || continue
+    awk '/^=case / { split($2, sc, ":"); suite = sc[1]; name = sc[2]; next }
+         /^=result / && suite != "" && suite != "ct_framework" {
+             r = $2
+             if (r == "ok" && name ~ /^(init|end)_per_/) { suite = ""; next }
+             if (r == "ok") p = 1; else p = 0
+             f = (r ~ /^failed/) ? 1 : 0
+             s = (r ~ /skipped/) ? 1 : 0
+             if (p + f + s == 0) f = 1
+             print suite, p, f, s, 0
+             suite = "" }' "$log" >>"$counts"
 done
 
 # Suites of SUITE_DIR that are not in the run count as having run nothing.
