@@ -15,10 +15,19 @@
 %% For that the stand-in has one option type MongooseIM lacks: `toml', any TOML
 %% value, kept as read.
 %%
-%% Differences from MongooseIM in error reporting: an unexpected key and a key
-%% rejected by `validate_keys' are reported at the key's own path (MongooseIM
-%% reports them at the enclosing section), and type mismatches carry
-%% `reason => wrong_type' instead of a `function_clause'.
+%% Errors are MongooseIM 6.4's (mongoose_config_parser_toml): an unexpected key, a key
+%% rejected by `validate_keys' and missing required keys are reported at the enclosing
+%% section, which then reports nothing else; a value of the wrong type fails its
+%% conversion as in MongooseIM (`function_clause', or `badarg' for a string or atom
+%% option given no string), an option given a table or array and a section or list
+%% given a value fail with `{case_clause, Spec}'; a global option in host_config fails
+%% its wrap with `{badmatch, Host}'. Post-processing is MongooseIM's build_state: a
+%% host_config option of a host that is neither in `hosts' nor in `host_types' is
+%% dropped when a global value exists (modules always have one), a later host_config
+%% value of the same host wins. A TOML syntax error is
+%% `#{what => toml_parsing_failed, text}' (the text is our reader's, not tomerl's).
+%% Differences: module dependencies that cannot be resolved are reported as a
+%% config error (MongooseIM raises gen_mod_deps' error as it is).
 -module(mongoose_config_parser).
 
 -include("mongoose_config_spec.hrl").
@@ -48,9 +57,8 @@ parse_file(FileName) ->
         {ok, Toml} ->
             process(Toml);
         {error, {toml_error, Message}} ->
-            error(?CONFIG_ERROR([#{class => error, what => toml_parsing_failed,
-                                   text => unicode:characters_to_list(Message),
-                                   file => FileName}]));
+            error(?CONFIG_ERROR([#{what => toml_parsing_failed,
+                                   text => unicode:characters_to_list(Message)}]));
         {error, Reason} ->
             error(?CONFIG_ERROR([#{class => error, what => toml_reading_failed,
                                    text => "Could not run the TOML reader",
@@ -111,29 +119,29 @@ step(wrap, Path, Value, Spec) ->
 -spec parse(path(), term(), spec()) -> {ok, term()} | {error, [config_error()]}.
 parse(Path, Value, #section{} = Spec) when is_map(Value) ->
     parse_section(Path, Value, Spec);
-parse(_Path, _Value, #section{}) ->
-    error(#{what => wrong_type, expected => table});
 parse(Path, Value, #list{items = ItemSpec}) when is_list(Value) ->
     collect([handle([item_key(Path, Item) | Path], Item, ItemSpec) || Item <- Value]);
-parse(_Path, _Value, #list{}) ->
-    error(#{what => wrong_type, expected => array});
 parse(_Path, Value, #option{type = toml}) ->
     {ok, Value};
-parse(_Path, Value, #option{}) when is_list(Value); is_map(Value) ->
-    error(#{what => wrong_type, expected => value});
-parse(_Path, Value, #option{type = Type}) ->
-    {ok, convert(Value, Type)}.
+parse(_Path, Value, #option{type = Type}) when not is_list(Value), not is_map(Value) ->
+    {ok, convert(Value, Type)};
+parse(_Path, _Value, Spec) ->
+    %% MongooseIM's `case Spec of' has no clause for this value
+    error({case_clause, Spec}).
 
+%% As MongooseIM: required keys, then each key's name (`validate_keys'), then each key
+%% (in key order) must have a spec: the first failure fails the whole section.
 parse_section(Path, Toml, #section{items = Items, validate_keys = KeyValidator,
                                    required = Required, defaults = Defaults}) ->
     check_required_keys(required_keys(Required, Items), Toml),
+    [validate_key(Key, KeyValidator) || Key <- lists:sort(maps:keys(Toml))],
     %% Sections with `include = always' are processed as if given empty, so their
     %% own defaults get filled in.
     Always = maps:from_list([{Key, #{}} || {Key, #section{include = always}} <- maps:to_list(Items),
                                             is_binary(Key), not is_map_key(Key, Toml)]),
-    Present = maps:merge(Toml, Always),
-    Handled = [{Key, handle_key(Path, Key, Value, Items, KeyValidator)}
-               || {Key, Value} <- maps:to_list(Present)],
+    Present = maps:merge(Always, Toml),
+    Specs = [{Key, Value, spec_for_key(Key, Items)} || {Key, Value} <- lists:sort(maps:to_list(Present))],
+    Handled = [{Key, handle([Key | Path], Value, Spec)} || {Key, Value, Spec} <- Specs],
     %% Defaults are final values: only wrapped, never parsed, validated or processed.
     Defaulted = [{Key, handle_default([Key | Path], Value, spec_for_key(Key, Items))}
                  || {Key, Value} <- maps:to_list(Defaults), not is_map_key(Key, Present)],
@@ -148,18 +156,6 @@ check_required_keys(Required, Toml) ->
         Missing -> error(#{what => missing_mandatory_keys, missing_keys => Missing})
     end.
 
-handle_key(Path, Key, Value, Items, KeyValidator) ->
-    KeyPath = [Key | Path],
-    try
-        validate_key(Key, KeyValidator),
-        spec_for_key(Key, Items)
-    of
-        Spec -> handle(KeyPath, Value, Spec)
-    catch
-        Class:Reason:Stacktrace ->
-            {error, [node_error(parse, KeyPath, Value, Class, Reason, Stacktrace)]}
-    end.
-
 validate_key(_Key, any) -> ok;
 validate_key(Key, Validator) -> mongoose_config_validator:validate(binary_to_atom(Key), atom, Validator).
 
@@ -167,7 +163,7 @@ spec_for_key(Key, Items) ->
     case Items of
         #{Key := Spec} -> Spec;
         #{default := Spec} -> Spec;
-        #{} -> error(#{what => unexpected_key, key => Key})
+        #{} -> error(#{what => unexpected_key, key => Key, items => Items})
     end.
 
 handle_default(Path, Value, Spec) ->
@@ -179,10 +175,11 @@ handle_default(Path, Value, Spec) ->
     end.
 
 %% host_config items are named by their host in the path, so that host_config wraps
-%% (and pool scopes) know which host they belong to.
-item_key([<<"host_config">>], #{<<"host_type">> := Host} = Item) when not is_map_key(<<"host">>, Item) ->
+%% (and pool scopes) know which host they belong to; as in MongooseIM, `host_type'
+%% wins over `host', and a table with neither is a plain item (its options are global).
+item_key([<<"host_config">>], #{<<"host_type">> := Host}) ->
     {host, Host};
-item_key([<<"host_config">>], #{<<"host">> := Host} = Item) when not is_map_key(<<"host_type">>, Item) ->
+item_key([<<"host_config">>], #{<<"host">> := Host}) ->
     {host, Host};
 item_key(_Path, _Item) ->
     item.
@@ -194,17 +191,18 @@ collect(Results) ->
         Errors -> {error, lists:append(Errors)}
     end.
 
+%% MongooseIM's clauses: a value of another type fails with function_clause, or with
+%% badarg where a string or atom is made of it. A string is the UTF-8 bytes.
 convert(V, boolean) when is_boolean(V) -> V;
 convert(V, binary) when is_binary(V) -> V;
-convert(V, string) when is_binary(V) -> unicode:characters_to_list(V);
-convert(V, atom) when is_binary(V) -> binary_to_atom(V);
+convert(V, string) -> binary_to_list(V);
+convert(V, atom) -> binary_to_atom(V, utf8);
 convert(<<"infinity">>, int_or_infinity) -> infinity;
 convert(V, int_or_infinity) when is_integer(V) -> V;
 convert(V, int_or_atom) when is_integer(V) -> V;
-convert(V, int_or_atom) when is_binary(V) -> binary_to_atom(V);
+convert(V, int_or_atom) -> binary_to_atom(V, utf8);
 convert(V, integer) when is_integer(V) -> V;
-convert(V, float) when is_float(V) -> V;
-convert(_V, Type) -> error(#{what => wrong_type, expected => Type}).
+convert(V, float) when is_float(V) -> V.
 
 %% validate
 
@@ -221,11 +219,8 @@ format_of(#section{format_items = Format}) -> Format;
 format_of(#list{format_items = Format}) -> Format.
 
 format_items(Items, map) ->
-    Keys = [Key || {Key, _} <- Items],
-    case Keys -- lists:usort(Keys) of
-        [] -> maps:from_list(Items);
-        Duplicates -> error(#{what => duplicate_keys, keys => lists:usort(Duplicates)})
-    end;
+    ok = mongoose_config_validator:validate_list(unique, [Key || {Key, _} <- Items]),
+    maps:from_list(Items);
 format_items(Items, list) ->
     Items.
 
@@ -254,10 +249,8 @@ wrap(_Path, Value, item) -> [Value];
 wrap(_Path, _Value, remove) -> [];
 wrap(_Path, Value, none) when is_list(Value) -> Value;
 wrap([Key | _] = Path, Value, global_config) ->
-    case host_of(Path) of
-        global -> [{binary_to_atom(Key), Value}];
-        Host -> error(#{what => global_option_in_host_config, host => Host})
-    end;
+    global = host_of(Path),
+    [{binary_to_atom(Key), Value}];
 wrap([Key | _] = Path, Value, host_config) ->
     [{{binary_to_atom(Key), host_of(Path)}, Value}].
 
@@ -276,9 +269,10 @@ node_error(Step, Path, Value, Class, Reason, Stacktrace) ->
               reason => Reason, stacktrace => Stacktrace},
     merge_reason(Error, Reason).
 
-%% A reason map `#{what := W, ...}' becomes `reason => W' plus its other fields.
+%% As MongooseIM: a reason map `#{what := W, ...}' becomes `reason => W' plus its other
+%% fields, which win over the basic ones (e.g. a validator's own `text').
 merge_reason(Error, #{what := What} = Reason) ->
-    maps:merge(maps:remove(what, Reason), Error#{reason := What});
+    maps:merge(Error, maps:remove(what, Reason#{reason => What}));
 merge_reason(Error, _Reason) ->
     Error.
 
@@ -293,33 +287,36 @@ path_to_string(Path) ->
 
 %% Post-processing: per-host options
 
+%% MongooseIM's build_state/3: host-type options unfolded, then module deps resolved.
 -spec post_process([{config_key(), term()}]) -> {ok, [{config_key(), term()}]} | {error, [config_error()]}.
 post_process(Items) ->
     Hosts = proplists:get_value(hosts, Items),
     HostTypes = proplists:get_value(host_types, Items),
-    AllHostTypes = Hosts ++ HostTypes,
-    HostKeys = [Key || {{_, Host} = Key, _} <- Items, Host =/= global],
-    Errors = [post_error("host_config", unknown_host_in_host_config, #{host => Host})
-              || {_, Host} <- HostKeys, not lists:member(Host, AllHostTypes)]
-        ++ [post_error("host_config", duplicate_host_config, #{host => Host, option => Opt})
-            || {Opt, Host} <- lists:usort(HostKeys -- lists:usort(HostKeys))],
-    case Errors of
-        [] -> per_host_type(stored(Items), Hosts, HostTypes);
-        _ -> {error, Errors}
+    Unfolded = unfold_globals(stored(Items), Hosts ++ HostTypes),
+    Resolved = [resolve_module_deps(Item) || Item <- Unfolded],
+    case [Error || {error, Error} <- Resolved] of
+        [] -> {ok, lists:keysort(1, [Item || {ok, Item} <- Resolved])};
+        Errors -> {error, lists:append(Errors)}
     end.
 
-per_host_type(Items, Hosts, HostTypes) ->
-    GlobalModules = proplists:get_value({modules, global}, Items),
-    Modules = [modules_for_host_type(HT, lists:member(HT, HostTypes), GlobalModules, Items)
-               || HT <- Hosts ++ HostTypes],
-    case [Error || {error, Error} <- Modules] of
-        [] ->
-            %% unresolved module maps (global and host_config) are replaced
-            Other = [Item || {Key, _} = Item <- Items, not is_modules_key(Key)],
-            {ok, lists:keysort(1, Other ++ [Opt || {ok, Opt} <- Modules])};
-        Errors ->
-            {error, lists:append(Errors)}
-    end.
+%% MongooseIM's unfold_globals/1: an option of host types with a global value is given
+%% to every host type (its own value, else the global one; values of unknown hosts
+%% are dropped); one without a global value keeps its host types as they are. Of two
+%% values for the same option and host type, the later wins.
+unfold_globals(Items, AllHostTypes) ->
+    {HostTypeItems, Simple} = lists:partition(fun({Key, _}) -> is_tuple(Key) end, Items),
+    Grouped = lists:foldl(fun({{Key, HT}, Value}, Acc) ->
+                                  maps:update_with(Key, fun(ByHT) -> ByHT#{HT => Value} end,
+                                                   #{HT => Value}, Acc)
+                          end, #{}, HostTypeItems),
+    Simple ++ lists:append([merge_opts(Key, ByHT, AllHostTypes)
+                            || {Key, ByHT} <- maps:to_list(Grouped)]).
+
+%% (acl and access, whose global values MongooseIM keeps and merges, are not modelled)
+merge_opts(Key, #{global := Global} = ByHT, AllHostTypes) ->
+    [{{Key, HT}, maps:get(HT, ByHT, Global)} || HT <- AllHostTypes];
+merge_opts(Key, ByHT, _AllHostTypes) ->
+    [{{Key, HT}, Value} || {HT, Value} <- maps:to_list(ByHT)].
 
 %% The options of `general' that are only validated (see mongoose_config_spec).
 stored(Items) ->
@@ -329,41 +326,17 @@ stored(Items) ->
 option_name({Name, _HostOrGlobal}) -> Name;
 option_name(Name) -> Name.
 
-is_modules_key({modules, _}) -> true;
-is_modules_key(_) -> false.
-
-%% A host_config modules section replaces the global one for its host; deps are
-%% resolved per host type as MongooseIM does it when it processes the config.
-modules_for_host_type(HT, IsDynamic, GlobalModules, Items) ->
-    {TomlPath, Configured} = case lists:keyfind({modules, HT}, 1, Items) of
-                                 {_, HostModules} -> {"host_config.modules", HostModules};
-                                 false -> {"modules", GlobalModules}
-                             end,
+%% Deps are resolved per host type as MongooseIM does it when it processes the config.
+resolve_module_deps({{modules, HT}, Configured}) ->
     try gen_mod_deps:resolve_deps(HT, Configured) of
-        Resolved ->
-            case [M || IsDynamic, M <- lists:sort(maps:keys(Resolved)), not supports_dynamic_domains(M)] of
-                [] ->
-                    {ok, {{modules, HT}, Resolved}};
-                Unsupported ->
-                    {error, [post_error(TomlPath ++ "." ++ atom_to_list(M), dynamic_domains_not_supported,
-                                        #{module => M, host_type => HT}) || M <- Unsupported]}
-            end
+        Resolved -> {ok, {{modules, HT}, Resolved}}
     catch
         Class:Reason:Stacktrace ->
             Error = #{class => Class, what => toml_processing_failed,
                       text => "TOML configuration error: Module dependencies could not be resolved",
-                      toml_path => TomlPath, host_type => HT, reason => Reason,
+                      toml_path => "modules", host_type => HT, reason => Reason,
                       stacktrace => Stacktrace},
             {error, [merge_reason(Error, Reason)]}
-    end.
-
-%% A module may run for a dynamic host type only if it says it supports them.
-supports_dynamic_domains(Module) ->
-    code:ensure_loaded(Module) =:= {module, Module}
-        andalso erlang:function_exported(Module, supported_features, 0)
-        andalso lists:member(dynamic_domains, Module:supported_features()).
-
-post_error(TomlPath, Reason, Extra) ->
-    Extra#{class => error, what => toml_processing_failed,
-           text => "TOML configuration error: Invalid configuration",
-           toml_path => TomlPath, reason => Reason}.
+    end;
+resolve_module_deps(Item) ->
+    {ok, Item}.

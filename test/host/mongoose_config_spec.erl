@@ -28,9 +28,9 @@
          configurable_modules/0, mongooseim_modules/0, general_options_not_stored/0]).
 
 %% exported for the parser and for tests; all take the processed value
--export([process_iqdisc/1, process_general/1, process_host_config_item/2, process_pool/2,
-         process_host/2, process_ldap_connection/1, process_rdbms_connection/1,
-         validate_module_key/1]).
+-export([process_iqdisc/1, process_general/1, process_dynamic_domains/1, process_pool/2,
+         process_host_config_pool/2, process_host/1, process_ldap_connection/1,
+         process_rdbms_connection/1, validate_module_key/1]).
 
 -type config_section() :: #section{}.
 -type config_list() :: #list{}.
@@ -84,8 +84,38 @@ root() ->
              %% Defaults are final values: these give `{outgoing_pools, []}' and
              %% `{{modules, global}, #{}}' when the sections are absent.
              defaults = #{<<"outgoing_pools">> => [], <<"modules">> => #{}},
+             process = fun ?MODULE:process_dynamic_domains/1,
              format_items = list,
              wrap = none}.
+
+%% @doc MongooseIM's check of the whole document: with host types, every module
+%% configured globally or for a host type must support dynamic domains (deps are not
+%% looked at; auth methods are not modelled).
+-spec process_dynamic_domains([{atom() | {atom(), term()}, term()}]) -> list().
+process_dynamic_domains(Items) ->
+    case proplists:lookup(host_types, Items) of
+        {_, [_ | _] = HostTypes} ->
+            Modules = lists:usort([M || {{modules, HT}, Configured} <- Items,
+                                        HT =:= global orelse lists:member(HT, HostTypes),
+                                        M <- maps:keys(Configured)]),
+            case [M || M <- Modules, not supports_dynamic_domains(M)] of
+                [] ->
+                    Items;
+                Unsupported ->
+                    error(#{what => dynamic_domains_not_supported,
+                            text => ("Dynamic modules not supported by the specified "
+                                     "authentication methods and/or extension modules"),
+                            unsupported_auth_methods => [],
+                            unsupported_modules => Unsupported})
+            end;
+        _ ->
+            Items
+    end.
+
+supports_dynamic_domains(Module) ->
+    code:ensure_loaded(Module) =:= {module, Module}
+        andalso erlang:function_exported(Module, supported_features, 0)
+        andalso lists:member(dynamic_domains, Module:supported_features()).
 
 %% Sections accepted as any table and left out of the result.
 not_modelled(Keys) ->
@@ -97,17 +127,21 @@ not_modelled_section() ->
 %% `[general]'; at top level `default_server_domain' is required (root/0), in a
 %% host_config table only the options with `wrap = host_config' are valid.
 general() ->
-    #section{items = #{<<"hosts">> => host_list(domain),
+    #section{items = #{<<"hosts">> => #list{items = #option{type = binary,
+                                                            validate = non_empty,
+                                                            process = fun ?MODULE:process_host/1},
+                                            validate = unique,
+                                            wrap = global_config},
                        %% host types are names, not domains ("dynamic type" is fine)
-                       <<"host_types">> => host_list(non_empty),
+                       <<"host_types">> => #list{items = #option{type = binary,
+                                                                 validate = non_empty},
+                                                 validate = unique,
+                                                 wrap = global_config},
                        <<"default_server_domain">> => #option{type = binary,
                                                               validate = non_empty,
-                                                              process = fun ?MODULE:process_host/2,
+                                                              process = fun ?MODULE:process_host/1,
                                                               wrap = global_config},
-                       <<"loglevel">> => #option{type = atom,
-                                                 validate = {enum, [none, emergency, alert, critical,
-                                                                    error, warning, notice, info,
-                                                                    debug, all]},
+                       <<"loglevel">> => #option{type = atom, validate = loglevel,
                                                  wrap = global_config},
                        %% Checked as MongooseIM checks them, then dropped by the parser
                        %% (general_options_not_stored/0). The backends are modules
@@ -118,13 +152,17 @@ general() ->
                        <<"language">> => #option{type = binary, validate = non_empty,
                                                  wrap = global_config},
                        <<"sm_backend">> => #option{type = atom,
-                                                   validate = {enum, [mnesia, cets, redis]},
+                                                   validate = {mongooseim_module, ejabberd_sm,
+                                                               [mnesia, cets, redis]},
                                                    wrap = global_config},
                        <<"component_backend">> => #option{type = atom,
-                                                          validate = {enum, [mnesia, cets]},
+                                                          validate = {mongooseim_module,
+                                                                      mongoose_component,
+                                                                      [mnesia, cets]},
                                                           wrap = global_config},
                        <<"s2s_backend">> => #option{type = atom,
-                                                    validate = {enum, [mnesia, cets]},
+                                                    validate = {mongooseim_module, mongoose_s2s,
+                                                                [mnesia, cets]},
                                                     wrap = global_config},
                        <<"http_server_name">> => #option{type = string, wrap = global_config},
                        <<"rdbms_server_type">> => #option{type = atom,
@@ -151,32 +189,22 @@ general_options_not_stored() ->
      http_server_name, rdbms_server_type, route_subdomains, routing_modules,
      replaced_wait_timeout, hide_service_name].
 
-host_list(Validator) ->
-    #list{items = #option{type = binary, validate = Validator, process = fun ?MODULE:process_host/2},
-          validate = unique,
-          wrap = global_config}.
+%% @doc Domains are stored as MongooseIM's nodeprep makes them (lowercased); one it
+%% refuses fails with `{badmatch, false}', as in MongooseIM.
+-spec process_host(binary()) -> binary().
+process_host(Host) ->
+    Node = jid:nodeprep(Host),
+    true = Node =/= error,
+    Node.
 
-%% @doc Domains are case-insensitive: `hosts' and `default_server_domain' are stored
-%% lowercased, as MongooseIM's nodeprep does. Host types are kept as written.
--spec process_host(mongoose_config_parser:path(), binary()) -> binary().
-process_host([item, <<"hosts">> | _], Host) -> string:lowercase(Host);
-process_host([<<"default_server_domain">> | _], Domain) -> string:lowercase(Domain);
-process_host(_Path, HostType) -> HostType.
-
-%% @doc Checks what concerns `hosts' and `host_types' together.
+%% @doc MongooseIM's check of `hosts' and `host_types' together: no name twice, at
+%% least one name (a failure is a `{badmatch, false}').
 -spec process_general([{atom(), term()}]) -> [{atom(), term()}].
 process_general(Items) ->
-    Hosts = proplists:get_value(hosts, Items),
-    HostTypes = proplists:get_value(host_types, Items),
-    case {Hosts, HostTypes} of
-        {[], []} -> error(#{what => no_hosts, text => "general.hosts or general.host_types "
-                            "must list at least one name"});
-        _ -> ok
-    end,
-    case [H || H <- Hosts, lists:member(H, HostTypes)] of
-        [] -> Items;
-        Both -> error(#{what => hosts_and_host_types_overlap, names => Both})
-    end.
+    All = lists:append([Value || {Key, Value} <- Items, Key =:= hosts orelse Key =:= host_types]),
+    true = lists:sort(All) =:= lists:usort(All),
+    true = [] =/= All,
+    Items.
 
 %% @doc `[[host_config]]' tables: `host' or `host_type' (the parser puts it into the
 %% path as `{host, Name}', which the host_config wraps use), plus per-host sections.
@@ -187,18 +215,8 @@ host_config_item() ->
                  <<"modules">> => modules(),
                  <<"outgoing_pools">> => outgoing_pools(host_config)},
     #section{items = maps:merge(not_modelled(?NOT_MODELLED_HOST_CONFIG_SECTIONS), Modelled),
-             process = fun ?MODULE:process_host_config_item/2,
              format_items = list,
              wrap = none}.
-
-%% @doc The parser names host_config items `{host, H}' in the path when the table
-%% has exactly one of `host' and `host_type'; otherwise the item is just `item'.
--spec process_host_config_item(mongoose_config_parser:path(), list()) -> list().
-process_host_config_item([{host, _} | _], Items) ->
-    Items;
-process_host_config_item(_Path, _Items) ->
-    error(#{what => host_or_host_type_required,
-            text => "each host_config table needs exactly one of host and host_type"}).
 
 %% @doc `[modules]', also used inside host_config (which then replaces the global
 %% module list for that host). MongooseIM's own modules are accepted as any table
@@ -253,21 +271,23 @@ outgoing_pools(Where) ->
 %% @doc One pool, turned into the map mongoose_wpool reads:
 %% `#{type, scope, tag, opts => #{workers, strategy, call_timeout}, conn_opts}'.
 -spec process_pool(mongoose_config_parser:path(), #{atom() => term()}) -> map().
-process_pool([Tag, Type | _] = Path, Opts) ->
-    Scope = case [H || {host, H} <- Path] of
-                [HostType] -> HostType;
-                [] -> pool_scope(maps:get(scope, Opts))
-            end,
-    #{type => binary_to_atom(Type), scope => Scope, tag => binary_to_atom(Tag),
-      opts => maps:with([workers, strategy, call_timeout], Opts),
-      conn_opts => maps:get(connection, Opts)}.
+process_pool([Tag, Type | _], #{scope := Scope, connection := Connection} = Opts) ->
+    #{type => binary_to_atom(Type), scope => pool_scope(Scope), tag => binary_to_atom(Tag),
+      opts => maps:without([scope, host, connection], Opts),
+      conn_opts => Connection}.
 
-pool_scope(host) ->
-    logger:warning(#{what => deprecated_pool_scope,
-                     text => "outgoing pool scope \"host\" is deprecated, use \"host_type\""}),
-    host_type;
-pool_scope(Scope) ->
-    Scope.
+%% @doc A pool of a host_config table: its scope is that host type. (A table without
+%% `host' or `host_type' fails here with function_clause, as in MongooseIM.)
+-spec process_host_config_pool(mongoose_config_parser:path(), #{atom() => term()}) -> map().
+process_host_config_pool([Tag, Type, _Pools, {host, HostType} | _],
+                         #{connection := Connection} = Opts) ->
+    #{type => binary_to_atom(Type), scope => HostType, tag => binary_to_atom(Tag),
+      opts => maps:remove(connection, Opts),
+      conn_opts => Connection}.
+
+%% "host" is MongooseIM's deprecated name of host_type.
+pool_scope(host) -> host_type;
+pool_scope(Scope) -> Scope.
 
 pool_type(Where, Type) ->
     #section{items = #{default => pool(Where, Type)},
@@ -279,17 +299,16 @@ pool(Where, Type) ->
     Wpool = wpool(extra_wpool_defaults(Type)),
     Items = (Wpool#section.items)#{<<"connection">> => connection(Type)},
     Defaults = Wpool#section.defaults,
-    {AllItems, AllDefaults} =
+    {AllItems, AllDefaults, Process} =
         case Where of
             global ->
                 Scope = #option{type = atom, validate = {enum, [global, host_type, host]}},
-                {Items#{<<"scope">> => Scope}, Defaults#{<<"scope">> => global}};
+                {Items#{<<"scope">> => Scope}, Defaults#{<<"scope">> => global},
+                 fun ?MODULE:process_pool/2};
             host_config ->
-                {Items, Defaults}
+                {Items, Defaults, fun ?MODULE:process_host_config_pool/2}
         end,
-    #section{items = AllItems, defaults = AllDefaults,
-             process = fun ?MODULE:process_pool/2,
-             wrap = item}.
+    #section{items = AllItems, defaults = AllDefaults, process = Process, wrap = item}.
 
 extra_wpool_defaults(<<"cassandra">>) -> #{<<"workers">> => 20};
 extra_wpool_defaults(<<"rdbms">>) -> #{<<"call_timeout">> => 60000};
@@ -468,8 +487,8 @@ merge_sections(#section{items = Items1, required = Required1, defaults = Default
 %% Helpers for modules' config specs
 %%--------------------------------------------------------------------
 
-%% @doc IQ discipline: `{type = "queues", workers = N}' gives `{queues, N}', other
-%% types give the type atom; `workers' is only valid with queues.
+%% @doc IQ discipline: `{type = "queues", workers = N}' gives `{queues, N}', a type
+%% alone gives the type atom; `workers' is only valid with queues.
 -spec iqdisc() -> config_section().
 iqdisc() ->
     #section{items = #{<<"type">> => #option{type = atom,
@@ -479,12 +498,11 @@ iqdisc() ->
              required = [<<"type">>],
              process = fun ?MODULE:process_iqdisc/1}.
 
+%% MongooseIM's: `workers' with another type fails with `{badmatch, Type}'.
 -spec process_iqdisc(#{type := atom(), workers => pos_integer()}) ->
-          no_queue | one_queue | parallel | {queues, pos_integer()}.
-process_iqdisc(#{type := queues, workers := N}) -> {queues, N};
-process_iqdisc(#{type := queues}) -> error(#{what => queues_need_workers});
-process_iqdisc(#{type := Type} = Opts) when map_size(Opts) =:= 1 -> Type;
-process_iqdisc(#{type := Type}) -> error(#{what => workers_only_valid_with_queues, type => Type}).
+          no_queue | one_queue | parallel | queues | {queues, pos_integer()}.
+process_iqdisc(#{type := Type, workers := N}) -> {queues = Type, N};
+process_iqdisc(#{type := Type}) -> Type.
 
 %% @doc Worker pool options of a module's own pool; `ExtraDefaults' (TOML keys,
 %% final values) override the general defaults.
