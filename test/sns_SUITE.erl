@@ -251,13 +251,17 @@ queue_overflow_is_counted(Config) ->
                                       <<"bob@localhost">>, integer_to_binary(N))
            end,
     Send(1),
-    wait_stats(#{in_flight => 1, queued => 0}),
+    wait_until(fun() -> maps:get(retried, stats()) >= 1 end),
     lists:foreach(Send, lists:seq(2, 10)),
-    %% One in flight (pool_size 1), three queued, the other six dropped.
-    wait_stats(#{accepted => 10, dropped => 6, queued => 3, in_flight => 1}),
+    %% Event 1 is in flight (pool_size 1) or waiting for its retry in the queue, where
+    %% it keeps its place: three places at most for 2..10, the others are dropped.
+    #{accepted := 10, dropped := Dropped, delivered := 0, failed := 0} = stats(),
+    ?assert(Dropped =:= 6 orelse Dropped =:= 7, {dropped, Dropped}),
     test_tcp_proxy:set_mode(Proxy, forward),
-    ?assertEqual(4, length(receive_messages(Config, pm, 4))),
-    wait_stats(#{accepted => 10, dropped => 6, delivered => 4, failed => 0}).
+    Kept = 10 - Dropped,
+    ?assertEqual(Kept, length(lists:usort([maps:get(<<"message">>, decoded(M))
+                                           || M <- receive_messages(Config, pm, Kept)]))),
+    wait_stats(#{accepted => 10, dropped => Dropped, delivered => Kept, failed => 0}).
 
 %% moto checking credentials: an unknown key is refused with SNS's reason, which is
 %% logged; the secret appears in no log event at any level, nor in the failure.
