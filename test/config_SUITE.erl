@@ -413,6 +413,10 @@ rabbit_bad_additive_options(Config) ->
      || {Body, Path, Expected} <-
             [{"presence_exchange.durable = \"yes\"\n", ".presence_exchange.durable",
               #{text => ?MALFORMED, reason => function_clause, toml_value => <<"yes">>}},
+             {"chat_msg_exchange.persistent = 1\n", ".chat_msg_exchange.persistent",
+              #{text => ?MALFORMED, reason => function_clause, toml_value => 1}},
+             {"max_message_bytes = 0\n", ".max_message_bytes",
+              #{text => ?INVALID, reason => function_clause, toml_value => 0}},
              {"confirm_window = 0\n", ".confirm_window",
               #{text => ?INVALID, reason => function_clause, toml_value => 0}},
              {"connection.virtual_host = \"\"\n", ".connection.virtual_host",
@@ -459,11 +463,13 @@ sns_bad_additive_options(Config) ->
 rabbit_additive_options(Config) ->
     Opts = parse_text(Config, [general(), "[modules.mod_event_pusher.rabbit]\n",
                                "chat_msg_exchange.durable = true\n",
+                               "groupchat_msg_exchange.persistent = true\n",
                                "confirm_window = 64\n",
                                "connection.virtual_host = \"events\"\n",
                                "connection.tls.cacertfile = \"/etc/ca.pem\"\n"]),
     #{mod_event_pusher := #{rabbit := Rabbit}} = opt({modules, ?HT}, Opts),
     ?assertMatch(#{chat_msg_exchange := #{durable := true, name := <<"chat_msg">>},
+                   groupchat_msg_exchange := #{durable := false, persistent := true},
                    presence_exchange := #{durable := false},
                    confirm_window := 64,
                    connection := #{virtual_host := <<"events">>, connect_timeout_ms := 5000,
@@ -988,6 +994,7 @@ rabbit_additive_defaults() ->
     #{connection => #{virtual_host => <<"/">>, connect_timeout_ms => 5000},
       reconnect => #{base_delay_ms => 100, max_delay_ms => 10000},
       confirm_window => 1000, confirm_timeout_ms => 5000, drain_timeout_ms => 5000,
+      max_message_bytes => 134217728,
       queue => #{max_events => 10000, max_bytes => 16777216, overflow => drop_newest},
       retry => #{max_attempts => 3, base_backoff_ms => 100, max_backoff_ms => 5000,
                  deadline_ms => 30000}}.

@@ -150,8 +150,8 @@ additive_options(mod_event_pusher_http) ->
 additive_options(mod_event_pusher_push) ->
     [[publish_timeout_ms], [drain_timeout_ms], [queue]];
 additive_options(mod_event_pusher_rabbit) ->
-    [[connection], [reconnect], [confirm_window], [confirm_timeout_ms], [drain_timeout_ms],
-     [queue], [retry]
+    [[connection], [reconnect], [confirm_window], [confirm_timeout_ms], [max_message_bytes],
+     [drain_timeout_ms], [queue], [retry]
      | [[Exchange, durable] || Exchange <- [presence_exchange, chat_msg_exchange,
                                             groupchat_msg_exchange]]];
 additive_options(mod_event_pusher_sns) ->

@@ -16,7 +16,9 @@
 %% The suite's pool is global: MongooseIM registered its metrics for `global'.
 -define(POOL_LABELS, #{host_type => global, pool_tag => event_pusher}).
 -define(DELIVERY_LABELS, #{host_type => ?HT}).
+-define(DEFAULT_EXCHANGES, [<<"presence">>, <<"chat_msg">>, <<"groupchat_msg">>]).
 -define(PROXY_CASES, [connection_cut_mid_stream_loses_nothing,
+                      stop_delivers_pending_events,
                       unreachable_broker_at_start_events_wait_and_arrive,
                       broker_unreachable_after_start_events_wait,
                       queue_overflow_is_counted_exactly,
@@ -29,8 +31,12 @@ all() ->
      chat_sent_and_received,
      groupchat_sent_and_received,
      custom_exchange_names_and_topics,
-     message_without_body_is_skipped,
+     payload_bytes_are_mongooseims_objects,
+     departure_bodiless_and_empty_body_messages_are_skipped,
      large_unicode_body_arrives_intact,
+     routing_keys_over_255_bytes_fail_alone_unsent,
+     messages_over_max_message_bytes_fail_alone_unsent,
+     durable_exchanges_publish_persistent_messages_by_default,
      conflicting_exchange_type_fails_the_start,
      conflicting_exchange_durability_fails_the_start,
      unreachable_broker_does_not_fail_the_start,
@@ -50,11 +56,12 @@ suite() ->
     [{timetrap, {seconds, 60}}].
 
 init_per_suite(Config) ->
-    %% Builds the probe once (cargo) before any timed case; fails early without a broker.
+    %% Builds the probe once (cargo) before any timed case. No broker is a failure, not
+    %% a skip: the suite would pass without checking anything (make test starts it).
     {ok, _} = amqp_probe:executable(),
     case gen_tcp:connect({127, 0, 0, 1}, ?BROKER_PORT, [], 2000) of
         {ok, Sock} -> gen_tcp:close(Sock), Config;
-        {error, Reason} -> {skip, {no_rabbitmq_on_5672, Reason}}
+        {error, Reason} -> ct:fail({no_rabbitmq_on_5672, Reason})
     end.
 
 end_per_suite(_Config) ->
@@ -71,7 +78,17 @@ init_per_testcase(Case, Config) ->
                 true -> [{proxy, test_tcp_proxy:start(?BROKER_PORT)}];
                 false -> []
             end,
-    Proxy ++ [{exchanges, Exchanges} | Config].
+    %% MongooseIM's default exchange names are shared: a case that uses them deletes,
+    %% at its end, only those it found missing (and so created).
+    Defaults = case Case of
+                   mongooseim_default_config_works_unchanged ->
+                       Listed = list_exchanges(),
+                       [{created_default_exchanges,
+                         [E || E <- ?DEFAULT_EXCHANGES, not maps:is_key(E, Listed)]}];
+                   _ ->
+                       []
+               end,
+    Defaults ++ Proxy ++ [{exchanges, Exchanges} | Config].
 
 end_per_testcase(_Case, Config) ->
     %% Cleans up even when the stop fails or hangs, then fails the case if it did.
@@ -82,6 +99,8 @@ end_per_testcase(_Case, Config) ->
         undefined -> ok
     end,
     [amqp_probe:delete(Name) || Name <- maps:values(?config(exchanges, Config))],
+    [ok = amqp_probe:delete(Name) || Name <- proplists:get_value(created_default_exchanges,
+                                                                 Config, [])],
     Stopped.
 
 %%% Cases
@@ -224,9 +243,31 @@ custom_exchange_names_and_topics(Config) ->
                              {G, <<"bob@localhost.muc_down">>}]),
                  lists:sort([{E, K} || #{exchange := E, routing_key := K} <- Msgs])).
 
-%% No <body> and an empty <body> are skipped (MongooseIM 6.4 crashes on the first);
-%% only the marker is published.
-message_without_body_is_skipped(Config) ->
+%% The one case that asserts the payload bytes (the others compare decoded JSON):
+%% MongooseIM 6.4's objects, keys sorted (6.4's own order is its VM's: see the README),
+%% and the message escaped byte for byte as jiffy, 6.4's encoder, escapes it.
+payload_bytes_are_mongooseims_objects(Config) ->
+    #{presence := P, chat := C} = ?config(exchanges, Config),
+    start(Config, #{}),
+    Probe = amqp_probe:start([{P, <<"#">>}, {C, <<"#">>}]),
+    presence(<<"alice@localhost/r">>, online),
+    Text = <<"q\"b\\ n\n t\t r\r del", 127, " / </a> \x{2028} é 😀"/utf8>>,
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, Text),
+    Msgs = wait_messages(Probe, 2),
+    [Presence] = [Pl || #{exchange := E, payload := Pl} <- Msgs, E =:= P],
+    [Chat] = [Pl || #{exchange := E, payload := Pl} <- Msgs, E =:= C],
+    ?assertEqual(<<"{\"present\":true,\"user_id\":\"alice@localhost/r\"}">>, Presence),
+    ?assertEqual(<<"{\"from_user_id\":\"alice@localhost/r\",\"message\":",
+                   (iolist_to_binary(jiffy:encode(Text)))/binary,
+                   ",\"to_user_id\":\"bob@localhost\"}">>, Chat),
+    ?assertEqual(#{<<"message">> => Text, <<"from_user_id">> => <<"alice@localhost/r">>,
+                   <<"to_user_id">> => <<"bob@localhost">>},
+                 jiffy:decode(Chat, [return_maps])).
+
+%% A deliberate departure from MongooseIM 6.4 (README, compatibility notes): 6.4
+%% crashes on a message without <body> and publishes "message":"" for an empty
+%% <body/>; we skip both (counted as skipped). Only the marker is published.
+departure_bodiless_and_empty_body_messages_are_skipped(Config) ->
     #{chat := C, groupchat := G} = ?config(exchanges, Config),
     start(Config, #{}),
     Probe = amqp_probe:start([{C, <<"#">>}, {G, <<"#">>}]),
@@ -241,6 +282,87 @@ message_without_body_is_skipped(Config) ->
     wait_stats(#{accepted => 1, delivered => 1}),
     Skipped = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery, ?DELIVERY_LABELS),
     ?assertEqual(3, lists:sum([maps:get(skipped, E, 0) || E <- Skipped])).
+
+%% Issue 11.1: a bare JID over 255 bytes (legal in XMPP) makes a routing key AMQP
+%% cannot carry; sent, the broker closed the whole connection (FRAME_ERROR) and every
+%% publish in flight failed with it, again at each retry. 20 such events (chat and
+%% presence) among 5,000: they fail alone, unsent, with the reason; every other event
+%% arrives once; the connection is never lost.
+routing_keys_over_255_bytes_fail_alone_unsent(Config) ->
+    #{presence := P, chat := C} = ?config(exchanges, Config),
+    capture_logs(),
+    start(Config, #{confirms => true}),
+    Probe = amqp_probe:start([{P, <<"#">>}, {C, <<"#">>}]),
+    wait_events(wpool_rabbit_connections, 1),
+    N = 5000,
+    Long = 20,
+    LongJid = fun(I) -> <<(binary:copy(<<"x">>, 300))/binary, (integer_to_binary(I))/binary,
+                          "@localhost/r">> end,
+    lists:foreach(
+      fun(I) ->
+              send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I)),
+              case {I rem (N div Long), I div (N div Long) rem 2} of
+                  {0, 0} -> send(<<"chat">>, LongJid(I), <<"bob@localhost">>, <<"x">>);
+                  {0, 1} -> presence(LongJid(I), online);
+                  _ -> ok
+              end
+      end, lists:seq(1, N)),
+    Stats = wait_stats(#{accepted => N + Long, delivered => N, failed => Long, dropped => 0,
+                         queued => 0, in_flight => 0}, 1500),
+    ct:pal("stats: ~p", [Stats]),
+    ?assertMatch(#{retried := 0}, Stats),
+    Msgs = wait_unique(Probe, N, 10000),
+    ?assertEqual([C], lists:usort([E || #{exchange := E} <- Msgs])),
+    ?assertEqual(lists:seq(1, N), lists:sort(bodies(Msgs))),
+    %% One connection, never lost.
+    ?assertEqual([#{active => 1, opened => 1}],
+                 mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS)),
+    Warning = wait_log(event_pusher_delivery_failed),
+    ct:pal("failure warning: ~p", [Warning]),
+    ?assertMatch(#{level := warning,
+                   example := #{reason := <<"routing_key_too_long: the routing key is ", _/binary>>,
+                                attempts := 1}}, Warning),
+    wait_until(fun() -> delivery_sum(failed) =:= Long end).
+
+%% A message over max_message_bytes (the broker's max_message_size) would make the
+%% broker close the channel, failing every publish in flight: it fails alone, unsent.
+messages_over_max_message_bytes_fail_alone_unsent(Config) ->
+    #{chat := C} = ?config(exchanges, Config),
+    capture_logs(),
+    start(Config, #{confirms => true, max_message_bytes => 2000}),
+    Probe = amqp_probe:start([{C, <<"#">>}]),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"1">>),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, binary:copy(<<"b">>, 2000)),
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"2">>),
+    wait_stats(#{accepted => 3, delivered => 2, failed => 1, queued => 0, in_flight => 0}),
+    ?assertEqual([1, 2], lists:sort(bodies(wait_messages(Probe, 2)))),
+    ?assertMatch(#{example := #{reason := <<"message_too_large: the message is ", _/binary>>}},
+                 wait_log(event_pusher_delivery_failed)),
+    ?assertEqual([#{active => 1, opened => 1}],
+                 mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS)).
+
+%% Issue 11.2: messages to a durable exchange are persistent unless `persistent =
+%% false' says otherwise (transient ones do not survive a broker restart, even in a
+%% durable queue). Judged by the broker: each durable queue's count of persistent
+%% messages. (rabbit_restart_SUITE restarts a broker to show what this is for.)
+durable_exchanges_publish_persistent_messages_by_default(Config) ->
+    #{presence := P, chat := C, groupchat := G} = ?config(exchanges, Config),
+    start(Config, #{confirms => true, durable => #{chat => true, groupchat => true},
+                    persistent => #{groupchat => false}}),
+    Queues = #{P => <<"q_", P/binary>>, C => <<"q_", C/binary>>, G => <<"q_", G/binary>>},
+    try
+        [ok = amqp_probe:declare_queue(Q, [{E, <<"#">>}], #{}) || {E, Q} <- maps:to_list(Queues)],
+        presence(<<"alice@localhost/r">>, online),
+        send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"1">>),
+        send(<<"groupchat">>, <<"alice@localhost/r">>, <<"room@muc.localhost">>, <<"2">>),
+        %% Confirmed: in the queues.
+        wait_stats(#{delivered => 3, failed => 0}),
+        Listed = list_queues(),
+        ?assertEqual(#{P => {1, 0}, C => {1, 1}, G => {1, 0}},
+                     maps:map(fun(_E, Q) -> maps:get(Q, Listed) end, Queues))
+    after
+        [amqp_probe:delete_queue(Q, #{}) || Q <- maps:values(Queues)]
+    end.
 
 large_unicode_body_arrives_intact(Config) ->
     #{chat := C} = ?config(exchanges, Config),
@@ -408,36 +530,72 @@ connection_close_on_stop_is_reported(Config) ->
     ?assertEqual([#{active => 1, opened => 1}, #{active => -1, closed => 1}], Connections).
 
 %% The same traffic with confirms off (published = written to the socket) and on
-%% (published = confirmed by the broker): all of it arrives either way.
+%% (published = confirmed by the broker): all of it arrives either way, and the broker
+%% says whether the module's channel is in confirm mode. The case has a virtual host
+%% of its own, so that the module's channel is the only one there at start.
 confirms_on_and_off(Config) ->
     #{chat := C} = ?config(exchanges, Config),
-    N = 500,
-    lists:foreach(
-      fun(Confirms) ->
-              start(Config, #{confirms => Confirms}),
-              Probe = amqp_probe:start([{C, <<"#">>}]),
-              [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
-               || I <- lists:seq(1, N)],
-              Msgs = wait_messages(Probe, N, 20000),
-              ?assertEqual(lists:seq(1, N), lists:sort(bodies(Msgs))),
-              wait_stats(#{accepted => N, delivered => N, failed => 0, dropped => 0}),
-              Published = wait_events(wpool_rabbit_messages_published, N),
-              ?assertEqual(N, length([E || E = #{count := 1} <- Published])),
-              mongoose_host:stop(),
-              amqp_probe:stop(Probe)
-      end, [false, true]).
+    VHost = <<"ep_", C/binary>>,
+    rabbitmqctl(["add_vhost", VHost]),
+    try
+        rabbitmqctl(["set_permissions", "-p", VHost, "guest", ".*", ".*", ".*"]),
+        Uri = "amqp://guest:guest@127.0.0.1:5672/" ++ uri_string:quote(binary_to_list(VHost)),
+        N = 500,
+        lists:foreach(
+          fun(Confirms) ->
+                  start(Config, #{confirms => Confirms, virtual_host => VHost}),
+                  ?assertEqual([atom_to_binary(Confirms)], channel_confirm_modes(VHost)),
+                  Probe = amqp_probe:start([{C, <<"#">>}], #{uri => Uri}),
+                  [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>,
+                        integer_to_binary(I)) || I <- lists:seq(1, N)],
+                  Msgs = wait_messages(Probe, N, 20000),
+                  ?assertEqual(lists:seq(1, N), lists:sort(bodies(Msgs))),
+                  wait_stats(#{accepted => N, delivered => N, failed => 0, dropped => 0}),
+                  Published = wait_events(wpool_rabbit_messages_published, N),
+                  ?assertEqual(N, length([E || E = #{count := 1} <- Published])),
+                  ok = mongoose_host:stop(),
+                  amqp_probe:stop(Probe)
+          end, [false, true])
+    after
+        rabbitmqctl(["delete_vhost", VHost])
+    end.
 
+%% Stop drains: started while the broker is unreachable, so that every event is still
+%% waiting when stop is called (the broker is reachable again just before); stop
+%% returns once all are delivered. Judged by the broker: a durable queue of the
+%% test's holds them all when stop returns.
 stop_delivers_pending_events(Config) ->
     #{chat := C} = ?config(exchanges, Config),
-    start(Config, #{confirms => true, drain_timeout_ms => 10000}),
-    Probe = amqp_probe:start([{C, <<"#">>}]),
-    N = 3000,
-    [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
-     || I <- lists:seq(1, N)],
-    mongoose_host:stop(),
-    %% Confirmed before stop returned; the probe reads them a moment later.
-    Msgs = wait_unique(Probe, N, 5000),
-    ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))).
+    {Proxy, Port} = ?config(proxy, Config),
+    Queue = <<"q_", C/binary>>,
+    ok = amqp_probe:declare(C, <<"topic">>),
+    ok = amqp_probe:declare_queue(Queue, [{C, <<"#">>}], #{}),
+    try
+        ok = test_tcp_proxy:set_mode(Proxy, refuse),
+        start(Config, #{port => Port, confirms => true, drain_timeout_ms => 20000,
+                        queue => #{max_events => 5000}}),
+        N = 3000,
+        [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
+         || I <- lists:seq(1, N)],
+        Pending = stats(),
+        ct:pal("before stop: ~p", [Pending]),
+        ?assertMatch(#{accepted := N, delivered := 0, failed := 0, dropped := 0}, Pending),
+        ?assert(maps:get(queued, Pending) > 0),
+        ?assertEqual(N, maps:get(queued, Pending) + maps:get(in_flight, Pending)),
+        ok = test_tcp_proxy:set_mode(Proxy, forward),
+        ok = test_wait:bounded(fun mongoose_modules:stop/0, 25000),
+        %% When stop returns: every event delivered (the final report is in), and in
+        %% the broker's queue.
+        ?assertEqual(N, delivery_sum(delivered)),
+        ?assertEqual(0, delivery_sum(failed) + delivery_sum(dropped)),
+        {InQueue, _Persistent} = maps:get(Queue, list_queues()),
+        ct:pal("in the queue when stop returned: ~p", [InQueue]),
+        ?assert(InQueue >= N),
+        Probe = amqp_probe:start([], #{queue => Queue}),
+        ?assertEqual(lists:seq(1, N), lists:usort(bodies(wait_messages(Probe, InQueue))))
+    after
+        amqp_probe:delete_queue(Queue, #{})
+    end.
 
 %% Fault (a): the connection is cut twice while 20k events flow, confirms on. Every
 %% event arrives; republished unconfirmed ones may arrive twice (counted); the books
@@ -613,17 +771,22 @@ options(Config, Toml) ->
 start(Config, Spec) ->
     ok = mongoose_host:start_toml(?config(priv_dir, Config), toml(Config, Spec)).
 
-%% Spec: port, confirms, workers, types/durable/topics per exchange, queue, retry,
-%% drain_timeout_ms, connect_timeout_ms.
+%% Spec: port, confirms, workers, types/durable/persistent/topics per exchange, queue,
+%% retry, drain_timeout_ms, connect_timeout_ms, max_message_bytes.
 toml(Config, Spec) ->
     #{presence := P, chat := C, groupchat := G} = ?config(exchanges, Config),
     Types = maps:get(types, Spec, #{}),
     Durable = maps:get(durable, Spec, #{}),
+    Persistent = maps:get(persistent, Spec, #{}),
     Topics = maps:get(topics, Spec, #{}),
     Exchange = fun(Key, Name) ->
                        [<<"  ">>, atom_to_binary(Key), <<"_exchange = {name = \"">>, Name, <<"\"">>,
                         [[<<", type = \"">>, T, <<"\"">>] || T <- [maps:get(key(Key), Types, <<"topic">>)]],
                         [<<", durable = true">> || maps:get(key(Key), Durable, false)],
+                        case maps:find(key(Key), Persistent) of
+                            {ok, Mode} -> [<<", persistent = ">>, atom_to_binary(Mode)];
+                            error -> []
+                        end,
                         case maps:find(key(Key), Topics) of
                             {ok, {Sent, Recv}} -> [<<", sent_topic = \"">>, Sent,
                                                    <<"\", recv_topic = \"">>, Recv, <<"\"">>];
@@ -649,6 +812,8 @@ toml(Config, Spec) ->
      integer_to_binary(maps:get(connect_timeout_ms, Spec, 3000)), <<"\n">>,
      <<"  reconnect = {base_delay_ms = 50, max_delay_ms = 300}\n">>,
      <<"  confirm_window = ">>, integer_to_binary(maps:get(confirm_window, Spec, 1000)), <<"\n">>,
+     [[<<"  max_message_bytes = ">>, integer_to_binary(M), <<"\n">>]
+      || M <- [maps:get(max_message_bytes, Spec, undefined)], M =/= undefined],
      <<"  drain_timeout_ms = ">>, integer_to_binary(maps:get(drain_timeout_ms, Spec, 2000)),
      <<"\n">>,
      table(<<"queue">>, Queue), table(<<"retry">>, Retry)].
@@ -823,3 +988,18 @@ list_exchanges() ->
              || L <- binary:split(Out, <<"\n">>, [global]),
                 L =/= <<>>],
     maps:from_list([{Name, {Type, Durable}} || [Name, Type, Durable] <- Lines]).
+
+%% queue name => {messages, persistent messages}, as the broker counts them.
+list_queues() ->
+    Out = rabbitmqctl(["list_queues", "--no-table-headers", "name", "messages",
+                       "messages_persistent"]),
+    maps:from_list([{Name, {binary_to_integer(M), binary_to_integer(Persistent)}}
+                    || L <- binary:split(Out, <<"\n">>, [global]), L =/= <<>>,
+                       [Name, M, Persistent] <- [binary:split(L, <<"\t">>, [global])]]).
+
+%% The confirm mode (<<"true">> | <<"false">>) of each channel in VHost, as the
+%% broker reports it.
+channel_confirm_modes(VHost) ->
+    Out = rabbitmqctl(["list_channels", "--no-table-headers", "vhost", "confirm"]),
+    [Confirm || L <- binary:split(Out, <<"\n">>, [global]), L =/= <<>>,
+                [V, Confirm] <- [binary:split(L, <<"\t">>, [global])], V =:= VHost].

@@ -23,14 +23,17 @@
 %% What each bound protects: a duration must fit Erlang timers and gen_server waits
 %% (2^32-1 ms) with room to spare, and the NIF caps a drain at the same day; the NIF
 %% runs at most 4096 deliveries at once; queue caps must fit memory.
--type limit() :: duration_ms | concurrency | queue_events | queue_bytes | attempts.
+-type limit() :: duration_ms | concurrency | queue_events | queue_bytes | attempts
+               | message_bytes.
 -export_type([limit/0]).
 
 -define(LIMITS, #{duration_ms => {86400000, milliseconds},   % 1 day
                   concurrency => {4096, deliveries},
                   queue_events => {100000000, events},       % 10^8
                   queue_bytes => {17179869184, bytes},       % 16 GiB
-                  attempts => {1000, attempts}}).
+                  attempts => {1000, attempts},
+                  %% RabbitMQ's ceiling for its max_message_size
+                  message_bytes => {536870912, bytes}}).    % 512 MiB
 
 %% @doc Opts with every absent default of Spec filled in, recursively (sections, and
 %% lists whose items are sections).

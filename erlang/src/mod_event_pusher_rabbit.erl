@@ -57,10 +57,11 @@ stop(HostType) ->
 supported_features() ->
     [dynamic_domains].
 
-%% @doc MongooseIM's options, plus (all optional): each exchange's `durable';
-%% `connection.virtual_host', `connection.connect_timeout_ms', `connection.tls';
-%% `reconnect.*'; `confirm_window', `confirm_timeout_ms'; and the shared queue, retry
-%% and drain options.
+%% @doc MongooseIM's options, plus (all optional): each exchange's `durable' and
+%% `persistent' (absent: as `durable'); `connection.virtual_host',
+%% `connection.connect_timeout_ms', `connection.tls'; `reconnect.*'; `confirm_window',
+%% `confirm_timeout_ms', `max_message_bytes'; and the shared queue, retry and drain
+%% options.
 -spec config_spec() -> #section{}.
 config_spec() ->
     Items = #{<<"presence_exchange">> => exchange_spec(<<"presence">>),
@@ -70,10 +71,15 @@ config_spec() ->
               <<"reconnect">> => reconnect_spec(),
               %% with confirms, the window is the number of deliveries at once
               <<"confirm_window">> => mod_event_pusher_config:bounded(positive, concurrency),
-              <<"confirm_timeout_ms">> => duration_ms()},
+              <<"confirm_timeout_ms">> => duration_ms(),
+              %% the broker's max_message_size: a larger message is failed, not sent
+              <<"max_message_bytes">> => mod_event_pusher_config:bounded(positive,
+                                                                         message_bytes)},
     #section{items = maps:merge(Items, mod_event_pusher_delivery:config_items()),
              defaults = maps:merge(#{<<"confirm_window">> => 1000,
-                                     <<"confirm_timeout_ms">> => 5000},
+                                     <<"confirm_timeout_ms">> => 5000,
+                                     %% RabbitMQ 3.x's default (4.x: 16 MiB)
+                                     <<"max_message_bytes">> => 134217728},
                                    mod_event_pusher_delivery:config_defaults())}.
 
 exchange_spec(Name) ->
@@ -90,10 +96,12 @@ message_exchange_spec(Name) ->
                           <<"recv_topic">> => <<Name/binary, "_recv">>},
              include = always}.
 
+%% `persistent' has no default: absent, it follows `durable' (see persistent/1).
 exchange_items() ->
     #{<<"name">> => #option{type = binary, validate = non_empty},
       <<"type">> => #option{type = binary, validate = non_empty},
-      <<"durable">> => #option{type = boolean}}.
+      <<"durable">> => #option{type = boolean},
+      <<"persistent">> => #option{type = boolean}}.
 
 %% Ours: MongooseIM's [outgoing_pools.rabbit.*.connection] has no room for
 %% virtual_host, connect_timeout_ms and tls. The pool's own keys may be given here too,
@@ -171,7 +179,9 @@ push_event(Acc, #chat_event{type = Type, direction = Dir, from = From, to = To, 
   when Type =:= chat; Type =:= groupchat ->
     case exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>) of
         <<>> ->
-            %% MongooseIM 6.4 crashes on these; we skip them, counted.
+            %% A departure from MongooseIM 6.4 (README, compatibility notes): 6.4
+            %% crashes on a message without <body/> and publishes "message":"" for an
+            %% empty one; we skip both, counted as skipped.
             mongoose_instrument:execute(mod_event_pusher_rabbit_delivery,
                                         #{host_type => mongoose_acc:host_type(Acc)},
                                         #{skipped => 1}),
@@ -216,7 +226,7 @@ start_config(Opts, Conn, Pool) ->
     #{presence_exchange := Presence, chat_msg_exchange := Chat,
       groupchat_msg_exchange := Groupchat, connection := Connection,
       reconnect := Reconnect, confirm_window := Window,
-      confirm_timeout_ms := ConfirmTimeout} = Opts,
+      confirm_timeout_ms := ConfirmTimeout, max_message_bytes := MaxMessageBytes} = Opts,
     Confirms = maps:get(confirms_enabled, Conn, false),
     %% With confirms, each in-flight publish waits for its own confirm: the window.
     Concurrency = case Confirms of
@@ -236,13 +246,20 @@ start_config(Opts, Conn, Pool) ->
                                    #{cacertfile := File} -> unicode:characters_to_binary(File);
                                    _ -> <<>>
                                end,
-                 presence_exchange => Presence,
-                 chat_msg_exchange => Chat,
-                 groupchat_msg_exchange => Groupchat,
+                 presence_exchange => persistent(Presence),
+                 chat_msg_exchange => persistent(Chat),
+                 groupchat_msg_exchange => persistent(Groupchat),
+                 max_message_bytes => MaxMessageBytes,
                  confirms_enabled => Confirms,
                  confirm_timeout_ms => ConfirmTimeout,
                  reconnect_base_delay_ms => maps:get(base_delay_ms, Reconnect),
                  reconnect_max_delay_ms => maps:get(max_delay_ms, Reconnect)}).
+
+%% Messages to a durable exchange are persistent unless `persistent = false' says
+%% otherwise: a durable exchange and queue are there to survive a broker restart, and
+%% transient messages would not survive it.
+persistent(Exchange = #{durable := Durable}) ->
+    Exchange#{persistent => maps:get(persistent, Exchange, Durable)}.
 
 start_failed(HostType, Reason) ->
     #{what => event_pusher_rabbit_start_failed, host_type => HostType, reason => Reason}.

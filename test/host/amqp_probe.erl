@@ -11,7 +11,9 @@
 %% started it, ends) and consumes on its own connection straight to the broker.
 %%
 %% declare/2,3 and delete/1 manage exchanges (e.g. to make one with a conflicting
-%% type), with the same program.
+%% type), with the same program; declare_queue/3 and delete_queue/2 a durable classic
+%% queue, which outlives the probe and a broker restart: start/2 with `queue' reads
+%% it (what it holds already, then what arrives).
 %%
 %% The program is `AMQP_PROBE' from the environment, or else
 %% `<repo>/target/release/amqp_probe', where `<repo>' is the first directory above
@@ -22,13 +24,15 @@
 -module(amqp_probe).
 
 -export([start/1, start/2, try_start/1, try_start/2, stop/1, messages/1, count/1,
-         wait_for_messages/3, clear/1, declare/2, declare/3, delete/1, executable/0,
-         default_uri/0]).
+         wait_for_messages/3, clear/1, declare/2, declare/3, delete/1, declare_queue/3,
+         delete_queue/2, executable/0, default_uri/0]).
 
 -type probe() :: pid().
 -type bind() :: {Exchange :: binary() | string(), RoutingKey :: binary() | string()}.
 -type message() :: #{exchange := binary(), routing_key := binary(), payload := binary()}.
--type opts() :: #{uri => string(), timeout => non_neg_integer()}.
+%% queue: consume from this durable queue (declared if missing) instead of a queue of
+%% the probe's own
+-type opts() :: #{uri => string(), timeout => non_neg_integer(), queue => binary() | string()}.
 -export_type([probe/0, bind/0, message/0, opts/0]).
 
 -define(DEFAULT_URI, "amqp://guest:guest@127.0.0.1:5672/%2f").
@@ -68,7 +72,8 @@ try_start(Binds, Opts) ->
     end.
 
 start_program(Exe, Binds, Opts) ->
-    Args = uri_args(Opts) ++ lists:append([["--bind", arg(E, K)] || {E, K} <- Binds]),
+    Args = uri_args(Opts) ++ queue_args(Opts)
+        ++ lists:append([["--bind", arg(E, K)] || {E, K} <- Binds]),
     Timeout = maps:get(timeout, Opts, ?START_TIMEOUT),
     Caller = self(),
     Ref = make_ref(),
@@ -135,6 +140,17 @@ declare(Exchange, Type, Opts) ->
 -spec delete(binary() | string()) -> ok | {error, term()}.
 delete(Exchange) ->
     run_once(["--delete", to_list(Exchange)]).
+
+%% @doc Declares the durable classic queue Name (if missing) bound to each of Binds.
+-spec declare_queue(binary() | string(), [bind()], #{uri => string()}) -> ok | {error, term()}.
+declare_queue(Name, Binds, Opts) ->
+    run_once(uri_args(Opts) ++ queue_args(#{queue => Name})
+             ++ lists:append([["--bind", arg(E, K)] || {E, K} <- Binds])).
+
+%% @doc Deletes a queue (a missing one is not an error).
+-spec delete_queue(binary() | string(), #{uri => string()}) -> ok | {error, term()}.
+delete_queue(Name, Opts) ->
+    run_once(uri_args(Opts) ++ ["--delete-queue", to_list(Name)]).
 
 %% @doc The amqp_probe program, built first if needed (see the module doc).
 -spec executable() -> {ok, file:filename()} | {error, term()}.
@@ -236,6 +252,9 @@ run_once(Args) ->
 
 uri_args(Opts) ->
     ["--uri", maps:get(uri, Opts, ?DEFAULT_URI)].
+
+queue_args(#{queue := Name}) -> ["--queue", to_list(Name)];
+queue_args(#{}) -> [].
 
 arg(Left, Right) ->
     to_list(Left) ++ "=" ++ to_list(Right).

@@ -17,6 +17,16 @@
 //! instance): the broker may or may not have taken it, so a loss can duplicate an
 //! event but, with confirms on, never drop one.
 //!
+//! A message the broker can never take is not sent at all: a routing key over AMQP's
+//! 255 bytes (the broker answers with FRAME_ERROR and closes the connection) or a
+//! body over `max_message_bytes` (the broker closes the channel). Either would fail
+//! every publish in flight with it, and, retried, do it again; checked before
+//! publishing, the event fails alone with a reason that says why.
+//!
+//! Messages to an exchange with `persistent` (by default: a `durable` one) are
+//! published with delivery mode 2, so that a durable queue keeps them across a broker
+//! restart; with confirms, the broker confirms them once they are on disk.
+//!
 //! Connection counters: `opened` per link set up (connection, channel, confirm mode,
 //! exchanges), `failed` per attempt that could not, `closed` once per link lost (as
 //! lapin reports it, or as a delivery finds it) or closed by `close`.
@@ -42,6 +52,13 @@ use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
 use crate::connection::StatusSnapshot;
 use crate::stats::ConnectionCounters;
 
+/// AMQP 0-9-1 short strings (exchange names, routing keys) hold at most this many
+/// bytes.
+pub const MAX_SHORT_STRING_BYTES: usize = 255;
+
+/// RabbitMQ 3.x's default `max_message_size` (128 MiB); 4.x lowered it to 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 134_217_728;
+
 /// One exchange as configured (`[modules.mod_event_pusher.rabbit.*_exchange]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangeConfig {
@@ -49,6 +66,9 @@ pub struct ExchangeConfig {
     /// "topic", "direct", "fanout" or "headers"
     pub kind: String,
     pub durable: bool,
+    /// Messages published with delivery mode 2 (persistent); the module's default is
+    /// the exchange's `durable`.
+    pub persistent: bool,
 }
 
 /// Routing-key suffixes of a message exchange.
@@ -83,6 +103,9 @@ pub struct RabbitConfig {
     pub connect_timeout: Duration,
     pub reconnect_base_delay: Duration,
     pub reconnect_max_delay: Duration,
+    /// The broker's `max_message_size`: a larger body is never sent (the broker would
+    /// close the channel, failing every publish in flight on it).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,14 +126,14 @@ pub enum Direction {
 /// the routing key are built at delivery time (serde_json), off the routing path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RabbitEvent {
-    /// `{"user_id": user_jid, "present": present}` to the presence exchange, routing
+    /// `{"present": present, "user_id": user_jid}` to the presence exchange, routing
     /// key `bare_jid`.
     Presence {
         user_jid: String,
         bare_jid: String,
         present: bool,
     },
-    /// `{"to_user_id": to_jid, "message": message, "from_user_id": from_jid}` to the
+    /// `{"from_user_id": from_jid, "message": message, "to_user_id": to_jid}` to the
     /// chat or groupchat exchange; routing key `<routing_bare_jid>.<topic>`.
     Chat {
         kind: ChatKind,
@@ -152,6 +175,31 @@ pub struct Outgoing<'a> {
     pub routing_key: String,
     /// JSON, UTF-8.
     pub payload: Vec<u8>,
+    /// Delivery mode 2.
+    pub persistent: bool,
+}
+
+impl Outgoing<'_> {
+    /// Why the broker could never take this message, if so: the reason a failed event
+    /// is reported with, its first word a token (`routing_key_too_long`,
+    /// `message_too_large`) and the rest the sizes.
+    pub fn unpublishable(&self, max_message_bytes: usize) -> Option<String> {
+        let key_bytes = self.routing_key.len();
+        if key_bytes > MAX_SHORT_STRING_BYTES {
+            return Some(format!(
+                "routing_key_too_long: the routing key is {key_bytes} bytes, AMQP allows \
+                 {MAX_SHORT_STRING_BYTES} (a bare JID that long cannot be a routing key)"
+            ));
+        }
+        let body_bytes = self.payload.len();
+        if body_bytes > max_message_bytes {
+            return Some(format!(
+                "message_too_large: the message is {body_bytes} bytes, max_message_bytes \
+                 (the broker's max_message_size) is {max_message_bytes}"
+            ));
+        }
+        None
+    }
 }
 
 /// Where an event goes and what it says, as MongooseIM's mod_event_pusher_rabbit
@@ -166,6 +214,7 @@ pub fn outgoing<'a>(config: &'a RabbitConfig, event: &RabbitEvent) -> Outgoing<'
             exchange: &config.presence_exchange.name,
             routing_key: bare_jid.clone(),
             payload: presence_json(user_jid, *present),
+            persistent: config.presence_exchange.persistent,
         },
         RabbitEvent::Chat {
             kind,
@@ -186,45 +235,79 @@ pub fn outgoing<'a>(config: &'a RabbitConfig, event: &RabbitEvent) -> Outgoing<'
             Outgoing {
                 exchange: &exchange.name,
                 routing_key: format!("{routing_bare_jid}.{topic}"),
-                payload: chat_json(to_jid, message, from_jid),
+                payload: chat_json(from_jid, message, to_jid),
+                persistent: exchange.persistent,
             }
         }
     }
 }
 
-/// `{"user_id":"<user_jid>","present":true|false}`
+// The payloads are the JSON objects MongooseIM 6.4 publishes (it jiffy-encodes an
+// Erlang map). Their keys are written in Erlang term order (sorted): jiffy writes a
+// map's keys in the VM's internal map order, which on OTP 26 and later (6.4 needs 26)
+// follows the order the atoms were created in, so 6.4's own key order is not fixed.
+// Strings are escaped byte for byte as jiffy escapes them.
+
+/// `{"present":true|false,"user_id":"<user_jid>"}`
 pub fn presence_json(user_jid: &str, present: bool) -> Vec<u8> {
     let mut json = Vec::with_capacity(user_jid.len() + 40);
-    json.extend_from_slice(b"{\"user_id\":");
-    push_json_string(&mut json, user_jid);
     json.extend_from_slice(if present {
-        b",\"present\":true}"
+        b"{\"present\":true,\"user_id\":"
     } else {
-        b",\"present\":false}"
+        b"{\"present\":false,\"user_id\":"
     });
-    json
-}
-
-/// `{"to_user_id":"<to>","message":"<message>","from_user_id":"<from>"}`, keys in the
-/// order MongooseIM's documentation shows them.
-pub fn chat_json(to_jid: &str, message: &str, from_jid: &str) -> Vec<u8> {
-    let mut json = Vec::with_capacity(to_jid.len() + message.len() + from_jid.len() + 64);
-    json.extend_from_slice(b"{\"to_user_id\":");
-    push_json_string(&mut json, to_jid);
-    json.extend_from_slice(b",\"message\":");
-    push_json_string(&mut json, message);
-    json.extend_from_slice(b",\"from_user_id\":");
-    push_json_string(&mut json, from_jid);
+    push_json_string(&mut json, user_jid);
     json.push(b'}');
     json
 }
 
-/// Appends `text` as a JSON string. serde_json escapes what JSON requires (quotes,
-/// backslashes, control characters) and keeps everything else as UTF-8; the object
-/// around it is written by hand only to keep the key order fixed.
+/// `{"from_user_id":"<from>","message":"<message>","to_user_id":"<to>"}`
+pub fn chat_json(from_jid: &str, message: &str, to_jid: &str) -> Vec<u8> {
+    let mut json = Vec::with_capacity(to_jid.len() + message.len() + from_jid.len() + 64);
+    json.extend_from_slice(b"{\"from_user_id\":");
+    push_json_string(&mut json, from_jid);
+    json.extend_from_slice(b",\"message\":");
+    push_json_string(&mut json, message);
+    json.extend_from_slice(b",\"to_user_id\":");
+    push_json_string(&mut json, to_jid);
+    json.push(b'}');
+    json
+}
+
+/// Appends `text` as a JSON string, escaped as jiffy (MongooseIM's encoder) escapes
+/// it: quote, backslash and the control characters below 0x20 (`\b \f \n \r \t` by
+/// name, the others as `\u00XX` in upper case); everything else, `/` and DEL included,
+/// as UTF-8.
 fn push_json_string(json: &mut Vec<u8>, text: &str) {
-    // Serializing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *json, text);
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    json.reserve(text.len() + 2);
+    json.push(b'"');
+    let bytes = text.as_bytes();
+    let mut plain_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let named: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        json.extend_from_slice(&bytes[plain_from..at]);
+        plain_from = at + 1;
+        if named.is_empty() {
+            json.extend_from_slice(b"\\u00");
+            json.push(HEX[usize::from(byte >> 4)]);
+            json.push(HEX[usize::from(byte & 0x0f)]);
+        } else {
+            json.extend_from_slice(named);
+        }
+    }
+    json.extend_from_slice(&bytes[plain_from..]);
+    json.push(b'"');
 }
 
 /// The broker's address as error messages show it.
@@ -622,6 +705,44 @@ impl Drop for PendingConfirm {
     }
 }
 
+/// AMQP's delivery mode of a persistent message.
+const PERSISTENT: u8 = 2;
+
+/// Names that could never go on the wire (AMQP short strings) fail the start: an
+/// exchange name over 255 bytes, or a topic too long for any routing key
+/// `<bare jid>.<topic>` (a bare JID has at least one byte).
+fn check_names(config: &RabbitConfig) -> Result<(), RabbitError> {
+    for exchange in [
+        &config.presence_exchange,
+        &config.chat_exchange,
+        &config.groupchat_exchange,
+    ] {
+        if exchange.name.len() > MAX_SHORT_STRING_BYTES {
+            return Err(RabbitError(format!(
+                "exchange name {:?} is {} bytes; AMQP allows {MAX_SHORT_STRING_BYTES}",
+                exchange.name,
+                exchange.name.len()
+            )));
+        }
+    }
+    for (exchange, topics) in [
+        (&config.chat_exchange, &config.chat_topics),
+        (&config.groupchat_exchange, &config.groupchat_topics),
+    ] {
+        for topic in [&topics.sent, &topics.recv] {
+            if topic.len() + 2 > MAX_SHORT_STRING_BYTES {
+                return Err(RabbitError(format!(
+                    "topic {topic:?} of exchange {:?} is {} bytes: no routing key \
+                     <bare jid>.<topic> would fit AMQP's {MAX_SHORT_STRING_BYTES} bytes",
+                    exchange.name,
+                    topic.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How often the reconnecting task looks at a link nobody reported lost.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -642,7 +763,10 @@ struct Connector {
 
 pub struct RabbitBackend {
     connector: Arc<Connector>,
-    properties: BasicProperties,
+    /// content type JSON, delivery mode 1 (transient)
+    transient: BasicProperties,
+    /// the same with delivery mode 2
+    persistent: BasicProperties,
     /// The task that keeps the connection up; ended by close() or drop.
     keeper: AbortHandle,
 }
@@ -678,6 +802,7 @@ impl RabbitBackend {
     /// disconnected, reconnects with backoff (declaring the exchanges once connected)
     /// and deliveries wait for it meanwhile.
     pub async fn start(config: RabbitConfig) -> Result<Self, RabbitError> {
+        check_names(&config)?;
         let connections = Arc::new(ConnectionCounters::default());
         let target = Target::new(&config)?;
         let link_down = Arc::new(Notify::new());
@@ -706,9 +831,11 @@ impl RabbitBackend {
             closed: AtomicBool::new(false),
         });
         let keeper = tokio::spawn(keep_connected(connector.clone())).abort_handle();
+        let transient = BasicProperties::default().with_content_type("application/json".into());
         Ok(RabbitBackend {
             connector,
-            properties: BasicProperties::default().with_content_type("application/json".into()),
+            persistent: transient.clone().with_delivery_mode(PERSISTENT),
+            transient,
             keeper,
         })
     }
@@ -841,16 +968,26 @@ impl Backend for RabbitBackend {
     async fn deliver(&self, event: &RabbitEvent) -> Attempt {
         let config = &self.connector.config;
         let message = outgoing(config, event);
+        // Never sent: the broker would close the connection or channel over it, and
+        // every other publish in flight would fail too.
+        if let Some(why) = message.unpublishable(config.max_message_bytes) {
+            return Attempt::rejected(why);
+        }
         let payload_bytes = message.payload.len();
         let Some(link) = self.connector.live_link().await else {
             return Attempt::rejected("backend closed");
+        };
+        let properties = if message.persistent {
+            &self.persistent
+        } else {
+            &self.transient
         };
         let publish = link.channel.basic_publish(
             message.exchange,
             &message.routing_key,
             BasicPublishOptions::default(),
             &message.payload,
-            self.properties.clone(),
+            properties.clone(),
         );
         // One budget (and one timer) for the whole attempt: writing the frames, which
         // waits while the broker blocks publishers, then the confirm.
@@ -930,6 +1067,7 @@ mod tests {
             name: name.into(),
             kind: "topic".into(),
             durable: false,
+            persistent: false,
         }
     }
 
@@ -957,6 +1095,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             reconnect_base_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -978,16 +1117,36 @@ mod tests {
         }
     }
 
+    fn decoded(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON: {e}"))
+    }
+
+    /// The one place the exact bytes are asserted (elsewhere, decoded JSON is
+    /// compared): MongooseIM 6.4's objects, keys in Erlang term order.
+    #[test]
+    fn payloads_are_mongooseims_objects_with_sorted_keys() {
+        assert_eq!(
+            text(presence_json("alice@localhost/res1", true)),
+            r#"{"present":true,"user_id":"alice@localhost/res1"}"#
+        );
+        assert_eq!(
+            text(presence_json("alice@localhost/res1", false)),
+            r#"{"present":false,"user_id":"alice@localhost/res1"}"#
+        );
+        assert_eq!(
+            text(chat_json(
+                "alice@localhost/res1",
+                "hi",
+                "bob@localhost/res2"
+            )),
+            r#"{"from_user_id":"alice@localhost/res1","message":"hi","to_user_id":"bob@localhost/res2"}"#
+        );
+    }
+
     #[test]
     fn presence_goes_to_the_presence_exchange_keyed_by_bare_jid() {
         let config = config();
-        for (present, json) in [
-            (true, r#"{"user_id":"alice@localhost/res1","present":true}"#),
-            (
-                false,
-                r#"{"user_id":"alice@localhost/res1","present":false}"#,
-            ),
-        ] {
+        for present in [true, false] {
             let event = RabbitEvent::Presence {
                 user_jid: "alice@localhost/res1".into(),
                 bare_jid: "alice@localhost".into(),
@@ -996,7 +1155,10 @@ mod tests {
             let message = outgoing(&config, &event);
             assert_eq!(message.exchange, "presence");
             assert_eq!(message.routing_key, "alice@localhost");
-            assert_eq!(text(message.payload), json);
+            assert_eq!(
+                decoded(&message.payload),
+                serde_json::json!({"user_id": "alice@localhost/res1", "present": present})
+            );
         }
     }
 
@@ -1036,8 +1198,12 @@ mod tests {
                 (exchange, key)
             );
             assert_eq!(
-                text(message.payload),
-                r#"{"to_user_id":"bob@localhost/res2","message":"hi","from_user_id":"alice@localhost/res1"}"#
+                decoded(&message.payload),
+                serde_json::json!({
+                    "to_user_id": "bob@localhost/res2",
+                    "message": "hi",
+                    "from_user_id": "alice@localhost/res1"
+                })
             );
         }
     }
@@ -1052,34 +1218,112 @@ mod tests {
         assert_eq!(message.routing_key, "alice@localhost.out.going");
     }
 
+    /// The bytes jiffy 1.1.1 (OTP 25) and 1.1.2 (OTP 27) write for this string: named
+    /// escapes, other control characters as upper-case `\u00XX`, and `/`, DEL and
+    /// everything above ASCII as they are.
     #[test]
-    fn message_text_is_escaped_as_json_requires_and_unicode_kept() {
-        let body = "Zażółć \"gęślą\" \\ jaźń\n\t\u{1}\u{7f} 😀 </script>";
-        let json = chat_json("to@h", body, "from@h");
-        assert_eq!(
-            text(json.clone()),
-            "{\"to_user_id\":\"to@h\",\"message\":\"Zażółć \\\"gęślą\\\" \\\\ jaźń\\n\\t\\u0001\u{7f} 😀 </script>\",\"from_user_id\":\"from@h\"}"
-        );
+    fn strings_are_escaped_as_jiffy_escapes_them() {
+        let body =
+            "Za\"b\\ c\n\t\r\u{8}\u{c}\u{0}\u{1}\u{b}\u{e}\u{1f}\u{7f}/ </script> \u{2028}é😀";
+        let jiffy: &[u8] = b"\"Za\\\"b\\\\ c\\n\\t\\r\\b\\f\\u0000\\u0001\\u000B\\u000E\\u001F\x7f/ </script> \xe2\x80\xa8\xc3\xa9\xf0\x9f\x98\x80\"";
+        let mut json = Vec::new();
+        push_json_string(&mut json, body);
+        assert_eq!(json, jiffy, "{}", String::from_utf8_lossy(&json));
         let parsed: serde_json::Value =
             serde_json::from_slice(&json).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parsed["message"], body);
+        assert_eq!(parsed, body);
     }
 
     #[test]
     fn jids_with_quotes_are_escaped_too() {
-        assert_eq!(
-            text(presence_json("a\"b@h/r\\", true)),
-            r#"{"user_id":"a\"b@h/r\\","present":true}"#
-        );
+        let json = presence_json("a\"b@h/r\\", true);
+        assert_eq!(decoded(&json)["user_id"], "a\"b@h/r\\");
     }
 
     #[test]
     fn a_large_body_round_trips() {
-        let body = "ąę€😀\"\\\n".repeat(8 * 1024);
-        let json = chat_json("to@h", &body, "from@h");
-        let parsed: serde_json::Value =
-            serde_json::from_slice(&json).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parsed["message"], body.as_str());
+        let body = "ąę€😀\"\\\n\u{1}".repeat(8 * 1024);
+        let json = chat_json("from@h", &body, "to@h");
+        assert_eq!(decoded(&json)["message"], body.as_str());
+    }
+
+    #[test]
+    fn a_routing_key_over_255_bytes_is_unpublishable() {
+        let config = config();
+        // "<user>@localhost.chat_msg_sent": 10 + 14 bytes around the user.
+        let event = |user: &str| RabbitEvent::Chat {
+            kind: ChatKind::Chat,
+            direction: Direction::In,
+            from_jid: format!("{user}@localhost/r"),
+            to_jid: "bob@localhost".into(),
+            message: "x".into(),
+            routing_bare_jid: format!("{user}@localhost"),
+        };
+        let fits = outgoing(&config, &event(&"a".repeat(255 - 24)));
+        assert_eq!(fits.routing_key.len(), 255);
+        assert_eq!(fits.unpublishable(config.max_message_bytes), None);
+        let too_long = outgoing(&config, &event(&"a".repeat(256 - 24)));
+        let why = too_long
+            .unpublishable(config.max_message_bytes)
+            .unwrap_or_else(|| panic!("a 256-byte key passed"));
+        assert!(
+            why.starts_with("routing_key_too_long: the routing key is 256 bytes"),
+            "{why}"
+        );
+        let presence = RabbitEvent::Presence {
+            user_jid: format!("{}@h/r", "p".repeat(300)),
+            bare_jid: format!("{}@h", "p".repeat(300)),
+            present: true,
+        };
+        assert!(outgoing(&config, &presence)
+            .unpublishable(config.max_message_bytes)
+            .is_some_and(|why| why.starts_with("routing_key_too_long")));
+    }
+
+    #[test]
+    fn a_body_over_max_message_bytes_is_unpublishable() {
+        let config = config();
+        let message = outgoing(&config, &chat(ChatKind::Chat, Direction::In, "12345"));
+        let bytes = message.payload.len();
+        assert_eq!(message.unpublishable(bytes), None);
+        let why = message
+            .unpublishable(bytes - 1)
+            .unwrap_or_else(|| panic!("a body over the limit passed"));
+        assert_eq!(
+            why,
+            format!(
+                "message_too_large: the message is {bytes} bytes, max_message_bytes \
+                 (the broker's max_message_size) is {}",
+                bytes - 1
+            )
+        );
+    }
+
+    #[test]
+    fn persistent_follows_each_exchange() {
+        let mut config = config();
+        config.chat_exchange.persistent = true;
+        assert!(outgoing(&config, &chat(ChatKind::Chat, Direction::In, "x")).persistent);
+        assert!(!outgoing(&config, &chat(ChatKind::Groupchat, Direction::In, "x")).persistent);
+    }
+
+    #[test]
+    fn names_that_cannot_go_on_the_wire_fail_the_start() {
+        let mut config = config();
+        config.groupchat_exchange.name = "g".repeat(256);
+        let Err(RabbitError(why)) = check_names(&config) else {
+            panic!("a 256-byte exchange name passed");
+        };
+        assert!(why.contains("256 bytes"), "{why}");
+        let mut config = self::config();
+        config.presence_exchange.name = "p".repeat(255);
+        config.chat_topics.recv = "t".repeat(253);
+        assert_eq!(check_names(&config), Ok(()));
+        config.chat_topics.recv = "t".repeat(254);
+        let Err(RabbitError(why)) = check_names(&config) else {
+            panic!("a 254-byte topic passed");
+        };
+        assert!(why.contains("chat_msg"), "{why}");
     }
 
     #[test]

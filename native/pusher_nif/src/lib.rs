@@ -396,6 +396,7 @@ fn exchange(map: Term, key: &str) -> Option<(ExchangeConfig, Option<Topics>)> {
         name: get_string(section, "name")?,
         kind: get_string(section, "type")?,
         durable: get(section, "durable")?,
+        persistent: get(section, "persistent")?,
     };
     let topics = match (
         get_string(section, "sent_topic"),
@@ -434,6 +435,7 @@ fn rabbit_config(map: Term) -> Option<RabbitConfig> {
         connect_timeout: millis(map, "connect_timeout_ms")?,
         reconnect_base_delay: millis(map, "reconnect_base_delay_ms")?,
         reconnect_max_delay: millis(map, "reconnect_max_delay_ms")?,
+        max_message_bytes: get(map, "max_message_bytes")?,
     })
 }
 

@@ -3,20 +3,25 @@
 //!
 //! ```text
 //! amqp-probe [--uri URI] [--declare EXCHANGE=TYPE[:durable]]... [--delete EXCHANGE]...
-//!            [--bind EXCHANGE=ROUTING_KEY]... [--exit]
+//!            [--delete-queue QUEUE]... [--queue QUEUE] [--bind EXCHANGE=ROUTING_KEY]...
+//!            [--exit]
 //! ```
 //!
 //! In this order it declares the `--declare` exchanges (non-durable unless `:durable`),
-//! deletes the `--delete` exchanges, declares an exclusive, auto-delete, server-named
-//! queue and binds it to every `--bind` pair (the exchanges must exist), then prints
-//! `ready`. With `--exit` it stops there; otherwise it prints one line per delivery,
+//! deletes the `--delete` exchanges and `--delete-queue` queues, declares its queue
+//! and binds it to every `--bind` pair (the exchanges must exist), then prints
+//! `ready`. The queue is an exclusive, auto-delete, server-named one, or with
+//! `--queue` the durable classic queue of that name (kept when the probe exits, and
+//! by the broker across restarts). With `--exit` it stops there (declaring no queue
+//! of its own without `--queue`); otherwise it prints one line per delivery,
 //!
 //! ```text
 //! msg <exchange> <routing key> <payload as lowercase hex>
 //! ```
 //!
 //! (hex, so any payload bytes survive line framing), acks it, and exits when stdin
-//! closes. Any failure before `ready` prints `error <reason>` and exits with status 1.
+//! closes. Any failure before `ready` prints `error <reason>` and exits with status 1;
+//! one after it (consuming) exits with status 2, the reason on stderr.
 //! Every line is flushed as it is written. The URI defaults to
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`.
 
@@ -27,7 +32,7 @@ use std::sync::mpsc;
 use lapin::message::DeliveryResult;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -41,13 +46,16 @@ struct Args {
     uri: Option<String>,
     declares: Vec<(String, String, bool)>,
     deletes: Vec<String>,
+    queue_deletes: Vec<String>,
+    queue: Option<String>,
     binds: Vec<(String, String)>,
     exit_when_ready: bool,
 }
 
 fn usage() -> String {
     "usage: amqp-probe [--uri URI] [--declare EXCHANGE=TYPE[:durable]]... \
-     [--delete EXCHANGE]... [--bind EXCHANGE=ROUTING_KEY]... [--exit]"
+     [--delete EXCHANGE]... [--delete-queue QUEUE]... [--queue QUEUE] \
+     [--bind EXCHANGE=ROUTING_KEY]... [--exit]"
         .to_string()
 }
 
@@ -73,6 +81,8 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 args.declares.push((name, kind, durable));
             }
             "--delete" => args.deletes.push(value()?),
+            "--delete-queue" => args.queue_deletes.push(value()?),
+            "--queue" => args.queue = Some(value()?),
             "--bind" => args.binds.push(split_pair(&value()?, "--bind")?),
             "--exit" => args.exit_when_ready = true,
             "-h" | "--help" => return Err(usage()),
@@ -145,19 +155,34 @@ async fn set_up(channel: &Channel, args: &Args) -> Result<String, String> {
             .await
             .map_err(|e| format!("deleting exchange {name}: {e}"))?;
     }
-    if args.exit_when_ready {
+    for name in &args.queue_deletes {
+        channel
+            .queue_delete(name, QueueDeleteOptions::default())
+            .await
+            .map_err(|e| format!("deleting queue {name}: {e}"))?;
+    }
+    if args.exit_when_ready && args.queue.is_none() {
         return Ok(String::new());
     }
-    let queue = channel
-        .queue_declare(
+    let (name, options) = match &args.queue {
+        Some(name) => (
+            name.as_str(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+        ),
+        None => (
             "",
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
-        )
+        ),
+    };
+    let queue = channel
+        .queue_declare(name, options, FieldTable::default())
         .await
         .map_err(|e| format!("declaring the queue: {e}"))?;
     let queue = queue.name().as_str().to_string();
@@ -206,6 +231,10 @@ async fn main() {
             say(&line);
         }
     });
+    // Ready once the bindings exist: whatever is published from now on is kept in the
+    // queue. Said before consuming, so that the messages a durable queue holds
+    // already come after it.
+    say(b"ready");
     let consumer = channel
         .basic_consume(
             &queue,
@@ -214,7 +243,10 @@ async fn main() {
             FieldTable::default(),
         )
         .await
-        .unwrap_or_else(|e| fail(format!("consuming from {queue}: {e}")));
+        .unwrap_or_else(|e| {
+            eprintln!("amqp-probe: consuming from {queue}: {e}");
+            exit(2);
+        });
     consumer.set_delegate(move |delivery: DeliveryResult| {
         let delivery = match delivery {
             Ok(Some(delivery)) => Some(delivery),
@@ -237,7 +269,6 @@ async fn main() {
             }
         }
     });
-    say(b"ready");
 
     // Runs until stdin closes (the owner of the port is gone or closed it).
     let mut stdin = tokio::io::stdin();
