@@ -933,10 +933,7 @@ not_an_instance_call(Stale) ->
     end.
 
 form_call(Garbage) ->
-    case rand:uniform(2) of
-        1 -> mod_event_pusher_nif:form_urlencode(Garbage);
-        2 -> mod_event_pusher_nif:form_urlencode_dirty(Garbage)
-    end.
+    mod_event_pusher_nif:form_urlencode(Garbage).
 
 %% A random term, at most Depth deep.
 garbage(0) ->
