@@ -408,7 +408,7 @@ start(Config, Spec) ->
     ejabberd_auth:reset().
 
 deliver(Type, From, To, Body) ->
-    hook_driver:deliver(?HT, Type, From, To, Body).
+    push_client:route_message(?HT, Type, From, To, Body).
 
 summary_values(#xmlel{} = Request) ->
     Fields = exml_query:paths(Request, [{element, <<"pubsub">>}, {element, <<"publish">>},

@@ -29,8 +29,14 @@ groups() ->
      {routing, [], [route_iq_result_from_service,
                     route_iq_error_reply_gets_the_request_id,
                     route_iq_timeout,
+                    route_iq_to_unknown_domain_bounces,
                     reply_to_other_jid_is_not_a_reply,
-                    reset_forgets_everything]},
+                    reset_forgets_everything,
+                    local_delivery_runs_filter_local_packet,
+                    filter_local_packet_can_drop,
+                    message_to_users,
+                    iq_to_the_server,
+                    iq_to_a_user]},
      {gen_iq_handler, [], [iq_handler_replies,
                            iq_handler_crash_is_internal_server_error,
                            iq_handler_ignore_and_no_handler,
@@ -186,6 +192,10 @@ route_iq_result_from_service(_Config) ->
     ?assertEqual(#xmlel{name = <<"iq">>, attrs = #{<<"type">> => <<"set">>, <<"id">> => Id},
                         children = [Payload]},
                  RoutedRequest),
+    %% At most once: the same reply again finds no callback (local delivery is
+    %% synchronous, so a callback would have run before route/4 returned).
+    Again = #xmlel{name = <<"iq">>, attrs = #{<<"type">> => <<"result">>, <<"id">> => Id}},
+    _ = ejabberd_router:route(To, From, Acc, Again),
     no_more_callbacks().
 
 route_iq_error_reply_gets_the_request_id(_Config) ->
@@ -200,7 +210,7 @@ route_iq_error_reply_gets_the_request_id(_Config) ->
     _ = ejabberd_local:route_iq(From, To, Acc, #iq{type = get, sub_el = Payload}, reply_to(self())),
     {_, _, _, _, Reply} = receive_callback(),
     ?assertMatch(#iq{type = error, sub_el = [Payload, Error]}, Reply),
-    no_more_callbacks().
+    ?assertEqual(0, pending_callbacks()).
 
 route_iq_timeout(_Config) ->
     {From, To, Acc} = iq_parties(),
@@ -215,22 +225,37 @@ route_iq_timeout(_Config) ->
                                              <<"id">> => exml_query:attr(Request, <<"id">>)}},
     Acc = ejabberd_router:route(To, From, Acc, Late),
     no_more_callbacks(),
-    %% an unknown destination: recorded, never answered
-    ok = ejabberd_local:unregister_service(?PUBSUB),
-    _ = ejabberd_local:route_iq(From, To, Acc, #iq{type = set, sub_el = []}, reply_to(self())),
-    ?assertMatch({_, undefined, undefined, undefined, timeout}, receive_callback()),
-    ?assertEqual(3, length(ejabberd_local:routed())).
+    ?assertEqual(2, length(ejabberd_local:routed())).
+
+%% No component serves the domain and it is not local: s2s, with no connection to
+%% open, bounces remote-server-not-found, and the callback gets that error (not a
+%% timeout 32 s later).
+route_iq_to_unknown_domain_bounces(_Config) ->
+    {From, To, Acc} = iq_parties(),
+    Payload = #xmlel{name = <<"pubsub">>, attrs = #{<<"xmlns">> => ?NS_PUBSUB}},
+    _ = ejabberd_local:route_iq(From, To, Acc, #iq{type = set, sub_el = Payload},
+                                reply_to(self())),
+    {_, To, From, _, Reply} = receive_callback(),
+    ?assertMatch(#iq{type = error,
+                     sub_el = [Payload, #xmlel{name = <<"error">>,
+                                               children = [#xmlel{name = <<"remote-server-not-found">>}]}]},
+                 Reply),
+    ?assertEqual(0, pending_callbacks()).
 
 reply_to_other_jid_is_not_a_reply(_Config) ->
     {From, To, Acc} = iq_parties(),
+    ok = ejabberd_local:register_service(?PUBSUB, fun(_) -> noreply end),
     _ = ejabberd_local:route_iq(From, To, Acc, #iq{type = set, sub_el = []}, reply_to(self())),
     [{From, To, Request}] = ejabberd_local:routed(),
     Reply = #xmlel{name = <<"iq">>, attrs = #{<<"type">> => <<"result">>,
                                               <<"id">> => exml_query:attr(Request, <<"id">>)}},
+    %% To a user: ejabberd_sm, which drops results (synchronous: no callback ran).
     _ = ejabberd_router:route(To, jid:make(<<"bob">>, ?HT, <<>>), Acc, Reply),
     no_more_callbacks(),
     _ = ejabberd_router:route(To, From, Acc, Reply),
-    ?assertMatch({_, To, From, Acc, #iq{type = result, sub_el = []}}, receive_callback()).
+    {_, To, From, ReplyAcc, #iq{type = result, sub_el = []}} = receive_callback(),
+    %% The Acc as local delivery leaves it: stripped for the recipient, the reply its stanza.
+    ?assertEqual({?HT, Reply}, {mongoose_acc:host_type(ReplyAcc), mongoose_acc:element(ReplyAcc)}).
 
 reset_forgets_everything(_Config) ->
     {From, To, Acc} = iq_parties(),
@@ -240,8 +265,109 @@ reset_forgets_everything(_Config) ->
     ok = ejabberd_local:reset(),
     ?assertEqual([], ejabberd_local:routed()),
     ?assertEqual(error, ejabberd_local:lookup_service(To)),
-    timer:sleep(100),
+    %% Callbacks are only ever called from that table.
+    ?assertEqual(0, pending_callbacks()),
+    %% and the forgotten timer, due before this one, called nothing.
+    ok = ejabberd_local:set_iq_timeout(50),
+    ok = ejabberd_local:register_service(?PUBSUB, fun(_) -> noreply end),
+    _ = ejabberd_local:route_iq(From, To, Acc, #iq{type = set, sub_el = []}, marker_to(self())),
+    receive {marker, timeout} -> ok after ?RECEIVE_MS -> ct:fail(no_marker_timeout) end,
     no_more_callbacks().
+
+%% As MongooseIM's local delivery: the Acc stripped for the recipient (host type and
+%% lserver of the recipient's domain), then `filter_local_packet', then ejabberd_sm,
+%% which runs `offline_message' for an offline user that exists.
+local_delivery_runs_filter_local_packet(_Config) ->
+    Bob = jid:make(<<"bob">>, ?HT, <<>>),
+    ok = ejabberd_auth:register_user(Bob),
+    Hooks = [{filter_local_packet, ?HT, fun ?MODULE:filter_probe/3, #{pid => self()}, 50},
+             {offline_message, ?HT, fun ?MODULE:offline_probe/3, #{pid => self()}, 50}],
+    ok = gen_hook:add_handlers(Hooks),
+    try
+        route_message(<<"alice@remote.example/r">>, <<"bob@localhost">>, <<"chat">>),
+        receive_exactly([{filter_local_packet, ?HT, ?HT}, {offline_message, Bob}])
+    after
+        gen_hook:delete_handlers(Hooks)
+    end.
+
+filter_probe({_, _, Acc, _} = FPacket, _, #{pid := Pid}) ->
+    Pid ! {filter_local_packet, mongoose_acc:host_type(Acc), mongoose_acc:lserver(Acc)},
+    {ok, FPacket}.
+
+offline_probe(Acc, #{to := To}, #{pid := Pid}) ->
+    Pid ! {offline_message, To},
+    {ok, Acc}.
+
+drop_packet(_FPacket, _, _) ->
+    {stop, drop}.
+
+filter_local_packet_can_drop(_Config) ->
+    Bob = jid:make(<<"bob">>, ?HT, <<"pc">>),
+    _ = ejabberd_sm:open_session(?HT, Bob, 0),
+    Drop = {filter_local_packet, ?HT, fun ?MODULE:drop_packet/3, #{}, 50},
+    ok = gen_hook:add_handler(Drop),
+    try
+        route_message(<<"alice@localhost/r">>, <<"bob@localhost/pc">>, <<"chat">>),
+        ?assertEqual([], mailbox())
+    after
+        gen_hook:delete_handler(Drop)
+    end,
+    route_message(<<"alice@localhost/r">>, <<"bob@localhost/pc">>, <<"chat">>),
+    ?assertMatch([{route, _}], mailbox()).
+
+%% To a session's process as `{route, Acc}': a full JID to its session, a bare JID to
+%% the available sessions of the highest priority. Offline: an unknown user gets
+%% service-unavailable back (to the sender's session), a headline is bounced, an
+%% error is dropped.
+message_to_users(_Config) ->
+    Alice = jid:make(<<"alice">>, ?HT, <<"r">>),
+    _ = ejabberd_sm:open_session(?HT, Alice, 0),
+    route_message(<<"bob@localhost/pc">>, <<"alice@localhost/r">>, <<"chat">>),
+    route_message(<<"bob@localhost/pc">>, <<"alice@localhost">>, <<"normal">>),
+    ?assertMatch([{route, _}, {route, _}], mailbox()),
+    route_message(<<"alice@localhost/r">>, <<"nobody@localhost">>, <<"chat">>),
+    route_message(<<"alice@localhost/r">>, <<"bob@localhost">>, <<"headline">>),
+    route_message(<<"alice@localhost/r">>, <<"bob@localhost">>, <<"error">>),
+    Bounced = [mongoose_acc:element(A) || {route, A} <- mailbox()],
+    ?assertMatch([#xmlel{attrs = #{<<"type">> := <<"error">>, <<"from">> := <<"nobody@localhost">>,
+                                   <<"to">> := <<"alice@localhost/r">>}},
+                  #xmlel{attrs = #{<<"type">> := <<"error">>, <<"from">> := <<"bob@localhost">>}}],
+                 Bounced),
+    [?assertEqual(mongoose_xmpp_errors:service_unavailable(), lists:last(El#xmlel.children))
+     || El <- Bounced].
+
+%% An IQ request to the domain goes to its ejabberd_local handler and the reply back
+%% to the sender's session; without a handler, feature-not-implemented.
+iq_to_the_server(_Config) ->
+    {User, Domain, _} = handler_parties(),
+    _ = ejabberd_sm:open_session(?HT, User, 0),
+    ok = gen_iq_handler:add_iq_handler(ejabberd_local, ?HT, ?NS_PUSH, ?MODULE, push_iq_handler,
+                                       one_queue),
+    route_iq_element(User, Domain, push_child(<<"enable">>)),
+    ?assertMatch([{handler_got, User, Domain, _, #iq{type = set}},
+                  {route, _}], mailbox()),
+    ok = gen_iq_handler:remove_iq_handler(ejabberd_local, ?HT, ?NS_PUSH),
+    route_iq_element(User, Domain, push_child(<<"enable">>)),
+    [{route, Acc}] = mailbox(),
+    ?assertEqual(mongoose_xmpp_errors:feature_not_implemented(),
+                 lists:last((mongoose_acc:element(Acc))#xmlel.children)).
+
+%% To the user's bare JID: the ejabberd_sm handler (none: service-unavailable).
+iq_to_a_user(_Config) ->
+    {User, _, _} = handler_parties(),
+    Bare = jid:to_bare(User),
+    _ = ejabberd_sm:open_session(?HT, User, 0),
+    ok = gen_iq_handler:add_iq_handler(ejabberd_sm, ?HT, ?NS_PUSH, ?MODULE, push_iq_handler,
+                                       no_queue),
+    route_iq_element(User, Bare, push_child(<<"enable">>)),
+    [{handler_got, User, Bare, _, _}, {route, Acc}] = mailbox(),
+    ?assertMatch(#xmlel{attrs = #{<<"type">> := <<"result">>, <<"id">> := <<"id1">>}},
+                 mongoose_acc:element(Acc)),
+    ok = gen_iq_handler:remove_iq_handler(ejabberd_sm, ?HT, ?NS_PUSH),
+    route_iq_element(User, Bare, push_child(<<"enable">>)),
+    [{route, Acc2}] = mailbox(),
+    ?assertEqual(mongoose_xmpp_errors:service_unavailable(),
+                 lists:last((mongoose_acc:element(Acc2))#xmlel.children)).
 
 %%% gen_iq_handler
 
@@ -320,7 +446,7 @@ invalid_iq_is_bad_request(_Config) ->
     Reply = gen_iq_handler:process_iq(ejabberd_local, ?HT, Acc, User, Domain, Two),
     ?assertEqual(<<"error">>, exml_query:attr(Reply, <<"type">>)),
     ?assertEqual(mongoose_xmpp_errors:bad_request(), lists:last(Reply#xmlel.children)),
-    ?assertError(#{what := not_an_iq_request},
+    ?assertEqual(not_a_request,
                  gen_iq_handler:process_iq(ejabberd_local, ?HT, Acc, User, Domain,
                                            iq(<<"result">>, push_child(<<"enable">>)))),
     ok = gen_iq_handler:remove_iq_handler(ejabberd_local, ?HT, ?NS_PUSH).
@@ -564,12 +690,43 @@ receive_callback() ->
         ct:fail(no_callback)
     end.
 
+%% Only where every callback that could run would have run in this process (local
+%% delivery is synchronous) or a marker after it was received: no waiting.
 no_more_callbacks() ->
     receive
         {callback, _, _, _, _, _} = Msg -> ct:fail({unexpected_callback, Msg})
-    after 100 ->
+    after 0 ->
         ok
     end.
+
+marker_to(Pid) ->
+    fun(_, _, _, Reply) -> Pid ! {marker, Reply} end.
+
+pending_callbacks() ->
+    ets:info(ejabberd_local_iq_callbacks, size).
+
+%% Routing to local users and the server is synchronous: what it sent this process
+%% is in the mailbox when route/4 returns. Bounces to the sender's session too.
+mailbox() ->
+    receive Msg -> [Msg | mailbox()] after 0 -> [] end.
+
+receive_exactly(Expected) ->
+    ?assertEqual(Expected, mailbox()).
+
+route_message(From, To, Type) ->
+    El = hook_driver:message(From, To, Type, hook_driver:body(<<"hi">>)),
+    FromJid = jid:from_binary(From),
+    Acc = mongoose_acc:new(#{location => ?LOCATION, lserver => FromJid#jid.lserver,
+                             element => El, from_jid => FromJid, to_jid => jid:from_binary(To)}),
+    _ = ejabberd_router:route(FromJid, jid:from_binary(To), Acc, El),
+    ok.
+
+route_iq_element(From, To, Child) ->
+    El = jlib:replace_from_to(From, To, iq(<<"set">>, Child)),
+    Acc = mongoose_acc:new(#{location => ?LOCATION, lserver => ?HT, host_type => ?HT,
+                             element => El, from_jid => From, to_jid => To}),
+    _ = ejabberd_router:route(From, To, Acc, El),
+    ok.
 
 iq(Type, Child) ->
     #xmlel{name = <<"iq">>, attrs = #{<<"type">> => Type, <<"id">> => <<"id1">>},

@@ -215,12 +215,15 @@ groupchat_sent_and_received(Config) ->
                       <<"to_user_id">> => <<"bob@localhost/pc">>,
                       <<"message">> => <<"from the room">>}}]),
        lists:sort(decoded(Msgs))),
-    %% Only chat and groupchat messages are published.
+    %% Only chat and groupchat messages are published: of the three, only the marker
+    %% is accepted (the counter moves in the hook call), so nothing else can arrive.
+    #{accepted := Before} = stats(),
     send(<<"headline">>, <<"alice@localhost/phone">>, <<"bob@localhost">>, <<"news">>),
     send(<<"normal">>, <<"alice@localhost/phone">>, <<"bob@localhost">>, <<"plain">>),
     send(<<"chat">>, <<"alice@localhost/phone">>, <<"bob@localhost">>, <<"marker">>),
+    ?assertMatch(#{accepted := After} when After =:= Before + 1, stats()),
     {ok, All} = amqp_probe:wait_for_messages(Probe, 3, 5000),
-    timer:sleep(200),
+    wait_stats(#{delivered => Before + 1, queued => 0, in_flight => 0}),
     ?assertEqual([<<"marker">>], [maps:get(<<"message">>, J)
                                   || {_, _, J} <- decoded(amqp_probe:messages(Probe) -- Msgs)]),
     ?assertEqual(3, length(All)).
@@ -277,9 +280,9 @@ departure_bodiless_and_empty_body_messages_are_skipped(Config) ->
     deliver(<<"groupchat">>, <<"room@muc.localhost/a">>, <<"bob@localhost/r">>, <<>>),
     send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"marker">>),
     [{C, _, #{<<"message">> := <<"marker">>}}] = decoded(wait_messages(Probe, 1)),
-    timer:sleep(300),
+    %% Only the marker was accepted and it is delivered: nothing else can arrive.
+    wait_stats(#{accepted => 1, delivered => 1, queued => 0, in_flight => 0}),
     ?assertEqual(1, amqp_probe:count(Probe)),
-    wait_stats(#{accepted => 1, delivered => 1}),
     Skipped = mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery, ?DELIVERY_LABELS),
     ?assertEqual(3, lists:sum([maps:get(skipped, E, 0) || E <- Skipped])).
 
@@ -655,11 +658,13 @@ broker_unreachable_after_start_events_wait(Config) ->
     ?assertMatch(#{level := warning, attempts := 1},
                  wait_log(event_pusher_rabbit_connect_failed)),
     N = 200,
+    AttemptsBefore = test_tcp_proxy:accepted(Proxy),
     [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
      || I <- lists:seq(1, N)],
-    %% Longer than the default retry budget would take if attempts were spent on a
-    %% missing connection (3 attempts, 100 ms backoff).
-    timer:sleep(2000),
+    %% Three more failed reconnects (backoff doubling from 100 ms) outlast the default
+    %% retry budget (3 attempts, 100 ms backoff) that attempts spent on a missing
+    %% connection would use up.
+    wait_until(fun() -> test_tcp_proxy:accepted(Proxy) >= AttemptsBefore + 3 end),
     Waiting = stats(),
     ct:pal("while unreachable: ~p; reconnect attempts: ~p",
            [Waiting, test_tcp_proxy:accepted(Proxy)]),
@@ -712,15 +717,19 @@ queue_overflow_is_counted_exactly(Config) ->
     ok = test_tcp_proxy:set_mode(Proxy, forward),
     Kept = Pushed - Dropped,
     Msgs = wait_unique(Probe, Kept, 10000),
-    timer:sleep(300),
-    %% Exactly the kept ones arrive. Which ones were kept depends on when the
-    %% publishers took events off the queue, so only their number is known.
-    Arrived = lists:usort(bodies(amqp_probe:messages(Probe))),
+    wait_stats(#{delivered => Kept, dropped => Dropped, failed => 0, queued => 0,
+                 in_flight => 0}),
+    %% A marker published after every kept event was confirmed arrives after them in
+    %% the queue: then the probe has seen all that will ever arrive. Exactly the kept
+    %% ones did. Which ones were kept depends on when the publishers took events off
+    %% the queue, so only their number is known.
+    send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"marker">>),
+    wait_until(fun() -> lists:member(<<"marker">>, raw_bodies(amqp_probe:messages(Probe))) end),
+    Arrived = lists:usort(bodies([M || M <- amqp_probe:messages(Probe),
+                                       raw_bodies([M]) =/= [<<"marker">>]])),
     ?assertEqual(Kept, length(Arrived)),
     ?assertEqual([], Arrived -- lists:seq(1, Pushed)),
-    ?assert(length(Msgs) >= Kept),
-    wait_stats(#{delivered => Kept, dropped => Dropped, failed => 0, queued => 0,
-                 in_flight => 0}).
+    ?assert(length(Msgs) >= Kept).
 
 %% Stopping while the broker is unreachable: the drain deadline passes, stop returns,
 %% the pending events are counted as lost, and the module starts again.
@@ -919,8 +928,10 @@ decoded(Msgs) ->
 
 %% Message bodies as integers (the load cases number their messages).
 bodies(Msgs) ->
-    [binary_to_integer(maps:get(<<"message">>, jiffy:decode(P, [return_maps])))
-     || #{payload := P} <- Msgs].
+    [binary_to_integer(B) || B <- raw_bodies(Msgs)].
+
+raw_bodies(Msgs) ->
+    [maps:get(<<"message">>, jiffy:decode(P, [return_maps])) || #{payload := P} <- Msgs].
 
 %% Publishes run concurrently, so arrival order is not asserted; the order of the
 %% events we sent is restored by a key when it matters (here: presence, which comes

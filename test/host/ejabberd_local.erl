@@ -1,12 +1,19 @@
-%% Stand-in for MongooseIM's ejabberd_local: stanzas addressed to a local
-%% domain, and IQs sent by the server itself (route_iq/5,6) whose replies go
-%% to a callback.
+%% Stand-in for MongooseIM's ejabberd_local: delivery of stanzas routed to a local
+%% domain (ejabberd_router calls route/4 after `filter_local_packet'), and IQs sent
+%% by the server itself (route_iq/5,6) whose replies go to a callback.
+%%
+%% As in MongooseIM: a stanza to a user goes to ejabberd_sm; an IQ request to the
+%% domain goes to the ejabberd_local IQ handler of its namespace (none:
+%% feature-not-implemented); an IQ result or error to the domain is the reply to a
+%% route_iq request with that id (found by id alone) and goes to its callback; other
+%% stanzas to the domain are dropped; a stanza to a resource of the domain is
+%% bounced with item-not-found.
 %%
 %% The server owns three tables: the pending IQ callbacks (with their timeout
-%% timers), the fake remote services that ejabberd_router delivers to, and the
-%% log of every stanza routed (a public table, written by the routing process).
-%% Test control (not in MongooseIM): set_iq_timeout/1, register_service/2,
-%% unregister_service/1, routed/0, reset/0.
+%% timers), the fake services (components serving a domain) that ejabberd_router
+%% delivers to, and the log of every stanza routed (a public table, written by the
+%% routing process). Test control (not in MongooseIM): set_iq_timeout/1,
+%% register_service/2, unregister_service/1, routed/0, reset/0.
 -module(ejabberd_local).
 -behaviour(gen_server).
 
@@ -30,14 +37,14 @@
 -type iq_reply() :: #iq{type :: result | error, sub_el :: [exml:element()]}.
 -type iq_callback() :: fun((jid:jid() | undefined, jid:jid() | undefined,
                             mongoose_acc:t() | undefined, iq_reply() | timeout) -> any()).
-%% A fake remote entity: gets each stanza routed to its JID (with `from' and
-%% `to' attributes set) and may answer with an IQ result or error element.
+%% A fake component: gets each stanza routed to its domain (with `from' and `to'
+%% attributes set) and may answer with an IQ result or error element.
 -type service_fun() :: fun((exml:element()) -> {reply, exml:element()} | noreply).
 
 -define(DEFAULT_IQ_TIMEOUT_MS, 32000).
-%% {Id, RequesterLJid, Callback, TimerRef}
+%% {Id, Callback, TimerRef}
 -define(CALLBACKS, ejabberd_local_iq_callbacks).
-%% {JidBinary, ServiceFun}
+%% {Domain, ServiceFun}
 -define(SERVICES, ejabberd_local_services).
 %% {Seq, From, To, El}
 -define(ROUTED, ejabberd_local_routed).
@@ -78,7 +85,7 @@ route_iq(From, To, Acc, IQ, Callback) ->
 route_iq(From, To, Acc, #iq{type = Type} = IQ, Callback, Timeout)
   when (Type =:= set orelse Type =:= get), is_function(Callback, 4) ->
     Id = make_iq_id(),
-    ok = gen_server:call(?MODULE, {register_iq_callback, Id, jid:to_lower(From), Callback, Timeout}),
+    ok = gen_server:call(?MODULE, {register_iq_callback, Id, Callback, Timeout}),
     ejabberd_router:route(From, To, Acc, jlib:iq_to_xml(IQ#iq{id = Id})).
 
 %%% Test control
@@ -88,17 +95,15 @@ route_iq(From, To, Acc, #iq{type = Type} = IQ, Callback, Timeout)
 set_iq_timeout(Ms) when is_integer(Ms), Ms > 0 ->
     gen_server:call(?MODULE, {set_iq_timeout, Ms}).
 
-%% @doc Makes Fun answer the stanzas routed to this JID (e.g. a pubsub
-%% service on another component). Replaces an earlier service of that JID.
+%% @doc Makes Fun answer the stanzas routed to this domain, as a component serving
+%% it would (e.g. a pubsub service). Replaces an earlier service of that domain.
 -spec register_service(binary(), service_fun()) -> ok.
-register_service(JidBinary, Fun) when is_function(Fun, 1) ->
-    #jid{} = Jid = jid:from_binary(JidBinary),
-    gen_server:call(?MODULE, {register_service, jid:to_binary(Jid), Fun}).
+register_service(Domain, Fun) when is_function(Fun, 1) ->
+    gen_server:call(?MODULE, {register_service, service_domain(Domain), Fun}).
 
 -spec unregister_service(binary()) -> ok.
-unregister_service(JidBinary) ->
-    #jid{} = Jid = jid:from_binary(JidBinary),
-    gen_server:call(?MODULE, {unregister_service, jid:to_binary(Jid)}).
+unregister_service(Domain) ->
+    gen_server:call(?MODULE, {unregister_service, service_domain(Domain)}).
 
 %% @doc Every stanza passed to ejabberd_router:route/4 so far, oldest first,
 %% as given to it.
@@ -114,34 +119,29 @@ reset() ->
 
 %%% Stand-in internals
 
-%% @doc Delivery of a stanza to a local domain: an IQ result or error that
-%% answers a route_iq/5,6 request of To goes to its callback; anything else
-%% is dropped here.
+%% @doc Delivery of a stanza routed to a local domain (see the module doc).
 -spec route(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
-route(From, To, Acc, El) ->
-    case jlib:iq_query_or_response_info(El) of
-        #iq{type = Type, id = Id} = IQ when Type =:= result; Type =:= error ->
-            case gen_server:call(?MODULE, {take_iq_callback, Id, jid:to_lower(To)}) of
-                {ok, Callback} -> Callback(From, To, Acc, IQ);
-                error -> ok
-            end;
+route(From, #jid{luser = <<>>, lresource = <<>>} = To, Acc, #xmlel{name = <<"iq">>} = El) ->
+    process_iq(From, To, Acc, El);
+route(_From, #jid{luser = <<>>, lresource = <<>>}, Acc, _El) ->
+    Acc;
+route(From, #jid{luser = <<>>} = To, Acc, El) ->
+    case exml_query:attr(El, <<"type">>) of
+        Type when Type =:= <<"error">>; Type =:= <<"result">> ->
+            Acc;
         _ ->
-            ok
-    end,
-    Acc.
+            Error = jlib:make_error_reply(El, mongoose_xmpp_errors:item_not_found()),
+            ejabberd_router:route(To, From, Acc, Error)
+    end;
+route(From, To, Acc, El) ->
+    ejabberd_sm:route(From, To, Acc, El).
 
-%% @doc The service answering stanzas to this JID (registered for the full
-%% JID, else for its bare JID).
+%% @doc The service serving the JID's domain.
 -spec lookup_service(jid:jid()) -> {ok, service_fun()} | error.
-lookup_service(Jid) ->
-    case ets:lookup(?SERVICES, jid:to_binary(Jid)) of
-        [{_, Fun}] ->
-            {ok, Fun};
-        [] ->
-            case ets:lookup(?SERVICES, jid:to_bare_binary(Jid)) of
-                [{_, Fun}] -> {ok, Fun};
-                [] -> error
-            end
+lookup_service(#jid{lserver = LServer}) ->
+    case ets:lookup(?SERVICES, LServer) of
+        [{_, Fun}] -> {ok, Fun};
+        [] -> error
     end.
 
 -spec record_routed(jid:jid(), jid:jid(), exml:element()) -> ok.
@@ -159,18 +159,18 @@ init([]) ->
     {ok, #state{}}.
 
 -spec handle_call(term(), gen_server:from(), #state{}) -> {reply, term(), #state{}}.
-handle_call({register_iq_callback, Id, FromLJid, Callback, Timeout}, _From,
+handle_call({register_iq_callback, Id, Callback, Timeout}, _From,
             #state{iq_timeout = DefaultTimeout} = State) ->
     Ms = case Timeout of
              default -> DefaultTimeout;
              _ -> Timeout
          end,
     TRef = erlang:send_after(Ms, self(), {iq_timeout, Id}),
-    true = ets:insert(?CALLBACKS, {Id, FromLJid, Callback, TRef}),
+    true = ets:insert(?CALLBACKS, {Id, Callback, TRef}),
     {reply, ok, State};
-handle_call({take_iq_callback, Id, ToLJid}, _From, State) ->
+handle_call({take_iq_callback, Id}, _From, State) ->
     Reply = case ets:lookup(?CALLBACKS, Id) of
-                [{Id, ToLJid, Callback, TRef}] ->
+                [{Id, Callback, TRef}] ->
                     _ = erlang:cancel_timer(TRef),
                     true = ets:delete(?CALLBACKS, Id),
                     {ok, Callback};
@@ -187,7 +187,7 @@ handle_call({unregister_service, JidBinary}, _From, State) ->
     true = ets:delete(?SERVICES, JidBinary),
     {reply, ok, State};
 handle_call(reset, _From, _State) ->
-    [erlang:cancel_timer(TRef) || {_, _, _, TRef} <- ets:tab2list(?CALLBACKS)],
+    [erlang:cancel_timer(TRef) || {_, _, TRef} <- ets:tab2list(?CALLBACKS)],
     [true = ets:delete_all_objects(Tab) || Tab <- [?CALLBACKS, ?SERVICES, ?ROUTED]],
     {reply, ok, #state{}}.
 
@@ -198,7 +198,7 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({iq_timeout, Id}, State) ->
     case ets:take(?CALLBACKS, Id) of
-        [{Id, _FromLJid, Callback, _TRef}] ->
+        [{Id, Callback, _TRef}] ->
             spawn(fun() -> Callback(undefined, undefined, undefined, timeout) end);
         [] ->
             ok
@@ -209,6 +209,36 @@ handle_info(Msg, State) ->
     {noreply, State}.
 
 %%% Internals
+
+%% An IQ request to the domain goes to its handler, and the reply back to the
+%% sender; a result or error is the reply to a route_iq request.
+-spec process_iq(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
+process_iq(From, To, Acc, El) ->
+    case jlib:iq_query_or_response_info(El) of
+        #iq{type = Type, id = Id} = IQ when Type =:= result; Type =:= error ->
+            case gen_server:call(?MODULE, {take_iq_callback, Id}) of
+                {ok, Callback} -> _ = Callback(From, To, Acc, IQ);
+                error -> ok
+            end,
+            Acc;
+        _ ->
+            case gen_iq_handler:process_iq(ejabberd_local, To#jid.lserver, Acc, From, To, El) of
+                {error, no_handler} ->
+                    Error = mongoose_xmpp_errors:feature_not_implemented(),
+                    ejabberd_router:route(To, From, Acc, jlib:make_error_reply(El, Error));
+                Ignored when Ignored =:= ignore; Ignored =:= not_a_request ->
+                    Acc;
+                Reply ->
+                    ejabberd_router:route(To, From, Acc, Reply)
+            end
+    end.
+
+-spec service_domain(binary()) -> jid:lserver().
+service_domain(Domain) ->
+    case jid:from_binary(Domain) of
+        #jid{luser = <<>>, lserver = LServer, lresource = <<>>} -> LServer;
+        _ -> error(#{what => service_must_be_a_domain, jid => Domain})
+    end.
 
 %% Unique per node and run; the node's hash tells which node sent the request.
 -spec make_iq_id() -> binary().

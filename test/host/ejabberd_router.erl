@@ -1,11 +1,20 @@
 %% Stand-in for MongooseIM's ejabberd_router: the entry point for sending a
-%% stanza anywhere.
+%% stanza anywhere, with MongooseIM's routing chain reduced to what a node without
+%% clustering and s2s does:
 %%
-%% Every stanza is recorded (ejabberd_local:routed/0). A stanza to a JID with
-%% a fake service (ejabberd_local:register_service/2) is handed to it in a new
-%% process, as delivery to another component would be, and its reply is
-%% routed back from that process; anything else goes to ejabberd_local:route/4,
-%% which passes IQ replies to their route_iq callbacks and drops the rest.
+%% 1. a domain served by a component (a fake service registered with
+%%    ejabberd_local:register_service/2, as an external component registers its
+%%    domain): the stanza is handed to it in a new process, as delivery over the
+%%    component's connection would be, and its reply is routed back from there;
+%% 2. a local domain (mongoose_domain_api knows its host type): local delivery as
+%%    mongoose_local_delivery does it, the Acc stripped for the recipient and the
+%%    `filter_local_packet' hook run first (a handler may drop the stanza), then
+%%    ejabberd_local (the server itself, IQ replies, users through ejabberd_sm);
+%% 3. any other domain goes to s2s, which has no connection to open here: the
+%%    sender gets `remote-server-not-found' back from another process, as from a
+%%    failed outgoing connection (errors and results are dropped instead).
+%%
+%% Every stanza passed to route/4 is recorded (ejabberd_local:routed/0).
 -module(ejabberd_router).
 
 -include_lib("kernel/include/logger.hrl").
@@ -15,15 +24,42 @@
 
 %% @doc Routes El from From to To; returns Acc.
 -spec route(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
-route(#jid{} = From, #jid{} = To, Acc, #xmlel{} = El) ->
+route(#jid{} = From, #jid{lserver = LServer} = To, Acc, #xmlel{} = El) ->
     ejabberd_local:record_routed(From, To, El),
     case ejabberd_local:lookup_service(To) of
         {ok, Service} ->
             _ = spawn(fun() -> deliver_to_service(Service, From, To, Acc, El) end),
             Acc;
         error ->
-            ejabberd_local:route(From, To, Acc, El)
+            case mongoose_domain_api:get_host_type(LServer) of
+                {ok, HostType} -> deliver_locally(HostType, From, To, Acc, El);
+                {error, not_found} -> route_to_remote_server(From, To, Acc, El)
+            end
     end.
+
+-spec deliver_locally(binary(), jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) ->
+          mongoose_acc:t().
+deliver_locally(HostType, From, To, Acc, El) ->
+    Stripped = mongoose_acc:strip(#{lserver => To#jid.lserver, host_type => HostType,
+                                    from_jid => From, to_jid => To, element => El}, Acc),
+    case gen_hook:run_fold(filter_local_packet, HostType, {From, To, Stripped, El}, #{}) of
+        {_, {From1, To1, Acc1, El1}} -> _ = ejabberd_local:route(From1, To1, Acc1, El1);
+        {_, drop} -> ok
+    end,
+    Acc.
+
+-spec route_to_remote_server(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) ->
+          mongoose_acc:t().
+route_to_remote_server(From, To, Acc, El) ->
+    case exml_query:attr(El, <<"type">>) of
+        Type when Type =:= <<"error">>; Type =:= <<"result">> ->
+            ok;
+        _ ->
+            Error = jlib:make_error_reply(El, mongoose_xmpp_errors:remote_server_not_found()),
+            _ = spawn(fun() -> route(To, From, reply_acc(From, To, Acc, Error), Error) end),
+            ok
+    end,
+    Acc.
 
 %% The service sees the stanza as a remote entity would: with `from' and `to'.
 %% Its reply gets the request's id if it has none, and travels with the
@@ -41,11 +77,7 @@ deliver_to_service(Service, From, To, Acc, El) ->
                         _ ->
                             Reply0
                     end,
-            ReplyAcc = mongoose_acc:strip(#{lserver => From#jid.lserver,
-                                            host_type => mongoose_acc:host_type(Acc),
-                                            element => Reply, from_jid => To, to_jid => From},
-                                          Acc),
-            _ = route(To, From, ReplyAcc, Reply),
+            _ = route(To, From, reply_acc(From, To, Acc, Reply), Reply),
             ok
     catch
         Class:Reason:Stacktrace ->
@@ -54,3 +86,10 @@ deliver_to_service(Service, From, To, Acc, El) ->
                          stacktrace => Stacktrace}),
             ok
     end.
+
+%% A reply travels from the request's recipient back to its sender.
+-spec reply_acc(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
+reply_acc(RequestFrom, RequestTo, Acc, Reply) ->
+    mongoose_acc:strip(#{lserver => RequestFrom#jid.lserver,
+                         host_type => mongoose_acc:host_type(Acc),
+                         element => Reply, from_jid => RequestTo, to_jid => RequestFrom}, Acc).

@@ -3,7 +3,10 @@
 %%
 %% There are no c2s processes here: tests open sessions with open_session/3
 %% (not in MongooseIM) and the session rows live in an ETS table owned by this
-%% server. store_info/4, asynchronous in MongooseIM (the c2s process updates
+%% server. route/4 delivers as MongooseIM's does: a stanza for a session goes to its
+%% process as `{route, Acc}' (what mongoose_c2s:route/2 sends), IQ requests to a
+%% bare JID go to the ejabberd_sm IQ handlers, messages to an offline user run the
+%% offline hooks, and what cannot be delivered is bounced with MongooseIM's errors. store_info/4, asynchronous in MongooseIM (the c2s process updates
 %% its own session), is applied synchronously before it returns ok. Reads go
 %% to the table directly; writes are serialized by the server.
 -module(ejabberd_sm).
@@ -15,7 +18,7 @@
 %% Service
 -export([start_link/0, start/0, stop/0]).
 %% API
--export([store_info/4, get_info/2, remove_info/3, get_raw_sessions/1, is_offline/1]).
+-export([route/4, store_info/4, get_info/2, remove_info/3, get_raw_sessions/1, is_offline/1]).
 %% Test control (not in MongooseIM)
 -export([open_session/3, close_session/1, set_priority/2, reset/0]).
 %% gen_server
@@ -50,6 +53,30 @@ stop() ->
     gen_server:stop(?MODULE).
 
 %%% API
+
+%% @doc Delivers a stanza routed to a local user (called by ejabberd_local).
+-spec route(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
+route(From, #jid{lresource = <<>>} = To, Acc, #xmlel{name = <<"message">>} = El) ->
+    route_message(From, To, Acc, El);
+route(From, #jid{lresource = <<>>} = To, Acc, #xmlel{name = <<"iq">>} = El) ->
+    process_iq(From, To, Acc, El);
+route(_From, #jid{lresource = <<>>}, Acc, _El) ->
+    Acc;
+route(From, To, Acc, #xmlel{name = Name} = El) ->
+    case [Pid || #session{sid = {_, Pid}} <- sessions_of_usr(jid:to_lower(To))] of
+        [_ | _] = Pids ->
+            lists:last(Pids) ! {route, Acc},
+            Acc;
+        [] when Name =:= <<"message">> ->
+            route_message(From, To, Acc, El);
+        [] when Name =:= <<"iq">> ->
+            case exml_query:attr(El, <<"type">>) of
+                Reply when Reply =:= <<"result">>; Reply =:= <<"error">> -> Acc;
+                _ -> bounce(From, To, Acc, El, mongoose_xmpp_errors:service_unavailable())
+            end;
+        [] ->
+            Acc
+    end.
 
 %% @doc Sets Key in the info map of the session Sid (Value `undefined'
 %% removes Key). Sid must be `{_, Pid}'; an unknown session is ignored, as a
@@ -154,6 +181,58 @@ handle_cast(_Msg, State) ->
     {noreply, State}.
 
 %%% Internals
+
+%% To the available sessions of the highest priority; without one, by type: errors
+%% dropped, groupchat to `offline_groupchat_message', headline bounced, the rest to
+%% `offline_message' when the user exists (else bounced).
+-spec route_message(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
+route_message(From, To, Acc, El) ->
+    Available = [{P, Pid} || #session{priority = P, sid = {_, Pid}}
+                                 <- sessions_of_us({To#jid.luser, To#jid.lserver}),
+                             is_integer(P), P >= 0],
+    case Available of
+        [_ | _] ->
+            Max = lists:max([P || {P, _} <- Available]),
+            [Pid ! {route, Acc} || {P, Pid} <- Available, P =:= Max],
+            Acc;
+        [] ->
+            HostType = mongoose_acc:host_type(Acc),
+            case exml_query:attr(El, <<"type">>, <<"normal">>) of
+                <<"error">> ->
+                    Acc;
+                <<"groupchat">> ->
+                    run_offline_hook(offline_groupchat_message, HostType, Acc, From, To, El);
+                <<"headline">> ->
+                    bounce(From, To, Acc, El, mongoose_xmpp_errors:service_unavailable());
+                _ ->
+                    case ejabberd_auth:does_user_exist(HostType, To, stored) of
+                        true -> run_offline_hook(offline_message, HostType, Acc, From, To, El);
+                        false -> bounce(From, To, Acc, El,
+                                        mongoose_xmpp_errors:service_unavailable())
+                    end
+            end
+    end.
+
+-spec run_offline_hook(atom(), binary(), mongoose_acc:t(), jid:jid(), jid:jid(),
+                       exml:element()) -> mongoose_acc:t().
+run_offline_hook(Hook, HostType, Acc, From, To, El) ->
+    {_, NewAcc} = gen_hook:run_fold(Hook, HostType, Acc, #{from => From, to => To, packet => El}),
+    NewAcc.
+
+%% IQ requests to the user's bare JID go to the handler of their namespace.
+-spec process_iq(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
+process_iq(From, To, Acc, El) ->
+    case gen_iq_handler:process_iq(ejabberd_sm, To#jid.lserver, Acc, From, To, El) of
+        {error, no_handler} -> bounce(From, To, Acc, El, mongoose_xmpp_errors:service_unavailable());
+        not_a_request -> Acc;
+        ignore -> Acc;
+        Reply -> ejabberd_router:route(To, From, Acc, Reply)
+    end.
+
+-spec bounce(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element(), exml:element()) ->
+          mongoose_acc:t().
+bounce(From, To, Acc, El, Error) ->
+    ejabberd_router:route(To, From, Acc, jlib:make_error_reply(El, Error)).
 
 -spec set_info(info_key(), term(), map()) -> map().
 set_info(Key, undefined, Info) ->

@@ -2,10 +2,10 @@
 %% API): handlers of IQ requests per component (ejabberd_local = IQs to a
 %% domain, ejabberd_sm = IQs to a user), domain and namespace.
 %%
-%% The handlers live in an ETS table owned by this server. There is no
-%% routing into them: tests deliver a request with process_iq/6 (not in
-%% MongooseIM), which calls the handler in the calling process (IQDisc is
-%% checked and kept but not acted upon) and returns the reply element.
+%% The handlers live in an ETS table owned by this server. ejabberd_local and
+%% ejabberd_sm deliver a routed request with process_iq/6 (not in MongooseIM), which
+%% calls the handler in the routing process (IQDisc is checked and kept but not
+%% acted upon) and returns the reply element for them to route back.
 -module(gen_iq_handler).
 -behaviour(gen_server).
 
@@ -72,10 +72,10 @@ remove_iq_handler(Component, Domain, NS) ->
 %% or internal-server-error (with the original child) if the handler crashes
 %% or returns something else. A request without exactly one child or with an
 %% unknown type gets bad-request. `ignore' when the handler returns ignore,
-%% `{error, no_handler}' when there is none. Result and error IQs are not
-%% requests: they raise.
+%% `{error, no_handler}' when there is none, `not_a_request' for a result or error.
 -spec process_iq(component(), domain(), mongoose_acc:t(), jid:jid(), jid:jid(),
-                 exml:element()) -> exml:element() | ignore | {error, no_handler}.
+                 exml:element()) -> exml:element() | ignore | not_a_request |
+          {error, no_handler}.
 process_iq(Component, Domain, Acc, From, To, #xmlel{name = <<"iq">>} = El) ->
     case jlib:iq_query_info(El) of
         #iq{xmlns = NS, sub_el = Child} = IQ ->
@@ -89,7 +89,7 @@ process_iq(Component, Domain, Acc, From, To, #xmlel{name = <<"iq">>} = El) ->
             reply_element(From, To, exml_query:attr(El, <<"id">>, <<>>), error,
                           [C || #xmlel{} = C <- El#xmlel.children] ++ [mongoose_xmpp_errors:bad_request()]);
         reply ->
-            error(#{what => not_an_iq_request, element => El})
+            not_a_request
     end.
 
 -spec lookup_iq_handler(component(), domain(), namespace()) ->

@@ -4,7 +4,8 @@
 
 -include("jlib.hrl").
 
--export([iq_to_xml/1, iq_query_info/1, iq_query_or_response_info/1, replace_from_to/3]).
+-export([iq_to_xml/1, iq_query_info/1, iq_query_or_response_info/1, replace_from_to/3,
+         make_error_reply/2]).
 
 -export_type([iq/0]).
 
@@ -48,6 +49,21 @@ iq_query_or_response_info(El) ->
 -spec replace_from_to(jid:jid(), jid:jid(), exml:element()) -> exml:element().
 replace_from_to(From, To, #xmlel{attrs = Attrs} = El) ->
     El#xmlel{attrs = Attrs#{<<"from">> => jid:to_binary(From), <<"to">> => jid:to_binary(To)}}.
+
+%% @doc The error reply to a stanza: the same stanza with `from' and `to' swapped,
+%% `type' error, and the error element after its children.
+-spec make_error_reply(exml:element(), exml:element()) -> exml:element().
+make_error_reply(#xmlel{attrs = Attrs, children = Children} = El, Error) ->
+    Swapped = maps:without([<<"from">>, <<"to">>], Attrs),
+    WithTo = case Attrs of
+                 #{<<"from">> := From} -> Swapped#{<<"to">> => From};
+                 _ -> Swapped
+             end,
+    WithFrom = case Attrs of
+                   #{<<"to">> := To} -> WithTo#{<<"from">> => To};
+                   _ -> WithTo
+               end,
+    El#xmlel{attrs = WithFrom#{<<"type">> => <<"error">>}, children = Children ++ [Error]}.
 
 %%% Internals
 

@@ -5,7 +5,7 @@
 -include("exml.hrl").
 
 -export([bad_request/0, not_allowed/0, item_not_found/0, internal_server_error/0,
-         service_unavailable/0]).
+         service_unavailable/0, feature_not_implemented/0, remote_server_not_found/0]).
 
 -define(NS_STANZAS, <<"urn:ietf:params:xml:ns:xmpp-stanzas">>).
 
@@ -33,6 +33,16 @@ internal_server_error() ->
 -spec service_unavailable() -> exml:element().
 service_unavailable() ->
     error_element(<<"503">>, <<"cancel">>, <<"service-unavailable">>).
+
+%% @doc 501, cancel.
+-spec feature_not_implemented() -> exml:element().
+feature_not_implemented() ->
+    error_element(<<"501">>, <<"cancel">>, <<"feature-not-implemented">>).
+
+%% @doc 404, cancel.
+-spec remote_server_not_found() -> exml:element().
+remote_server_not_found() ->
+    error_element(<<"404">>, <<"cancel">>, <<"remote-server-not-found">>).
 
 -spec error_element(binary(), binary(), binary()) -> exml:element().
 error_element(Code, Type, Condition) ->

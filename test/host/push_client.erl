@@ -6,6 +6,7 @@
 
 -export([start_mnesia/1, stop_mnesia/0]).
 -export([login/2, register_offline/5, services/2, iq/4, iq/5, iq_type/1, error_of/1]).
+-export([route_message/5]).
 -export([enable/3, disable/2, form/3, summary/1, field/3, el/3]).
 -export([service/2, publishes/0, wait_publishes/2]).
 -export([wait_until/2, wait_stats/2, wait_events/4]).
@@ -63,10 +64,22 @@ services(HostType, Jid) ->
     {ok, Services} = mod_event_pusher_push_backend:get_publish_services(HostType, Jid),
     Services.
 
+%% @doc A message from a user, handed to the router as their c2s process would: to a
+%% local recipient it runs `filter_local_packet' (where the event pusher sees it) and
+%% reaches ejabberd_sm, which delivers it or, to an offline user, runs the offline
+%% hooks. Body `undefined' sends a message without a body.
+-spec route_message(binary(), binary(), binary(), binary(), binary() | undefined) -> ok.
+route_message(HostType, Type, From, To, Body) ->
+    El = hook_driver:message(From, To, Type, hook_driver:body(Body)),
+    _ = ejabberd_router:route(jid:from_binary(From), jid:from_binary(To),
+                              hook_driver:acc(HostType, From, To, El), El),
+    ok.
+
 %% IQs
 
-%% @doc A set IQ from the user's session (Sid) to their bare JID, through the
-%% ejabberd_sm IQ handler; the reply element.
+%% @doc A set IQ from the user's session (Sid, opened by the calling process) to
+%% their bare JID, routed as MongooseIM routes it (ejabberd_router, local delivery,
+%% the ejabberd_sm IQ handler); the reply element, as routed back to the session.
 -spec iq(binary(), binary(), ejabberd_sm:sid(), exml:element()) -> exml:element().
 iq(HostType, From, Sid, Request) ->
     iq(HostType, From, Sid, Request, <<"set">>).
@@ -79,7 +92,16 @@ iq(HostType, From, Sid, Request, Type) ->
                         <<"to">> => jid:to_binary(To)}, [Request]),
     Acc0 = hook_driver:acc(HostType, From, jid:to_binary(To), El),
     Acc = mongoose_acc:set_permanent(c2s, origin_sid, Sid, Acc0),
-    gen_iq_handler:process_iq(ejabberd_sm, HostType, Acc, FromJid, To, El).
+    {_, Pid} = Sid,
+    Pid = self(),
+    _ = ejabberd_router:route(FromJid, To, Acc, El),
+    receive
+        {route, #{stanza := #{element := #xmlel{name = <<"iq">>,
+                                                attrs = #{<<"id">> := <<"iq1">>}} = Reply}}} ->
+            Reply
+    after 5000 ->
+        error(#{what => no_iq_reply, request => El})
+    end.
 
 -spec iq_type(exml:element()) -> atom().
 iq_type(#xmlel{attrs = #{<<"type">> := Type}}) ->
@@ -148,11 +170,13 @@ service(Jid, Answer) ->
 reply(Request, Type, Children) ->
     el(<<"iq">>, #{<<"type">> => Type, <<"id">> => exml_query:attr(Request, <<"id">>)}, Children).
 
-%% @doc The publish IQs routed to pubsub services so far, with the routing From and To.
+%% @doc The publish IQs routed so far (set IQs with a pubsub child), with the
+%% routing From and To.
 -spec publishes() -> [exml:element()].
 publishes() ->
     [El#xmlel{attrs = Attrs#{<<"from">> => jid:to_binary(From), <<"to">> => jid:to_binary(To)}}
-     || {From, To, El = #xmlel{name = <<"iq">>, attrs = Attrs = #{<<"type">> := <<"set">>}}}
+     || {From, To, El = #xmlel{name = <<"iq">>, attrs = Attrs = #{<<"type">> := <<"set">>},
+                              children = [#xmlel{name = <<"pubsub">>}]}}
             <- ejabberd_local:routed()].
 
 -spec wait_publishes(binary(), non_neg_integer()) -> [exml:element()].
