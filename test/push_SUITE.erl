@@ -35,6 +35,7 @@ all() ->
      bodiless_messages_are_skipped,
      cancel_error_disables_and_wait_error_does_not,
      timeout_is_counted_and_keeps_the_registration,
+     unreachable_pubsub_domain_is_a_cancel_error,
      virtual_pubsub_host_runs_the_hook,
      enhanced_plugin_pushes_unacknowledged_messages,
      one_publish_per_service_per_stanza,
@@ -246,6 +247,23 @@ timeout_is_counted_and_keeps_the_registration(Config) ->
     wait_events(mod_event_pusher_push_publish, #{timed_out => 1}, 1),
     wait_stats(#{failed => 1, delivered => 0, in_flight => 0}),
     ?assertEqual([{jid:from_binary(?PUBSUB), <<"node-b">>, #{}}], services(<<"bob@localhost">>)).
+
+%% A pubsub domain that no component serves and that is not local goes to s2s,
+%% which bounces remote-server-not-found (type cancel) at once: as for any cancel
+%% error, the publish fails and the registration is disabled.
+unreachable_pubsub_domain_is_a_cancel_error(Config) ->
+    start(Config, #{}),
+    Nowhere = <<"pubsub.nowhere.example">>,
+    register_offline_bob(Nowhere, <<"node-b">>, []),
+    deliver(<<"chat">>, ?ALICE, ?BOB, <<"to nowhere">>),
+    wait_events(mod_event_pusher_push_publish, #{disabled => 1}, 1),
+    wait_stats(#{failed => 1, delivered => 0, in_flight => 0}),
+    ?assertEqual([], services(<<"bob@localhost">>)),
+    [Bounce] = [El || {_, _, #xmlel{attrs = #{<<"type">> := <<"error">>}} = El}
+                          <- ejabberd_local:routed()],
+    ?assertMatch([_, #xmlel{name = <<"error">>,
+                            children = [#xmlel{name = <<"remote-server-not-found">>}]}],
+                 Bounce#xmlel.children).
 
 %%% Virtual pubsub hosts and the enhanced plugin
 
