@@ -60,12 +60,24 @@ init_per_suite(Config) ->
     %% a skip: the suite would pass without checking anything (make test starts it).
     {ok, _} = amqp_probe:executable(),
     case gen_tcp:connect({127, 0, 0, 1}, ?BROKER_PORT, [], 2000) of
-        {ok, Sock} -> gen_tcp:close(Sock), Config;
+        {ok, Sock} -> gen_tcp:close(Sock);
         {error, Reason} -> ct:fail({no_rabbitmq_on_5672, Reason})
-    end.
+    end,
+    [{broker_found, broker_contents()} | Config].
 
-end_per_suite(_Config) ->
-    ok.
+%% The shared broker is left as the suite found it: no exchange, queue or vhost more.
+end_per_suite(Config) ->
+    ?assertEqual(?config(broker_found, Config), broker_contents()).
+
+broker_contents() ->
+    Names = fun(What) ->
+                    lists:sort([L || L <- binary:split(rabbitmqctl([What, "--no-table-headers",
+                                                                    "name"]),
+                                                       <<"\n">>, [global]),
+                                     L =/= <<>>])
+            end,
+    #{exchanges => Names("list_exchanges"), queues => Names("list_queues"),
+      vhosts => Names("list_vhosts")}.
 
 init_per_testcase(Case, Config) ->
     Suffix = iolist_to_binary([atom_to_list(Case), "_",
