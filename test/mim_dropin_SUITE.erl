@@ -167,6 +167,7 @@ every_backend_delivers_for_a_domain_of_a_dynamic_host_type(Config) ->
                 {outgoing_pools, [rabbit_pool() | http_pools(Listener)]},
                 {{modules, ?HT}, #{}},
                 {{modules, ?DYNAMIC_HT}, Modules#{mod_event_pusher => backends_of(Modules)}}]),
+        ok = mongoose_domain_api:insert_domain(?DYNAMIC_DOMAIN, ?DYNAMIC_HT),
         ?assert(lists:member({rabbit, ?DYNAMIC_HT, event_pusher}, mongoose_wpool:get_pools())),
         [deliver_and_check(B, through_mod_event_pusher, server_for(B, Listener), Config,
                            {?DYNAMIC_HT, ?DYNAMIC_DOMAIN}) || B <- ?BACKENDS]
@@ -290,7 +291,7 @@ deliver_and_check(push, How, none, _Config, {HT, Domain}) ->
     Bob = <<(unique_user())/binary, "@", Domain/binary, "/pc">>,
     Alice = <<"alice@", Domain/binary, "/a">>,
     ok = push_client:register_offline(HT, Bob, ?PUBSUB, <<"node">>, []),
-    event(How, HT, fun() -> hook_driver:deliver(HT, <<"chat">>, Alice, Bob, <<"hi">>) end,
+    event(How, HT, fun() -> push_client:route_message(HT, <<"chat">>, Alice, Bob, <<"hi">>) end,
           mod_event_pusher_push, chat_event(out, Alice, Bob, <<"hi">>)),
     [Publish] = push_client:wait_publishes(HT, 1),
     ?assertEqual(?PUBSUB, exml_query:attr(Publish, <<"to">>)),

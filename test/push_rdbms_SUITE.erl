@@ -474,6 +474,7 @@ offline_recipient_gets_a_publish(Config) ->
 cancel_error_deletes_the_row(Config) ->
     start(Config),
     service(?PUBSUB, {error, <<"cancel">>}),
+    service(<<"pubsub.other.example">>, result),
     register_offline_bob(?PUBSUB, <<"node-b">>, []),
     register_offline_bob(<<"pubsub.other.example">>, <<"node-b">>, []),
     deliver(<<"chat">>, ?ALICE, ?BOB, <<"one">>),
@@ -571,7 +572,7 @@ start(Config) ->
     ejabberd_auth:reset().
 
 deliver(Type, From, To, Body) ->
-    hook_driver:deliver(?HT, Type, From, To, Body).
+    push_client:route_message(?HT, Type, From, To, Body).
 
 login(Jid) ->
     push_client:login(?HT, Jid).

@@ -210,6 +210,15 @@ handle_info(Msg, State) ->
 
 %%% Internals
 
+%% IQ handlers are registered for a host type; MongooseIM serves them for each domain
+%% of that host type (for a static domain the two are the same).
+-spec handlers_domain(jid:jid()) -> binary().
+handlers_domain(#jid{lserver = LServer}) ->
+    case mongoose_domain_api:get_host_type(LServer) of
+        {ok, HostType} -> HostType;
+        {error, not_found} -> LServer
+    end.
+
 %% An IQ request to the domain goes to its handler, and the reply back to the
 %% sender; a result or error is the reply to a route_iq request.
 -spec process_iq(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
@@ -222,7 +231,7 @@ process_iq(From, To, Acc, El) ->
             end,
             Acc;
         _ ->
-            case gen_iq_handler:process_iq(ejabberd_local, To#jid.lserver, Acc, From, To, El) of
+            case gen_iq_handler:process_iq(ejabberd_local, handlers_domain(To), Acc, From, To, El) of
                 {error, no_handler} ->
                     Error = mongoose_xmpp_errors:feature_not_implemented(),
                     ejabberd_router:route(To, From, Acc, jlib:make_error_reply(El, Error));

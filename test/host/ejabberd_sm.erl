@@ -182,6 +182,15 @@ handle_cast(_Msg, State) ->
 
 %%% Internals
 
+%% IQ handlers are registered for a host type; MongooseIM serves them for each domain
+%% of that host type (for a static domain the two are the same).
+-spec handlers_domain(jid:jid()) -> binary().
+handlers_domain(#jid{lserver = LServer}) ->
+    case mongoose_domain_api:get_host_type(LServer) of
+        {ok, HostType} -> HostType;
+        {error, not_found} -> LServer
+    end.
+
 %% To the available sessions of the highest priority; without one, by type: errors
 %% dropped, groupchat to `offline_groupchat_message', headline bounced, the rest to
 %% `offline_message' when the user exists (else bounced).
@@ -222,7 +231,7 @@ run_offline_hook(Hook, HostType, Acc, From, To, El) ->
 %% IQ requests to the user's bare JID go to the handler of their namespace.
 -spec process_iq(jid:jid(), jid:jid(), mongoose_acc:t(), exml:element()) -> mongoose_acc:t().
 process_iq(From, To, Acc, El) ->
-    case gen_iq_handler:process_iq(ejabberd_sm, To#jid.lserver, Acc, From, To, El) of
+    case gen_iq_handler:process_iq(ejabberd_sm, handlers_domain(To), Acc, From, To, El) of
         {error, no_handler} -> bounce(From, To, Acc, El, mongoose_xmpp_errors:service_unavailable());
         not_a_request -> Acc;
         ignore -> Acc;
