@@ -14,6 +14,8 @@
 all() ->
     [simple_message_arrives_as_form_fields,
      special_characters_round_trip,
+     default_body_is_byte_for_byte_mongooseims_form_encoding,
+     an_event_larger_than_max_bytes_is_dropped_as_too_large,
      large_and_non_utf8_bodies_are_delivered,
      message_without_body_is_skipped,
      outgoing_messages_are_not_sent_by_default,
@@ -78,6 +80,61 @@ special_characters_round_trip(Config) ->
     send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Body),
     [Request] = wait_requests(Config, 1),
     ?assertEqual(Body, proplists:get_value(<<"message">>, form(Request))).
+
+%% The default callback's body exactly as MongooseIM 6.4.0 sends it: prepare_body/7
+%% calls cow_qs:qs/1 (cowlib 2.14.0) on author, server, receiver and message. The
+%% expected bodies were worked out by hand from that version's src/cow_qs.erl: only
+%% A-Z a-z 0-9 - . _ stay as they are (`*' and `~' are escaped), a space is "+", except
+%% in a run of four bytes to escape, which cow_qs writes as four %XX (a space as %20).
+%% The long message (over 1 KiB, so held by reference on its way) is checked whole.
+default_body_is_byte_for_byte_mongooseims_form_encoding(Config) ->
+    start(Config, #{}),
+    Long = binary:copy(<<"a*b ~">>, 2000),
+    Cases = [{<<"Hello, Bob">>, <<"Hello%2C+Bob">>},
+             {<<"a&b=c d*e~f">>, <<"a%26b%3Dc+d%2Ae%7Ef">>},
+             {<<"x  &y">>, <<"x++%26y">>},
+             {<<"x &&&y">>, <<"x%20%26%26%26y">>},
+             {<<"ü€ ok"/utf8>>, <<"%C3%BC%E2%82%AC+ok">>},
+             {<<"end    ">>, <<"end%20%20%20%20">>},
+             {Long, binary:copy(<<"a%2Ab+%7E">>, 2000)}],
+    [send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Message) || {Message, _} <- Cases],
+    Bodies = [Body || #{body := Body} <- wait_requests(Config, length(Cases))],
+    ?assertEqual(lists:sort([<<"author=alice&server=localhost&receiver=bob&message=",
+                               Encoded/binary>> || {_, Encoded} <- Cases]),
+                 lists:sort(Bodies)).
+
+%% queue.max_bytes 1 MiB: a chat message with a 2 MiB body could never be queued. It is
+%% dropped as too_large (not "queue full": the queue is empty), counted once, and logged
+%% as such; the events around it are delivered. push/2 says too_large too.
+an_event_larger_than_max_bytes_is_dropped_as_too_large(Config) ->
+    start(Config, #{queue => #{max_bytes => 1048576}}),
+    Big = binary:copy(<<"y">>, 2 * 1048576),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"before">>),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, Big),
+    Instance = mod_event_pusher_instance:instance(?HT, {http, http_pool}),
+    ?assertEqual({error, too_large},
+                 mod_event_pusher_nif:push(Instance, {<<"raw">>, [], Big, <<"alice">>})),
+    send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"after">>),
+    ?assertMatch(#{accepted := 4, dropped := 2, dropped_too_large := 2, failed := 0,
+                   last_too_large_bytes := 2097152, max_bytes := 1048576},
+                 pool_stats(http_pool)),
+    assert_only_requests(Config, [<<"before">>, <<"after">>]),
+    %% The counter metrics count them as dropped, once.
+    ReportedDrops = fun() ->
+                            Batches = mongoose_instrument:get_events(
+                                        mod_event_pusher_http_delivery, #{host_type => ?HT}),
+                            lists:sum([maps:get(dropped, B, 0) || B <- Batches])
+                    end,
+    wait_until(fun() -> ReportedDrops() >= 2 end),
+    ?assertEqual(2, ReportedDrops()),
+    %% Stopping hands every report batch to the reporter: the logs are complete then.
+    ok = mongoose_host:stop(),
+    TooLarge = log_guard:logged(#{what => event_pusher_event_too_large}),
+    ?assertEqual(2, lists:sum([maps:get(dropped, Report) || #{msg := {report, Report}}
+                                                                <- TooLarge])),
+    ?assertMatch([#{msg := {report, #{max_bytes := 1048576, reason := too_large,
+                                      bytes := 2097152}}} | _], TooLarge),
+    ?assertEqual([], log_guard:logged(#{what => event_pusher_events_dropped})).
 
 large_and_non_utf8_bodies_are_delivered(Config) ->
     start(Config, #{}),

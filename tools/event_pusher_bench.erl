@@ -77,8 +77,8 @@
                   moto_batching_events => pos_integer(), moto_single_events => pos_integer(),
                   moto_server => file:filename(),
                   phases => [phase()]}.
--type phase() :: per_call | slow | dead | throughput | retry | httpc | rabbit | amqp_client
-               | sns.
+-type phase() :: per_call | body_sizes | slow | dead | throughput | retry | httpc | rabbit
+               | amqp_client | sns.
 -define(HTTP_PHASES, [dead, httpc, per_call, slow, throughput]).
 -type result() :: {atom(), term()}.
 
@@ -99,8 +99,8 @@ main(Opts0) ->
                         moto_single_events => 300,
                         moto_server => filename:join([event_pusher_sink:repo_root(), "_build",
                                                       "venv", "bin", "moto_server"]),
-                        phases => [per_call, slow, dead, throughput, retry, httpc, rabbit,
-                                   sns, amqp_client]}, Opts0),
+                        phases => [per_call, body_sizes, slow, dead, throughput, retry, httpc,
+                                   rabbit, sns, amqp_client]}, Opts0),
     {ok, _} = application:ensure_all_started(inets),
     #{level := Level} = logger:get_primary_config(),
     %% Dead and slow servers and drain-less stops log a warning per report batch.
@@ -141,6 +141,13 @@ run(Opts = #{phases := Phases}, Sink, SlowSink) ->
                   with_config(#{host => Live, workers => 32, max_events => 1000000,
                                 max_bytes => 1 bsl 30, drain_ms => 0},
                               fun() -> per_call(Opts, Acc, Event) end)
+          end},
+         %% a2. push_event/2 with a 100 B, a 64 KiB and a 10 MiB body, each call timed.
+         {body_sizes,
+          fun() ->
+                  with_config(#{host => Live, workers => 4, max_events => 1000000,
+                                max_bytes => 1 bsl 34, drain_ms => 0},
+                              fun() -> body_sizes() end)
           end},
          %% push_event/2 with the server answering after 100 ms and with nothing
          %% listening: the default queue fills up, then events are dropped (and counted).
@@ -200,6 +207,31 @@ push_event_only(Name, Opts, Acc, Event) ->
     #{accepted := A, dropped := D} = mod_event_pusher_nif:stats(Instance),
     io:format("  ~s: accepted ~b events, dropped ~b (queue full)~n", [Name, A, D]),
     [{Name, Result}].
+
+%% a2. The hook path's cost by body size: {Bytes, Calls} each, every call timed alone
+%% (a 10 MiB call is far longer than the clock's resolution). The default callback
+%% module, so the body goes to the NIF as form fields.
+-define(BODY_SIZES, [{100, 2000}, {64 bsl 10, 2000}, {10 bsl 20, 40}]).
+
+body_sizes() ->
+    [{push_event_bodies,
+      [{Bytes, body_size_sample(Bytes, Calls)} || {Bytes, Calls} <- ?BODY_SIZES]}].
+
+body_size_sample(Bytes, Calls) ->
+    %% Spaces and a non-ASCII letter, so that form encoding has work to do.
+    Text = binary:part(binary:copy(<<"lunch at 12:30? ", 16#d0, 16#9f, " ok ">>,
+                                   Bytes div 20 + 1), 0, Bytes),
+    {Acc, Event} = chat_event(Text),
+    [mod_event_pusher:push_event(Acc, Event) || _ <- lists:seq(1, min(Calls, 20))],
+    Times = [begin
+                 T0 = erlang:monotonic_time(nanosecond),
+                 _ = mod_event_pusher:push_event(Acc, Event),
+                 erlang:monotonic_time(nanosecond) - T0
+             end || _ <- lists:seq(1, Calls)],
+    Summary = summary(Times),
+    io:format("  push_event/2 with a ~b-byte body: p50 ~.1f us, p99 ~.1f us (~b calls)~n",
+              [Bytes, maps:get(p50, Summary) / 1000, maps:get(p99, Summary) / 1000, Calls]),
+    Summary.
 
 %% All loops have the same shape: a counted tail-recursive loop around one call.
 loop_empty(0) -> ok;

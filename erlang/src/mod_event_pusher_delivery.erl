@@ -88,7 +88,9 @@ log_report(HostType, Key, Failures, Counters, ReportsLost) ->
                  mod_event_pusher_instance:backend_down()) -> ok.
 log_report(HostType, Key, Failures, Counters, ReportsLost, BackendDown) ->
     log_failures(HostType, Key, Failures),
-    log_drops(HostType, Key, maps:get(dropped, Counters, 0), ReportsLost, BackendDown).
+    %% Events too large for the queue are logged by the reporter, with their reason.
+    Full = maps:get(dropped, Counters, 0) - maps:get(dropped_too_large, Counters, 0),
+    log_drops(HostType, Key, Full, ReportsLost, BackendDown).
 
 %% @doc Milliseconds since the Unix epoch as RFC 3339 text (UTC), for log lines.
 -spec timestamp(integer()) -> binary().

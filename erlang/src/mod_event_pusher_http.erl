@@ -105,7 +105,7 @@ push_to_handler(Acc, Dir, Packet, From, To,
             #jid{luser = Receiver} = To,
             Message = exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>),
             Headers = Module:prepare_headers(Acc, Dir, Host, Message, Sender, Receiver, Opts),
-            Body = Module:prepare_body(Acc, Dir, Host, Message, Sender, Receiver, Opts),
+            Body = body(Module, Acc, Dir, Host, Message, Sender, Receiver, Opts),
             enqueue(Instance, {Path, Headers, Body, Sender}, Opts);
         false ->
             ok
@@ -114,11 +114,21 @@ push_to_handler(Acc, Dir, Packet, From, To,
                          class => Class, reason => Reason, stacktrace => Stacktrace})
     end.
 
-%% Full queue or stopped instance: counted by the instance and reported as metrics.
+%% The default callback module's body goes as its form fields: the delivery worker
+%% encodes them (as MongooseIM's cow_qs:qs/1 does), so the routing process does no
+%% work that grows with the message. Any other module's prepare_body/7 runs here.
+body(mod_event_pusher_http_defaults, _Acc, _Dir, Host, Message, Sender, Receiver, _Opts) ->
+    {form, mod_event_pusher_http_defaults:form_fields(Host, Message, Sender, Receiver)};
+body(Module, Acc, Dir, Host, Message, Sender, Receiver, Opts) ->
+    Module:prepare_body(Acc, Dir, Host, Message, Sender, Receiver, Opts).
+
+%% Full queue, too large an event or stopped instance: counted by the instance,
+%% reported as metrics and logged by the reporter.
 enqueue(Instance, Request, Opts) ->
     case mod_event_pusher_nif:push(Instance, Request) of
         ok -> ok;
         {error, queue_full} -> ok;
+        {error, too_large} -> ok;
         {error, stopped} -> ok;
         {error, badarg} ->
             ?LOG_ERROR(#{what => event_pusher_http_bad_request, handler => Opts,

@@ -31,7 +31,9 @@
 -type report() :: #{attempts := [{binary(), attempt_outcome(), non_neg_integer(),
                                   non_neg_integer()}],
                     failures := [{binary(), binary(), non_neg_integer()}],
-                    counters := #{delivered | retried | failed | dropped => non_neg_integer()},
+                    %% dropped_too_large (a part of dropped) only when there were any
+                    counters := #{delivered | retried | failed | dropped | dropped_too_large
+                                  => non_neg_integer()},
                     connections := #{opened | closed | failed => non_neg_integer()},
                     reports_lost := non_neg_integer(),
                     connection_events := [connection_event()],
@@ -342,9 +344,29 @@ handle_report(Report, State = #state{handled = Handled}) ->
     Carried = take_slots(Handled, ?CARRIED, ?VALUES),
     add_slots(Handled, ?HANDLED, [Batches, Reports | Values]),
     put_slots(Handled, ?IN_PROGRESS, [Batches, Reports | add_lists(Values, Carried)]),
+    log_too_large(Report, State),
     pass_on(with_carried(Report, Carried), State),
     put_slots(Handled, ?IN_PROGRESS, zeros(?COUNTS)),
     State.
+
+%% Events larger than queue.max_bytes: their own warning, at most one per report batch
+%% (a batch comes every 100 ms at most), instead of the backend's "queue full" one
+%% (mod_event_pusher_delivery leaves them out of it); the counter metrics still count
+%% them as dropped.
+log_too_large(#{counters := #{dropped_too_large := Count}},
+              #state{host_type = HostType, key = Key, instance = Instance}) when Count > 0 ->
+    Sizes = case Instance =/= undefined andalso mod_event_pusher_nif:stats(Instance) of
+                #{last_too_large_bytes := Bytes, max_bytes := Max} ->
+                    #{bytes => Bytes, max_bytes => Max};
+                _ ->
+                    #{}
+            end,
+    ?LOG_WARNING(Sizes#{what => event_pusher_event_too_large, host_type => HostType,
+                        instance => Key, dropped => Count, reason => too_large,
+                        text => <<"Events larger than queue.max_bytes were dropped: they "
+                                  "could never be queued (bytes: the latest one's size)">>});
+log_too_large(_Report, _State) ->
+    ok.
 
 pass_on(Report, #state{host_type = HostType, key = Key, module = Module}) ->
     try Module:handle_report(HostType, Key, Report)

@@ -2,15 +2,23 @@
 %% NIF cannot be hot-upgraded; all logic lives in other modules.
 -module(mod_event_pusher_nif).
 
--export([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, noop/0]).
+-export([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1, noop/0]).
 
--nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, noop/0]).
+-nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1, noop/0]).
 -on_load(load/0).
 
 -type instance() :: reference().
--type push_error() :: queue_full | stopped | badarg.
+%% too_large: the event alone is larger than queue.max_bytes (it could never be queued).
+-type push_error() :: queue_full | too_large | stopped | badarg.
+%% An http event: {Path, Headers, Body, Tag}; Body is the callback module's binary, or
+%% form fields that the delivery worker encodes as cow_qs:qs/1 does.
+-type http_event() :: {Path :: binary(), Headers :: [{binary(), binary()}],
+                       Body :: binary() | {form, [{binary(), binary()}]}, Tag :: binary()}.
 -type stats() :: #{accepted | delivered | retried | failed | dropped | queued
                    | queued_bytes | in_flight | lost => non_neg_integer(),
+                   %% of dropped: events larger than queue.max_bytes; the size of the
+                   %% latest of them (0 before the first); the cap
+                   dropped_too_large | last_too_large_bytes | max_bytes => non_neg_integer(),
                    %% of queued: events waiting for their next attempt
                    waiting_retry => non_neg_integer(),
                    latency_p50_us | latency_p99_us => non_neg_integer() | undefined,
@@ -22,10 +30,10 @@
                    connect_failures => non_neg_integer()}.
 -type reports_sent() :: #{batches := non_neg_integer(), reports := non_neg_integer(),
                          counters := #{delivered | retried | failed | dropped
-                                       => non_neg_integer()},
+                                       | dropped_too_large => non_neg_integer()},
                          connections := #{opened | closed | failed => non_neg_integer()},
                          held := non_neg_integer()}.
--export_type([instance/0, push_error/0, stats/0, reports_sent/0]).
+-export_type([instance/0, push_error/0, http_event/0, stats/0, reports_sent/0]).
 
 -define(LIBRARY, "libpusher_nif").
 
@@ -79,8 +87,10 @@ start_push(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
           ok | {error, unknown_request | badarg}.
 push_reply(_Instance, _Id, _Reply) -> erlang:nif_error(nif_not_loaded).
 
-%% @doc Enqueues one event without waiting; never blocks.
--spec push(instance(), tuple()) -> ok | {error, push_error()}.
+%% @doc Enqueues one event without waiting; never blocks. Its cost does not grow with
+%% the event: binaries over 1 KiB are referenced, not copied, and an http body given
+%% as `{form, Fields}' is encoded by the delivery worker.
+-spec push(instance(), http_event() | tuple()) -> ok | {error, push_error()}.
 push(_Instance, _Event) -> erlang:nif_error(nif_not_loaded).
 
 -spec stats(instance()) -> stats() | {error, badarg}.
@@ -103,9 +113,15 @@ set_reporter(_Instance, _Pid) -> erlang:nif_error(nif_not_loaded).
 -spec reports_sent(instance()) -> reports_sent() | {error, badarg}.
 reports_sent(_Instance) -> erlang:nif_error(nif_not_loaded).
 
-%% @doc application/x-www-form-urlencoded encoding of binary pairs.
+%% @doc application/x-www-form-urlencoded encoding of binary pairs, byte for byte as
+%% cow_qs:qs/1 (cowlib 2.14) writes it. On a normal scheduler: for small inputs only
+%% (mod_event_pusher_http_defaults sends larger ones to form_urlencode_dirty/1).
 -spec form_urlencode([{binary(), binary()}]) -> binary() | {error, badarg}.
 form_urlencode(_Pairs) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc form_urlencode/1 on a dirty CPU scheduler, for large inputs.
+-spec form_urlencode_dirty([{binary(), binary()}]) -> binary() | {error, badarg}.
+form_urlencode_dirty(_Pairs) -> erlang:nif_error(nif_not_loaded).
 
 -spec noop() -> ok.
 noop() -> erlang:nif_error(nif_not_loaded).

@@ -53,16 +53,85 @@ pub struct HttpConfig {
 #[error("{0}")]
 pub struct HttpConfigError(pub String);
 
-/// One request to make: path below the pool's prefix, headers and body as the Erlang
-/// callback module produced them (any bytes; invalid headers fail the event). Held in
-/// one allocation, because it is built on the routing path.
+/// Bytes of an event that another owner keeps alive (the NIF: a binary of the calling
+/// process, referenced instead of copied), read by the worker.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One part of a body: copied when small, shared when large.
+#[derive(Clone)]
+pub enum Chunk {
+    Inline(Box<[u8]>),
+    Shared(SharedBytes),
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Chunk::Inline(bytes) => bytes,
+            Chunk::Shared(shared) => (**shared).as_ref(),
+        }
+    }
+}
+
+impl From<&[u8]> for Chunk {
+    fn from(bytes: &[u8]) -> Self {
+        Chunk::Inline(bytes.into())
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chunk({} bytes)", self.as_ref().len())
+    }
+}
+
+/// A request body: bytes as the callback module built them, or form fields that the
+/// worker encodes (`application/x-www-form-urlencoded`, as cow_qs:qs/1 does), so that
+/// the routing process never does work that grows with the message.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Raw(Chunk),
+    Form(SmallVec<[(Chunk, Chunk); 4]>),
+}
+
+impl Body {
+    /// Bytes held: a raw body's length; for a form, its names and values plus one
+    /// `=` per field and one `&` between fields (the encoding not counted: finding
+    /// its length means reading every byte).
+    pub fn size(&self) -> usize {
+        match self {
+            Body::Raw(bytes) => bytes.as_ref().len(),
+            Body::Form(fields) => {
+                let text: usize = fields
+                    .iter()
+                    .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
+                    .sum();
+                text + (2 * fields.len()).saturating_sub(1)
+            }
+        }
+    }
+
+    /// The bytes to send.
+    pub fn encode(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Body::Raw(bytes) => std::borrow::Cow::Borrowed(bytes.as_ref()),
+            Body::Form(fields) => std::borrow::Cow::Owned(crate::form::urlencode(fields)),
+        }
+    }
+}
+
+/// One request to make: path below the pool's prefix, headers as the Erlang callback
+/// module produced them (any bytes; invalid headers fail the event) and the body.
+/// Path and headers are held in one allocation, because they are built on the
+/// routing path.
 #[derive(Debug, Clone)]
 pub struct HttpEvent {
-    /// path, then each header's name and value, then the body
-    data: Box<[u8]>,
+    /// path, then each header's name and value
+    head: Box<[u8]>,
     path_len: u32,
     /// (name length, value length) of each header, in order
     header_lens: SmallVec<[(u32, u32); 2]>,
+    body: Body,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,32 +143,37 @@ fn len32(bytes: &[u8]) -> Result<u32, TooLarge> {
 }
 
 impl HttpEvent {
+    /// An event with a raw body, every part copied.
     pub fn new(path: &str, headers: &[(&[u8], &[u8])], body: &[u8]) -> Result<Self, TooLarge> {
+        Self::with_body(path, headers, Body::Raw(body.into()))
+    }
+
+    pub fn with_body(path: &str, headers: &[(&[u8], &[u8])], body: Body) -> Result<Self, TooLarge> {
         let header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let mut data = Vec::with_capacity(path.len() + header_bytes + body.len());
-        data.extend_from_slice(path.as_bytes());
+        let mut head = Vec::with_capacity(path.len() + header_bytes);
+        head.extend_from_slice(path.as_bytes());
         let mut header_lens = SmallVec::with_capacity(headers.len());
         for (name, value) in headers {
             header_lens.push((len32(name)?, len32(value)?));
-            data.extend_from_slice(name);
-            data.extend_from_slice(value);
+            head.extend_from_slice(name);
+            head.extend_from_slice(value);
         }
-        data.extend_from_slice(body);
         Ok(HttpEvent {
             path_len: len32(path.as_bytes())?,
-            data: data.into_boxed_slice(),
+            head: head.into_boxed_slice(),
             header_lens,
+            body,
         })
     }
 
     /// Bytes held, for the queue's byte cap.
     pub fn size(&self) -> usize {
-        self.data.len()
+        self.head.len() + self.body.size()
     }
 
     pub fn path(&self) -> &str {
         // Built from a &str, so always valid; never panics either way.
-        std::str::from_utf8(&self.data[..self.path_len as usize]).unwrap_or_default()
+        std::str::from_utf8(&self.head[..self.path_len as usize]).unwrap_or_default()
     }
 
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -107,21 +181,17 @@ impl HttpEvent {
         self.header_lens.iter().map(move |&(name, value)| {
             let (name, value) = (name as usize, value as usize);
             let header = (
-                &self.data[at..at + name],
-                &self.data[at + name..at + name + value],
+                &self.head[at..at + name],
+                &self.head[at + name..at + name + value],
             );
             at += name + value;
             header
         })
     }
 
-    pub fn body(&self) -> &[u8] {
-        let headers: usize = self
-            .header_lens
-            .iter()
-            .map(|&(k, v)| k as usize + v as usize)
-            .sum();
-        &self.data[self.path_len as usize + headers..]
+    /// The body's bytes, form-encoded here when the event carries fields.
+    pub fn body(&self) -> std::borrow::Cow<'_, [u8]> {
+        self.body.encode()
     }
 }
 
@@ -497,7 +567,7 @@ impl Backend for HttpBackend {
             .client
             .post(self.url_for(event.path()))
             .headers(headers)
-            .body(event.body().to_vec());
+            .body(event.body().into_owned());
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -597,13 +667,30 @@ mod tests {
         let event = HttpEvent::new("p/q", &headers, b"body \xff").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(event.path(), "p/q");
         assert_eq!(event.headers().collect::<Vec<_>>(), headers.to_vec());
-        assert_eq!(event.body(), b"body \xff");
+        assert_eq!(&*event.body(), b"body \xff");
         assert_eq!(event.size(), 3 + 2 + 22 + 6);
         let bare = HttpEvent::new("", &[], b"").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            (bare.path(), bare.headers().count(), bare.body()),
+            (bare.path(), bare.headers().count(), &*bare.body()),
             ("", 0, &b""[..])
         );
+    }
+
+    #[test]
+    fn a_form_body_is_encoded_when_read_and_sized_without_encoding() {
+        let shared: SharedBytes = Arc::new(b"a b~".to_vec());
+        let fields: SmallVec<[(Chunk, Chunk); 4]> = smallvec::smallvec![
+            (Chunk::from(&b"author"[..]), Chunk::from(&b"al ice"[..])),
+            (Chunk::from(&b"message"[..]), Chunk::Shared(shared)),
+        ];
+        let event =
+            HttpEvent::with_body("p", &[], Body::Form(fields)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&*event.body(), b"author=al+ice&message=a+b%7E");
+        // 6 + 6 + 7 + 4 name and value bytes, two "=" and one "&", and the path.
+        assert_eq!(event.size(), 1 + 23 + 3);
+        let empty = HttpEvent::with_body("", &[], Body::Form(SmallVec::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((empty.size(), &*empty.body()), (0, &b""[..]));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum PushError {
     QueueFull,
     #[error("stopped")]
     Stopped,
+    /// The event alone is larger than `queue.max_bytes`: it could never be queued.
+    #[error("too_large")]
+    TooLarge,
 }
 
 /// What a stop achieved.
@@ -152,6 +155,10 @@ impl<B: Backend> Instance<B> {
                 stats.dropped.fetch_add(1, Relaxed);
                 Err(PushError::QueueFull)
             }
+            Offer::TooLarge(envelope) => {
+                shared.count_too_large(envelope.bytes);
+                Err(PushError::TooLarge)
+            }
         }
     }
 
@@ -162,8 +169,11 @@ impl<B: Backend> Instance<B> {
         let shared = &*self.shared;
         let reason = if shared.stopping.load(Relaxed) {
             PushError::Stopped
-        } else if shared.queue.refuses_new_events() || event_bytes > shared.queue.limits().max_bytes
-        {
+        } else if event_bytes > shared.queue.limits().max_bytes {
+            shared.stats.accepted.fetch_add(1, Relaxed);
+            shared.count_too_large(event_bytes);
+            return Some(PushError::TooLarge);
+        } else if shared.queue.refuses_new_events() {
             PushError::QueueFull
         } else {
             return None;
@@ -180,6 +190,7 @@ impl<B: Backend> Instance<B> {
         snapshot.queued = self.shared.queue.len() as u64;
         snapshot.queued_bytes = self.shared.queue.bytes() as u64;
         snapshot.waiting_retry = self.shared.queue.waiting() as u64;
+        snapshot.max_bytes = self.shared.queue.limits().max_bytes as u64;
         snapshot
     }
 
@@ -277,6 +288,16 @@ fn far_future() -> Instant {
 }
 
 impl<B: Backend> Shared<B> {
+    /// An event larger than the byte cap: dropped (once), with its own reason.
+    fn count_too_large(&self, bytes: usize) {
+        let stats = &self.stats;
+        stats
+            .last_too_large_bytes
+            .store(u64::try_from(bytes).unwrap_or(u64::MAX), Relaxed);
+        stats.dropped_too_large.fetch_add(1, Relaxed);
+        stats.dropped.fetch_add(1, Relaxed);
+    }
+
     fn fail(&self, tag: Tag, reason: String, attempts: u32) {
         self.stats.failed.fetch_add(1, Relaxed);
         self.reporter.report(ReportItem::Failure(FailureReport {
@@ -605,6 +626,31 @@ mod tests {
 
     fn balanced(s: &StatsSnapshot) -> bool {
         s.accepted == s.delivered + s.failed + s.dropped + s.queued + s.in_flight
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_over_the_byte_cap_is_dropped_as_too_large_once() {
+        let limits = QueueLimits {
+            max_events: 10,
+            max_bytes: 100,
+            overflow: Overflow::DropOldest,
+        };
+        let (instance, _) = start(Scripted::with(&[]), one_worker(limits));
+        // Refused by push (the queue is empty: not "full") and by the cheap check.
+        assert_eq!(push(&instance, 1, 101), Err(PushError::TooLarge));
+        assert_eq!(instance.refusal(250), Some(PushError::TooLarge));
+        push(&instance, 2, 100).expect("exactly the cap fits");
+        eventually("event 2 delivered", || instance.stats().delivered == 1).await;
+        let s = instance.stats();
+        assert_eq!(
+            (s.accepted, s.dropped, s.dropped_too_large, s.queued),
+            (3, 2, 2, 0)
+        );
+        assert_eq!((s.last_too_large_bytes, s.max_bytes), (250, 100));
+        assert!(balanced(&s), "{s:?}");
+        // A full queue is still queue_full, and too_large stays as it was.
+        let summary = instance.stop(Duration::ZERO).await;
+        assert_eq!(summary.stats.dropped_too_large, 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

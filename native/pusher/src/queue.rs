@@ -82,8 +82,11 @@ impl Default for QueueLimits {
 pub enum Offer<E> {
     /// Queued; these older events were evicted to make room (DropOldest).
     Queued { evicted: Vec<Envelope<E>> },
-    /// Not queued (DropNewest, or the event alone exceeds the byte cap).
+    /// Not queued: the queue is full (DropNewest) or takes no events.
     Refused(Envelope<E>),
+    /// Not queued: the event alone is larger than the byte cap, so it could never
+    /// fit, whatever the queue holds (nothing is evicted for it).
+    TooLarge(Envelope<E>),
 }
 
 /// Everything a queue held, taken out at once.
@@ -178,7 +181,10 @@ impl<E> BoundedQueue<E> {
 
     pub fn offer(&self, envelope: Envelope<E>) -> Offer<E> {
         let limits = self.limits;
-        if envelope.bytes > limits.max_bytes || limits.max_events == 0 {
+        if envelope.bytes > limits.max_bytes {
+            return Offer::TooLarge(envelope);
+        }
+        if limits.max_events == 0 {
             return Offer::Refused(envelope);
         }
         let mut inner = self.lock();
@@ -368,18 +374,26 @@ mod tests {
                 let gone: Vec<u32> = evicted.iter().map(|e| e.event).collect();
                 assert_eq!(gone, vec![0, 1, 2]);
             }
-            Offer::Refused(_) => panic!("expected eviction"),
+            _ => panic!("expected eviction"),
         }
         assert_eq!(q.bytes(), 9);
         assert_eq!(q.len(), 3);
     }
 
     #[test]
-    fn an_event_larger_than_the_byte_cap_is_refused_whatever_the_policy() {
-        let q = BoundedQueue::new(limits(100, 10, Overflow::DropOldest));
-        assert!(matches!(q.offer(env(1, 2)), Offer::Queued { .. }));
-        assert!(matches!(q.offer(env(2, 11)), Offer::Refused(_)));
-        assert_eq!(q.len(), 1);
+    fn an_event_larger_than_the_byte_cap_is_too_large_whatever_the_policy() {
+        for overflow in [Overflow::DropOldest, Overflow::DropNewest] {
+            let q = BoundedQueue::new(limits(100, 10, overflow));
+            assert!(matches!(q.offer(env(1, 2)), Offer::Queued { .. }));
+            assert!(matches!(q.offer(env(2, 11)), Offer::TooLarge(e) if e.event == 2));
+            // Exactly the cap fits (after evicting, with drop_oldest).
+            assert!(!matches!(q.offer(env(3, 10)), Offer::TooLarge(_)));
+            assert_eq!(q.len(), 1);
+        }
+        // An empty queue: still too large, not full.
+        let q = BoundedQueue::new(limits(100, 10, Overflow::DropNewest));
+        assert!(matches!(q.offer(env(1, 11)), Offer::TooLarge(_)));
+        assert!(q.is_empty());
     }
 
     fn later(ms: u64) -> Instant {
@@ -439,7 +453,7 @@ mod tests {
         assert!(q.defer(one, later(60_000), "x".into()));
         let evicted = |offer| match offer {
             Offer::Queued { evicted } => evicted.iter().map(|e: &Envelope<u32>| e.event).collect(),
-            Offer::Refused(_) => panic!("not queued"),
+            _ => panic!("not queued"),
         };
         let gone: Vec<u32> = evicted(q.offer(env(4, 1)));
         assert_eq!(gone, vec![1]);

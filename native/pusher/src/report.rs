@@ -36,6 +36,8 @@ pub struct CounterDelta {
     pub retried: u64,
     pub failed: u64,
     pub dropped: u64,
+    /// Of `dropped`: events larger than the queue's byte cap.
+    pub too_large: u64,
 }
 
 impl CounterDelta {
@@ -45,6 +47,7 @@ impl CounterDelta {
             retried: now.retried - before.retried,
             failed: now.failed - before.failed,
             dropped: now.dropped - before.dropped,
+            too_large: now.dropped_too_large - before.dropped_too_large,
         }
     }
 
@@ -160,7 +163,10 @@ async fn run(
     lost: Arc<AtomicU64>,
 ) {
     let mut batch = ReportBatch::default();
-    let mut last = stats.snapshot();
+    // The stats are new (all zero) when the instance spawns this task: counting from
+    // zero, not from a snapshot taken when the task first runs, reports what happened
+    // before that (an event dropped at once, say).
+    let mut last = StatsSnapshot::default();
     let mut last_connections = ConnectionSnapshot::default();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -4,7 +4,7 @@
 //! `accepted` counts every well-formed event handed to `push` (also those refused
 //! because the queue was full: they are `dropped`), `queued` includes the events
 //! waiting for their next attempt (`waiting_retry`), and `in_flight` counts the events
-//! a worker holds.
+//! a worker holds. `dropped_too_large` is a part of `dropped`, not an addition to it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -108,6 +108,10 @@ pub struct Stats {
     pub retried: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// Of `dropped`, the events larger than `queue.max_bytes`.
+    pub dropped_too_large: AtomicU64,
+    /// Size of the latest of those, 0 before the first.
+    pub last_too_large_bytes: AtomicU64,
     pub queued: AtomicU64,
     pub queued_bytes: AtomicU64,
     pub in_flight: AtomicU64,
@@ -121,6 +125,12 @@ pub struct StatsSnapshot {
     pub retried: u64,
     pub failed: u64,
     pub dropped: u64,
+    /// Of `dropped`: events larger than the queue's byte cap (`too_large`).
+    pub dropped_too_large: u64,
+    /// Size of the latest too large event, 0 before the first.
+    pub last_too_large_bytes: u64,
+    /// The queue's byte cap (filled in by the instance).
+    pub max_bytes: u64,
     pub queued: u64,
     pub queued_bytes: u64,
     pub in_flight: u64,
@@ -138,6 +148,10 @@ impl Stats {
             retried: self.retried.load(Relaxed),
             failed: self.failed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            dropped_too_large: self.dropped_too_large.load(Relaxed),
+            last_too_large_bytes: self.last_too_large_bytes.load(Relaxed),
+            // Known to the queue, filled in by the instance.
+            max_bytes: 0,
             queued: self.queued.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use pusher::backend::AttemptOutcome;
 use pusher::connection::{ConnectionEvent, ConnectionState, StatusSnapshot};
-use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
+use pusher::http::{
+    Body, Chunk, HttpBackend, HttpConfig, HttpEvent, SharedBytes, TlsConfig, VerifyMode,
+};
 use pusher::push::{Element, Node, PushBackend, PushEvent, Reply, Router};
 use pusher::rabbit::{
     ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, RabbitTls,
@@ -31,7 +33,8 @@ use reporter::ReportTarget;
 
 mod atoms {
     rustler::atoms! {
-        ok, error, badarg, queue_full, stopped, undefined, no_runtime,
+        ok, error, badarg, queue_full, stopped, too_large, undefined, no_runtime,
+        dropped_too_large, last_too_large_bytes, max_bytes, form,
         peer, none, drop_newest, drop_oldest,
         mod_event_pusher_nif, report,
         worker_threads,
@@ -218,16 +221,17 @@ fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
         .map(|f| (bytes_term(env, &f.tag), f.reason.as_str(), f.attempts).encode(env))
         .collect();
     let c = &batch.counters;
-    let counters = Term::map_from_arrays(
-        env,
-        &[
-            atoms::delivered(),
-            atoms::retried(),
-            atoms::failed(),
-            atoms::dropped(),
-        ],
-        &[c.delivered, c.retried, c.failed, c.dropped],
-    )?;
+    // dropped_too_large (a part of dropped) only when there were any.
+    let names = [
+        atoms::delivered(),
+        atoms::retried(),
+        atoms::failed(),
+        atoms::dropped(),
+        atoms::dropped_too_large(),
+    ];
+    let values = [c.delivered, c.retried, c.failed, c.dropped, c.too_large];
+    let shown = if c.too_large > 0 { 5 } else { 4 };
+    let counters = Term::map_from_arrays(env, &names[..shown], &values[..shown])?;
     let n = &batch.connections;
     let connections = Term::map_from_arrays(
         env,
@@ -623,13 +627,78 @@ fn push_error(env: Env, e: PushError) -> Term {
     match e {
         PushError::QueueFull => error(env, atoms::queue_full()),
         PushError::Stopped => error(env, atoms::stopped()),
+        PushError::TooLarge => error(env, atoms::too_large()),
     }
 }
 
-/// `{Path, [{Name, Value}], Body, Tag}`, all binaries; the path must be UTF-8.
-/// None for a malformed term.
+/// Binaries up to this size are copied into the event; larger ones are referenced.
+const INLINE_BYTES: usize = 1024;
+
+/// A binary of the calling process, kept alive by a process-independent environment
+/// that holds a copy of its term: for a refc binary that copy is a reference, so
+/// holding costs the same whatever the size, and the bytes never move while held.
+struct HeldBinary {
+    _env: OwnedEnv,
+    data: *const u8,
+    len: usize,
+}
+
+// The bytes are immutable and live as long as `_env`, which is only ever freed by
+// dropping this value (enif_free_env may run on any thread).
+unsafe impl Send for HeldBinary {}
+unsafe impl Sync for HeldBinary {}
+
+impl AsRef<[u8]> for HeldBinary {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: data/len describe the binary `_env` keeps alive (see `hold`).
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+fn hold(binary: Binary) -> Option<SharedBytes> {
+    let env = OwnedEnv::new();
+    let saved = env.save(binary);
+    let (data, len) = env.run(|env| {
+        let copy: Binary = saved.load(env).decode().ok()?;
+        Some((copy.as_slice().as_ptr(), copy.len()))
+    })?;
+    Some(std::sync::Arc::new(HeldBinary {
+        _env: env,
+        data,
+        len,
+    }))
+}
+
+/// A body part: copied when small, held when large.
+fn chunk(binary: Binary) -> Option<Chunk> {
+    if binary.len() <= INLINE_BYTES {
+        Some(Chunk::from(binary.as_slice()))
+    } else {
+        hold(binary).map(Chunk::Shared)
+    }
+}
+
+/// A raw binary body, or `{form, [{Name, Value}]}` for the worker to form-encode.
+fn decode_http_body(term: Term) -> Option<Body> {
+    if let Ok(binary) = term.decode::<Binary>() {
+        return Some(Body::Raw(chunk(binary)?));
+    }
+    let (tag, fields): (Atom, Term) = term.decode().ok()?;
+    if tag != atoms::form() {
+        return None;
+    }
+    let mut pairs = SmallVec::new();
+    for field in proper_list(fields)? {
+        let (name, value): (Binary, Binary) = field.decode().ok()?;
+        pairs.push((chunk(name)?, chunk(value)?));
+    }
+    Some(Body::Form(pairs))
+}
+
+/// `{Path, [{Name, Value}], Body, Tag}`: binaries, the path UTF-8, Body a binary or
+/// `{form, [{Name, Value}]}`. None for a malformed term.
 fn decode_http_event(term: Term) -> Option<Envelope<HttpEvent>> {
-    let (path, headers, body, tag): (Binary, Term, Binary, Binary) = term.decode().ok()?;
+    let (path, headers, body, tag): (Binary, Term, Term, Binary) = term.decode().ok()?;
     let path = std::str::from_utf8(path.as_slice()).ok()?;
     let mut pairs: SmallVec<[(Binary, Binary); 4]> = SmallVec::new();
     for header in proper_list(headers)? {
@@ -639,7 +708,7 @@ fn decode_http_event(term: Term) -> Option<Envelope<HttpEvent>> {
         .iter()
         .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect();
-    let event = HttpEvent::new(path, &slices, body.as_slice()).ok()?;
+    let event = HttpEvent::with_body(path, &slices, decode_http_body(body)?).ok()?;
     let size = event.size();
     Some(Envelope::new(event, tag.as_slice(), size))
 }
@@ -818,10 +887,21 @@ fn rabbit_event_size(event: Term) -> Option<usize> {
     Some(from.len() + to.len() + message.len())
 }
 
-/// The body's size when `event` has the shape of an HTTP event, cheaply.
+/// The body's size (as `Body::size` counts it) when `event` has the shape of an HTTP
+/// event, cheaply: what decides a refusal before anything is copied.
 fn http_body_size(event: Term) -> Option<usize> {
-    let (_path, _headers, body, _tag): (Term, Term, Binary, Term) = event.decode().ok()?;
-    Some(body.len())
+    let (_path, _headers, body, _tag): (Term, Term, Term, Term) = event.decode().ok()?;
+    if let Ok(binary) = body.decode::<Binary>() {
+        return Some(binary.len());
+    }
+    let (_form, fields): (Atom, Term) = body.decode().ok()?;
+    let fields = proper_list(fields)?;
+    let mut size = (2 * fields.len()).saturating_sub(1);
+    for field in fields {
+        let (name, value): (Binary, Binary) = field.decode().ok()?;
+        size += name.len() + value.len();
+    }
+    Some(size)
 }
 
 /// Refuses cheaply when the event cannot be queued, else decodes and pushes it.
@@ -931,6 +1011,9 @@ fn stats_term<'a>(
         atoms::retried(),
         atoms::failed(),
         atoms::dropped(),
+        atoms::dropped_too_large(),
+        atoms::last_too_large_bytes(),
+        atoms::max_bytes(),
         atoms::queued(),
         atoms::queued_bytes(),
         atoms::in_flight(),
@@ -944,6 +1027,9 @@ fn stats_term<'a>(
         s.retried.encode(env),
         s.failed.encode(env),
         s.dropped.encode(env),
+        s.dropped_too_large.encode(env),
+        s.last_too_large_bytes.encode(env),
+        s.max_bytes.encode(env),
         s.queued.encode(env),
         s.queued_bytes.encode(env),
         s.in_flight.encode(env),
@@ -1069,9 +1155,21 @@ fn reports_sent<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
     }
 }
 
-/// `form_urlencode([{Key, Value}])` -> binary | `{error, badarg}`.
+/// `form_urlencode([{Key, Value}])` -> binary | `{error, badarg}`, encoded as
+/// cow_qs:qs/1 does. For small inputs only (a normal scheduler): the caller sends
+/// anything over `mod_event_pusher_nif`'s threshold to `form_urlencode_dirty/1`.
 #[rustler::nif]
 fn form_urlencode<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
+    urlencode_pairs(env, pairs)
+}
+
+/// `form_urlencode/1` on a dirty CPU scheduler, for large inputs.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn form_urlencode_dirty<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
+    urlencode_pairs(env, pairs)
+}
+
+fn urlencode_pairs<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
     let Some(terms) = proper_list(pairs) else {
         return badarg(env);
     };

@@ -240,6 +240,7 @@ fn fold_into(older: ReportBatch, newer: &mut ReportBatch) {
     newer.counters.retried += counters.retried;
     newer.counters.failed += counters.failed;
     newer.counters.dropped += counters.dropped;
+    newer.counters.too_large += counters.too_large;
     newer.connections.opened += connections.opened;
     newer.connections.closed += connections.closed;
     newer.connections.failed += connections.failed;
