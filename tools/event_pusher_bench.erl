@@ -971,7 +971,8 @@ http_text(R, Opts) ->
           same(Ns(push_event_dead, p50), PushEventP50)},
          {"httpc POST per event, server healthy", ns(HttpcP50), ns(Ns(httpc, p99)), "", ""},
          {"httpc POST per event, server 100 ms slow", ns(HttpcSlowP50), ns(Ns(httpc_slow, p99)),
-          "", ""}],
+          "", ""}]
+        ++ body_size_rows(maps:get(push_event_bodies, R, [])),
     ThroughputRows =
         [{io_lib:format("event pusher, push_event/2 -> pusher-sink (~b workers, median of ~b)",
                         [maps:get(workers, Opts), maps:get(throughput_runs, Opts)]),
@@ -1344,6 +1345,22 @@ render(Rows, ThroughputRows, Ratios, Notes) ->
      [io_lib:format("| ~ts | ~ts |~n", [A, B]) || {A, B} <- Ratios],
      <<"\n">>,
      [io_lib:format("- ~ts~n", [Note]) || Note <- Notes]].
+
+%% a2: push_event/2 by body size, each call timed alone; the smallest body is the
+%% reference (the hook path must not grow with the body).
+body_size_rows([]) ->
+    [];
+body_size_rows([{_, #{p50 := Reference}} | _] = Sizes) ->
+    [{io_lib:format("mod_event_pusher:push_event/2, ~ts body (each call timed)",
+                    [size_name(Bytes)]),
+      ns(P50), ns(P99), "p50 <= 1.5 x 100 B body, <= 100 us",
+      verdict(P50 =< 1.5 * Reference andalso P50 =< 100000,
+              io_lib:format("~.2fx", [P50 / Reference]))}
+     || {Bytes, #{p50 := P50, p99 := P99}} <- Sizes].
+
+size_name(Bytes) when Bytes >= 1 bsl 20 -> io_lib:format("~b MiB", [Bytes bsr 20]);
+size_name(Bytes) when Bytes >= 1 bsl 10 -> io_lib:format("~b KiB", [Bytes bsr 10]);
+size_name(Bytes) -> io_lib:format("~b B", [Bytes]).
 
 verdict(Met, Extra) ->
     string:trim([case Met of true -> "met "; false -> "NOT met " end, Extra]).
