@@ -14,15 +14,27 @@
 %% the node runs as the test's user, with that user's Erlang cookie, and with the
 %% system's Erlang: the calling VM's own (OTP 27 under tools/otp27.sh, which RabbitMQ
 %% 3.10 does not run on) is taken out of the environment.
+%%
+%% new/3 with `#{tls => TlsOpts}' adds a TLS (amqps) listener on a port of its own
+%% beside the plain one (tls_port/1), with the given PEM files as the node's
+%% `ssl_options'; with `fail_if_no_peer_cert' the broker demands a client certificate
+%% signed by that `cacertfile'. The plain listener stays, for the test's own consumer.
 -module(rabbit_node).
 
--export([new/2, start/2, stop/1, stop_app/1, start_app/1, kill/1, boot/1, uri/1, port/1,
-         name/1, os_pid/1, queue_messages/1]).
+-export([new/2, new/3, start/2, start/3, stop/1, stop_app/1, start_app/1, kill/1, boot/1,
+         uri/1, port/1, tls_port/1, name/1, os_pid/1, queue_messages/1, connections/2,
+         log/1]).
 
--export_type([rabbit_node/0]).
+-export_type([rabbit_node/0, opts/0, tls_opts/0]).
 
 -opaque rabbit_node() :: #{name := string(), port := inet:port_number(), dir := file:filename(),
-                           env := [{string(), string()}]}.
+                           env := [{string(), string()}], tls_port => inet:port_number()}.
+
+-type opts() :: #{tls => tls_opts()}.
+%% PEM files: the node's certificate chain and key, and the CA its client certificates
+%% must come from (when it asks for them).
+-type tls_opts() :: #{certfile := file:filename(), keyfile := file:filename(),
+                      cacertfile := file:filename(), fail_if_no_peer_cert => boolean()}.
 
 -define(BOOT_TIMEOUT_MS, 120000).
 -define(CTL_TIMEOUT_MS, 60000).
@@ -32,19 +44,29 @@
 %% @doc new/2 and boot/1.
 -spec start(string(), file:filename()) -> rabbit_node().
 start(Name, Dir) ->
-    Node = new(Name, Dir),
+    start(Name, Dir, #{}).
+
+%% @doc new/3 and boot/1.
+-spec start(string(), file:filename(), opts()) -> rabbit_node().
+start(Name, Dir, Opts) ->
+    Node = new(Name, Dir, Opts),
     ok = boot(Node),
     Node.
 
 %% @doc A node named `Name@localhost' with its files under Dir (created), not started.
 -spec new(string(), file:filename()) -> rabbit_node().
-new(Name, Dir0) ->
+new(Name, Dir) ->
+    new(Name, Dir, #{}).
+
+%% @doc new/2, with a TLS listener when Opts has `tls'.
+-spec new(string(), file:filename(), opts()) -> rabbit_node().
+new(Name, Dir0, Opts) ->
     Dir = filename:absname(Dir0),
     ok = filelib:ensure_path(filename:join(Dir, "log")),
-    [Port, DistPort] = free_ports(2),
+    [Port, DistPort, TlsPort] = free_ports(3),
     Config = filename:join(Dir, "rabbitmq.conf"),
     ok = file:write_file(Config, ["listeners.tcp.local = 127.0.0.1:", integer_to_list(Port),
-                                  "\n"]),
+                                  "\n", tls_config(maps:get(tls, Opts, none), TlsPort)]),
     Plugins = filename:join(Dir, "enabled_plugins"),
     ok = file:write_file(Plugins, "[].\n"),
     EnvFile = filename:join(Dir, "rabbitmq-env.conf"),
@@ -67,7 +89,27 @@ new(Name, Dir0) ->
            {"PATH", system_path()}
            | [{Var, false} || Var <- ["BINDIR", "ROOTDIR", "EMU", "PROGNAME", "ERL_LIBS",
                                       "ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS"]]],
-    #{name => Name, port => Port, dir => Dir, env => Env}.
+    Node = #{name => Name, port => Port, dir => Dir, env => Env},
+    case Opts of
+        #{tls := _} -> Node#{tls_port => TlsPort};
+        _ -> Node
+    end.
+
+%% rabbitmq.conf lines of the TLS listener: only on loopback; the broker asks for a
+%% client certificate only when it demands one (verify_peer with fail_if_no_peer_cert).
+tls_config(none, _TlsPort) ->
+    [];
+tls_config(Tls = #{certfile := Cert, keyfile := Key, cacertfile := CA}, TlsPort) ->
+    Demand = maps:get(fail_if_no_peer_cert, Tls, false),
+    ["listeners.ssl.local = 127.0.0.1:", integer_to_list(TlsPort), "\n",
+     "ssl_options.cacertfile = ", filename:absname(CA), "\n",
+     "ssl_options.certfile = ", filename:absname(Cert), "\n",
+     "ssl_options.keyfile = ", filename:absname(Key), "\n",
+     "ssl_options.verify = ", case Demand of
+                                  true -> "verify_peer";
+                                  false -> "verify_none"
+                              end, "\n",
+     "ssl_options.fail_if_no_peer_cert = ", atom_to_list(Demand), "\n"].
 
 %% @doc Starts the node's VM (first, or again after kill/1, on the same data); returns
 %% once it has booted.
@@ -130,12 +172,30 @@ queue_messages(Node) ->
                     || Line <- binary:split(Out, <<"\n">>, [global]), Line =/= <<>>,
                        [Name, Count] <- [binary:split(Line, <<"\t">>, [global])]]).
 
+%% @doc The node's client connections as `rabbitmqctl list_connections' gives them:
+%% one map per connection, Items (e.g. ["port", "ssl", "ssl_protocol"]) to the values.
+-spec connections(rabbit_node(), [string()]) -> [#{string() => binary()}].
+connections(Node, Items) ->
+    {0, Out} = ctl(Node, ["list_connections", "--no-table-headers" | Items], ?CTL_TIMEOUT_MS),
+    [maps:from_list(lists:zip(Items, binary:split(Line, <<"\t">>, [global])))
+     || Line <- binary:split(Out, <<"\n">>, [global]), Line =/= <<>>].
+
 -spec uri(rabbit_node()) -> string().
 uri(#{port := Port}) ->
     "amqp://guest:guest@127.0.0.1:" ++ integer_to_list(Port) ++ "/%2f".
 
 -spec port(rabbit_node()) -> inet:port_number().
 port(#{port := Port}) -> Port.
+
+%% @doc The node's main log file as it is now (e.g. the TLS alerts the broker sent).
+-spec log(rabbit_node()) -> binary().
+log(Node = #{dir := Dir}) ->
+    {ok, Bin} = file:read_file(filename:join([Dir, "log", name(Node) ++ ".log"])),
+    Bin.
+
+%% @doc The TLS listener's port (a node made with `tls').
+-spec tls_port(rabbit_node()) -> inet:port_number().
+tls_port(#{tls_port := Port}) -> Port.
 
 -spec name(rabbit_node()) -> string().
 name(#{name := Name}) -> Name ++ "@localhost".

@@ -328,6 +328,9 @@ struct Target {
 
 impl Target {
     fn new(config: &RabbitConfig) -> Result<Self, RabbitError> {
+        if config.tls.is_some() {
+            ensure_crypto_provider();
+        }
         let extra_roots =
             match config.tls.as_ref().and_then(|tls| tls.cacertfile.as_ref()) {
                 Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
@@ -372,6 +375,19 @@ impl Target {
             identity: None,
             cert_chain: self.extra_roots.clone(),
         }
+    }
+}
+
+/// lapin's TLS (tcp-stream through rustls-connector) builds its client with
+/// `rustls::ClientConfig::builder()`, which takes the process-wide crypto provider and
+/// panics when none was installed and the build enables more than one (ring here, and
+/// aws-lc-rs for the SNS client): the connect attempt would die and only time out.
+/// ring is installed unless the application installed one already (the same choice
+/// as the http backend's, see `http::crypto_provider`).
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one meanwhile: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
@@ -1359,6 +1375,52 @@ mod tests {
         assert_eq!(target.uri.vhost, "/");
         assert_eq!(target.uri.scheme, AMQPScheme::AMQPS);
         assert_eq!(target.uri.query.connection_timeout, Some(5000));
+    }
+
+    /// An amqps attempt ends with rustls' own error, named, not with a panic in lapin's
+    /// TLS setup (two crypto providers in the build, none installed) that only shows
+    /// as "no answer". The server answers the ClientHello with a plain AMQP header, as
+    /// a broker's non-TLS port does.
+    #[test]
+    fn an_amqps_attempt_to_a_port_without_tls_fails_with_a_tls_error() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let _ = stream.write_all(b"AMQP\x00\x00\x09\x01");
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+            }
+        });
+        let mut config = config();
+        config.port = port;
+        config.tls = Some(RabbitTls::default());
+        let target = Target::new(&config).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let result = runtime.block_on(open_link(
+            &target,
+            &config,
+            &Arc::new(ConnectionCounters::default()),
+            &Arc::new(Notify::new()),
+        ));
+        match result {
+            Err(LinkError { message, refused }) => {
+                assert!(!refused, "{message}");
+                assert!(
+                    message.starts_with(&format!("cannot connect to 127.0.0.1:{port}: "))
+                        && !message.contains("no answer"),
+                    "{message}"
+                );
+            }
+            Ok(_) => panic!("connected"),
+        }
     }
 
     #[test]
