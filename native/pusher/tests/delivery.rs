@@ -1,100 +1,24 @@
 //! The core against a real HTTP server started by the test.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
 use pusher::backend::{Attempt, AttemptOutcome, Backend};
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig};
-use pusher::report::{ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
-use tokio::net::TcpListener;
 
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    content_type: Option<String>,
-    body: Vec<u8>,
-}
+use common::{wait_until, Collect, RecordingServer};
 
-/// A server that records requests and answers with scripted statuses (then 200).
-struct Sink {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-async fn start_sink(script: Vec<u16>, delay: Duration) -> Sink {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let script = Arc::new(Mutex::new(script.into_iter()));
-    let log = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = log.clone();
-            let script = script.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    let script = script.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let content_type = req
-                            .headers()
-                            .get("content-type")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string);
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        let body = body.map(|b| b.to_vec()).unwrap_or_default();
-                        tokio::time::sleep(delay).await;
-                        log.lock().expect("log").push(Received {
-                            path,
-                            content_type,
-                            body,
-                        });
-                        let status = script.lock().expect("script").next().unwrap_or(200);
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-                        *response.status_mut() =
-                            hyper::StatusCode::from_u16(status).expect("status");
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
-    Sink { addr, received }
-}
-
-#[derive(Default)]
-struct CollectedReports(Mutex<Vec<ReportBatch>>);
-
-impl ReportSink for CollectedReports {
-    fn send(&self, batch: ReportBatch) {
-        self.0.lock().expect("reports").push(batch);
-    }
-}
-
-impl CollectedReports {
-    fn statuses(&self) -> Vec<AttemptOutcome> {
-        let batches = self.0.lock().expect("reports");
-        batches
-            .iter()
-            .flat_map(|b| b.attempts.iter().map(|a| a.outcome.clone()))
-            .collect()
-    }
+/// Every attempt's outcome, in report order.
+fn statuses(reports: &Collect) -> Vec<AttemptOutcome> {
+    reports
+        .batches()
+        .iter()
+        .flat_map(|b| b.attempts.iter().map(|a| a.outcome.clone()))
+        .collect()
 }
 
 fn http_backend(host: String) -> HttpBackend {
@@ -134,23 +58,17 @@ fn event(n: usize) -> Envelope<HttpEvent> {
     Envelope::new(event, b"alice", size)
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(5), check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_every_event_to_a_real_server() {
-    let sink = start_sink(vec![], Duration::ZERO).await;
-    let reports = Arc::new(CollectedReports::default());
+    let sink = RecordingServer::scripted(vec![], Duration::ZERO).await;
+    let reports = Arc::new(Collect::default());
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         config(3, 1000),
         reports.clone(),
     );
@@ -161,7 +79,7 @@ async fn delivers_every_event_to_a_real_server() {
     assert_eq!(summary.lost, 0);
     assert_eq!(summary.stats.delivered, 200);
     assert_eq!(summary.stats.accepted, 200);
-    let received = sink.received.lock().expect("log").clone();
+    let received = sink.received();
     assert_eq!(received.len(), 200);
     assert!(received.iter().all(|r| r.path == "/hooks/events"));
     assert_eq!(
@@ -174,19 +92,19 @@ async fn delivers_every_event_to_a_real_server() {
         .collect();
     bodies.sort();
     assert!(bodies.contains(&"message=199".to_string()));
-    assert_eq!(reports.statuses().len(), 200);
+    assert_eq!(statuses(&reports).len(), 200);
     assert!(summary.stats.latency_p50_us.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_5xx_until_success_and_reports_every_response() {
-    let sink = start_sink(vec![500, 503], Duration::ZERO).await;
-    let reports = Arc::new(CollectedReports::default());
+    let sink = RecordingServer::scripted(vec![500, 503], Duration::ZERO).await;
+    let reports = Arc::new(Collect::default());
     let mut cfg = config(5, 10);
     cfg.concurrency = 1;
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         cfg,
         reports.clone(),
     );
@@ -196,7 +114,7 @@ async fn retries_5xx_until_success_and_reports_every_response() {
     assert_eq!(summary.stats.retried, 2);
     assert_eq!(summary.stats.failed, 0);
     assert_eq!(
-        reports.statuses(),
+        statuses(&reports),
         vec![
             AttemptOutcome::Response(500),
             AttemptOutcome::Response(503),
@@ -207,11 +125,11 @@ async fn retries_5xx_until_success_and_reports_every_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_final() {
-    let sink = start_sink(vec![404], Duration::ZERO).await;
-    let reports = Arc::new(CollectedReports::default());
+    let sink = RecordingServer::scripted(vec![404], Duration::ZERO).await;
+    let reports = Arc::new(Collect::default());
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         config(5, 10),
         reports.clone(),
     );
@@ -219,8 +137,8 @@ async fn client_errors_are_final() {
     let summary = instance.stop(Duration::from_secs(10)).await;
     assert_eq!(summary.stats.failed, 1);
     assert_eq!(summary.stats.retried, 0);
-    assert_eq!(sink.received.lock().expect("log").len(), 1);
-    let batches = reports.0.lock().expect("reports");
+    assert_eq!(sink.count(), 1);
+    let batches = reports.batches();
     let failures: Vec<_> = batches.iter().flat_map(|b| b.failures.clone()).collect();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].reason, "http_status_404");
@@ -234,7 +152,7 @@ async fn unreachable_server_is_retried_then_failed() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let reports = Arc::new(CollectedReports::default());
+    let reports = Arc::new(Collect::default());
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
         http_backend(format!("http://127.0.0.1:{port}")),
@@ -245,7 +163,7 @@ async fn unreachable_server_is_retried_then_failed() {
     let summary = instance.stop(Duration::from_secs(10)).await;
     assert_eq!(summary.stats.failed, 1);
     assert_eq!(summary.stats.retried, 2);
-    let statuses = reports.statuses();
+    let statuses = statuses(&reports);
     assert_eq!(statuses.len(), 3);
     assert!(statuses
         .iter()
@@ -256,10 +174,10 @@ async fn unreachable_server_is_retried_then_failed() {
 async fn overflow_is_counted_and_the_books_balance() {
     // Each request takes 300 ms, so after the pushes the 4 workers are busy and the
     // queue is full: a state that holds still long enough to check the books exactly.
-    let sink = start_sink(vec![], Duration::from_millis(300)).await;
+    let sink = RecordingServer::scripted(vec![], Duration::from_millis(300)).await;
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         config(1, 8),
         Arc::new(pusher::report::NoReports),
     );
@@ -293,17 +211,17 @@ async fn overflow_is_counted_and_the_books_balance() {
     // stats were taken at stop; the refusal after it is one more accepted and dropped.
     assert_eq!(s.accepted, s.delivered + s.failed + s.dropped);
     assert_eq!(instance.stats().dropped, s.dropped + 1);
-    assert_eq!(sink.received.lock().expect("log").len(), 12);
+    assert_eq!(sink.count(), 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_with_a_short_deadline_counts_what_it_could_not_deliver() {
-    let sink = start_sink(vec![], Duration::from_millis(300)).await;
+    let sink = RecordingServer::scripted(vec![], Duration::from_millis(300)).await;
     let mut cfg = config(1, 100);
     cfg.concurrency = 1;
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         cfg,
         Arc::new(pusher::report::NoReports),
     );
@@ -369,28 +287,28 @@ async fn dropping_the_instance_stops_its_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_flow_without_a_stop() {
-    let sink = start_sink(vec![], Duration::ZERO).await;
-    let reports = Arc::new(CollectedReports::default());
+    let sink = RecordingServer::scripted(vec![], Duration::ZERO).await;
+    let reports = Arc::new(Collect::default());
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         config(1, 1000),
         reports.clone(),
     );
     for n in 0..50 {
         instance.push(event(n)).expect("push");
     }
-    eventually("50 attempts reported", || reports.statuses().len() == 50).await;
+    eventually("50 attempts reported", || statuses(&reports).len() == 50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_deadline_with_some_workers_idle_still_answers() {
     // Three idle workers end at once when stopping, one stays stuck in a request:
     // the drain deadline must abort it without touching the finished ones again.
-    let sink = start_sink(vec![], Duration::from_secs(5)).await;
+    let sink = RecordingServer::scripted(vec![], Duration::from_secs(5)).await;
     let instance = Instance::start(
         &tokio::runtime::Handle::current(),
-        http_backend(format!("http://{}", sink.addr)),
+        http_backend(sink.url()),
         config(1, 100),
         Arc::new(pusher::report::NoReports),
     );

@@ -5,6 +5,8 @@
 //! Faults are made with a TCP proxy between the backend and the broker that a test can
 //! cut (every proxied connection closed at once) or set to refuse new connections.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,10 +26,11 @@ use pusher::rabbit::{
     ChatKind, Direction, ExchangeConfig, RabbitBackend, RabbitConfig, RabbitEvent, Topics,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
-use pusher::report::{ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig, Overflow, QueueLimits, RetryPolicy};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
+
+use common::{wait_until, Collect};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const BROKER_PORT: u16 = 5672;
@@ -555,24 +558,6 @@ async fn an_unknown_virtual_host_fails_the_start_naming_it() {
     );
 }
 
-/// Collects every report batch.
-#[derive(Default)]
-struct Collect(Mutex<Vec<ReportBatch>>);
-
-impl ReportSink for Collect {
-    fn send(&self, batch: ReportBatch) {
-        self.0.lock().expect("reports").push(batch);
-    }
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn envelope(event: RabbitEvent) -> Envelope<RabbitEvent> {
     let bytes = event.size();
     Envelope::new(event, b"tag", bytes)
@@ -648,7 +633,7 @@ async fn nacks_are_retried_until_the_policy_gives_up_or_the_broker_takes_the_eve
         (2, 1, 1, 0)
     );
     assert_eq!(stats.retried, 4);
-    let batches = std::mem::take(&mut *sink.0.lock().expect("reports"));
+    let batches = std::mem::take(&mut *sink.batches());
     let failures: Vec<_> = batches.iter().flat_map(|b| b.failures.iter()).collect();
     assert_eq!(failures.len(), 1);
     assert_eq!(
@@ -841,7 +826,7 @@ fn patient_instance(backend: RabbitBackend, concurrency: usize) -> Instance<Rabb
 fn reporting_instance(
     backend: RabbitBackend,
     concurrency: usize,
-    sink: Arc<dyn ReportSink>,
+    sink: Arc<dyn pusher::report::ReportSink>,
 ) -> Instance<RabbitBackend> {
     Instance::start(
         &tokio::runtime::Handle::current(),
@@ -853,20 +838,14 @@ fn reporting_instance(
 
 impl Collect {
     fn connection_events(&self) -> Vec<ConnectionEvent> {
-        self.0
-            .lock()
-            .expect("reports")
+        self.batches()
             .iter()
             .flat_map(|b| b.connection_events.iter().cloned())
             .collect()
     }
 
     fn any_backend_down(&self) -> bool {
-        self.0
-            .lock()
-            .expect("reports")
-            .iter()
-            .any(|b| b.backend_down.is_some())
+        self.batches().iter().any(|b| b.backend_down.is_some())
     }
 }
 
@@ -1447,7 +1426,7 @@ async fn events_with_routing_keys_over_255_bytes_fail_alone_and_the_rest_arrive(
         (1, 1, 0)
     );
     assert!(sink.connection_events().is_empty());
-    let batches = std::mem::take(&mut *sink.0.lock().expect("reports"));
+    let batches = std::mem::take(&mut *sink.batches());
     let failures: Vec<_> = batches.iter().flat_map(|b| b.failures.iter()).collect();
     assert_eq!(failures.len(), LONG);
     for failure in failures {

@@ -1,20 +1,17 @@
 //! Retries against a real HTTP server that fails each event's first attempts: events
 //! waiting for their next attempt hold no worker, and `Retry-After` is honoured.
 
+mod common;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use common::{wait_until, RecordingServer, Reply};
+use hyper::header::RETRY_AFTER;
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig};
 use pusher::report::{FailureReport, ReportBatch, ReportSink};
 use pusher::{Envelope, Instance, InstanceConfig};
-use tokio::net::TcpListener;
 
 /// One scripted answer to an attempt that must fail.
 #[derive(Debug, Clone)]
@@ -26,96 +23,45 @@ enum Failure {
     RetryAfterDate(u16, u64),
 }
 
-/// A server that answers each distinct body with its own failures in order, then 200,
-/// and records when each body arrived.
-struct FlakyServer {
-    addr: SocketAddr,
-    arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
+/// A server that answers each distinct body with its own failures in order, then 200.
+async fn start_flaky_server(
+    plan: impl Fn(&str) -> Vec<Failure> + Send + Sync + 'static,
+) -> RecordingServer {
+    let seen: Mutex<HashMap<String, usize>> = Mutex::default();
+    RecordingServer::start(move |_, request| {
+        let body = request.text();
+        let attempt = {
+            let mut seen = seen.lock().expect("seen");
+            let count = seen.entry(body.clone()).or_default();
+            *count += 1;
+            *count
+        };
+        answer(plan(&body).get(attempt - 1).cloned())
+    })
+    .await
 }
 
-type Plan = dyn Fn(&str) -> Vec<Failure> + Send + Sync;
-
-async fn start_flaky_server(plan: Arc<Plan>) -> FlakyServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let arrivals = Arc::new(Mutex::new(Vec::new()));
-    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-    let log = arrivals.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (log, seen, plan) = (log.clone(), seen.clone(), plan.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (log, seen, plan) = (log.clone(), seen.clone(), plan.clone());
-                    async move {
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
-                        log.lock()
-                            .expect("log")
-                            .push((body.clone(), Instant::now()));
-                        let attempt = {
-                            let mut seen = seen.lock().expect("seen");
-                            let count = seen.entry(body.clone()).or_default();
-                            *count += 1;
-                            *count
-                        };
-                        let failure = plan(&body).get(attempt - 1).cloned();
-                        Ok::<_, Infallible>(answer(failure))
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
+fn answer(failure: Option<Failure>) -> Reply {
+    match failure {
+        None => Reply::ok(),
+        Some(Failure::Status(status)) => Reply::status(status),
+        Some(Failure::RetryAfterSeconds(status, seconds)) => {
+            Reply::status(status).header(RETRY_AFTER, seconds.to_string())
         }
-    });
-    FlakyServer { addr, arrivals }
-}
-
-fn answer(failure: Option<Failure>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-    let (status, retry_after) = match failure {
-        None => (200, None),
-        Some(Failure::Status(status)) => (status, None),
-        Some(Failure::RetryAfterSeconds(status, seconds)) => (status, Some(seconds.to_string())),
-        Some(Failure::RetryAfterDate(status, seconds)) => (
-            status,
-            Some(httpdate::fmt_http_date(
-                SystemTime::now() + Duration::from_secs(seconds),
-            )),
+        Some(Failure::RetryAfterDate(status, seconds)) => Reply::status(status).header(
+            RETRY_AFTER,
+            httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(seconds)),
         ),
-    };
-    *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
-    if let Some(value) = retry_after {
-        response.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            value.parse().expect("header value"),
-        );
     }
-    response
 }
 
-impl FlakyServer {
-    fn arrivals(&self) -> Vec<(String, Instant)> {
-        self.arrivals.lock().expect("log").clone()
+/// Each body's arrival times, in order.
+fn by_body(server: &RecordingServer) -> HashMap<String, Vec<Instant>> {
+    let mut by_body: HashMap<String, Vec<Instant>> = HashMap::new();
+    for request in server.received() {
+        by_body.entry(request.text()).or_default().push(request.at);
     }
-
-    fn bodies(&self) -> Vec<String> {
-        self.arrivals().into_iter().map(|(body, _)| body).collect()
-    }
-
-    /// Each body's arrival times, in order.
-    fn by_body(&self) -> HashMap<String, Vec<Instant>> {
-        let mut by_body: HashMap<String, Vec<Instant>> = HashMap::new();
-        for (body, at) in self.arrivals() {
-            by_body.entry(body).or_default().push(at);
-        }
-        by_body
-    }
+    by_body
 }
 
 #[derive(Default)]
@@ -136,11 +82,11 @@ impl Failures {
 
 /// The http backend as the module configures it by default (10 workers, 2 s timeout).
 fn start_instance(
-    server: &FlakyServer,
+    server: &RecordingServer,
     config: InstanceConfig,
 ) -> (Instance<HttpBackend>, Arc<Failures>) {
     let backend = HttpBackend::new(&HttpConfig {
-        host: format!("http://{}", server.addr),
+        host: server.url(),
         path_prefix: "/".into(),
         request_timeout: Duration::from_secs(2),
         max_idle_connections: config.concurrency,
@@ -164,20 +110,14 @@ fn event(n: usize) -> Envelope<HttpEvent> {
     Envelope::new(event, b"alice", size)
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..3000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(30), check).await;
 }
 
 /// Pushes `n` events through default settings and checks that each arrived exactly
 /// `1 + failures` times and was delivered, with nothing failed.
-async fn every_event_delivered_after(failures: Vec<Failure>, n: usize) -> FlakyServer {
-    let server = start_flaky_server(Arc::new(move |_: &str| failures.clone())).await;
+async fn every_event_delivered_after(failures: Vec<Failure>, n: usize) -> RecordingServer {
+    let server = start_flaky_server(move |_: &str| failures.clone()).await;
     let (instance, reported) = start_instance(&server, InstanceConfig::default());
     for i in 0..n {
         instance.push(event(i)).expect("push");
@@ -199,7 +139,7 @@ async fn a_webhook_failing_each_first_two_attempts_gets_every_event_with_default
     let n = 2000;
     let server =
         every_event_delivered_after(vec![Failure::Status(500), Failure::Status(500)], n).await;
-    let by_body = server.by_body();
+    let by_body = by_body(&server);
     assert_eq!(by_body.len(), n);
     assert!(by_body.values().all(|times| times.len() == 3));
 }
@@ -211,7 +151,7 @@ async fn retry_after_in_seconds_on_503_and_429_is_honoured() {
         Failure::RetryAfterSeconds(429, 1),
     ];
     let server = every_event_delivered_after(failures, 200).await;
-    for (body, times) in server.by_body() {
+    for (body, times) in by_body(&server) {
         assert_eq!(times.len(), 3, "{body}");
         for pair in times.windows(2) {
             // A lower bound: no attempt came before the server said it might.
@@ -225,7 +165,7 @@ async fn retry_after_in_seconds_on_503_and_429_is_honoured() {
 async fn retry_after_as_an_http_date_is_honoured() {
     // The date has whole seconds: 2 s from now is at least 1 s away.
     let server = every_event_delivered_after(vec![Failure::RetryAfterDate(503, 2)], 50).await;
-    for (body, times) in server.by_body() {
+    for (body, times) in by_body(&server) {
         assert_eq!(times.len(), 2, "{body}");
         let gap = times[1] - times[0];
         assert!(gap >= Duration::from_millis(900), "{body}: {gap:?}");
@@ -240,7 +180,7 @@ async fn a_waiting_event_leaves_its_worker_to_the_next_one() {
         "message=0" => vec![Failure::RetryAfterSeconds(503, 3)],
         _ => vec![],
     };
-    let server = start_flaky_server(Arc::new(plan)).await;
+    let server = start_flaky_server(plan).await;
     let config = InstanceConfig {
         concurrency: 1,
         ..InstanceConfig::default()
@@ -250,24 +190,24 @@ async fn a_waiting_event_leaves_its_worker_to_the_next_one() {
     eventually("event 0 waiting", || instance.stats().waiting_retry == 1).await;
     instance.push(event(1)).expect("push 1");
     eventually("event 1 delivered", || instance.stats().delivered == 1).await;
-    assert_eq!(server.bodies(), vec!["message=0", "message=1"]);
+    assert_eq!(server.texts(), vec!["message=0", "message=1"]);
     assert_eq!(instance.stats().waiting_retry, 1);
     let summary = instance.stop(Duration::from_secs(30)).await;
     assert_eq!((summary.stats.delivered, summary.lost), (2, 0));
-    assert_eq!(server.bodies(), vec!["message=0", "message=1", "message=0"]);
+    assert_eq!(server.texts(), vec!["message=0", "message=1", "message=0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_past_the_deadline_fails_at_once_with_that_reason() {
     let plan = |_: &str| vec![Failure::RetryAfterSeconds(503, 120)];
-    let server = start_flaky_server(Arc::new(plan)).await;
+    let server = start_flaky_server(plan).await;
     let (instance, reported) = start_instance(&server, InstanceConfig::default());
     instance.push(event(0)).expect("push");
     eventually("the event failed", || instance.stats().failed == 1).await;
     let s = instance.stats();
     assert_eq!((s.retried, s.queued, s.in_flight), (0, 0, 0), "{s:?}");
     instance.stop(Duration::ZERO).await;
-    assert_eq!(server.bodies(), vec!["message=0"]);
+    assert_eq!(server.texts(), vec!["message=0"]);
     assert_eq!(
         reported.reasons(),
         vec!["http_status_503 (Retry-After 120 s is past the retry deadline)"]

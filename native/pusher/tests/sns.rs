@@ -1,83 +1,30 @@
 //! The SNS backend against a scripted SNS-compatible server started by the test:
 //! what is retried (throttling, entries SNS failed on its side) and what is final.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use pusher::report::{ReportBatch, ReportSink};
+use common::{wait_until, Collect, RecordingServer, Reply};
 use pusher::retry::Jitter;
 use pusher::sns::{topic_arn, Notification, SnsBackend, SnsConfig, SnsEvent};
 use pusher::{Envelope, Instance, InstanceConfig, QueueLimits, RetryPolicy, StatsSnapshot};
-use tokio::net::TcpListener;
 
 const NS: &str = "http://sns.amazonaws.com/doc/2010-03-31/";
 
 /// One scripted answer: status and body, after a delay.
 type Answer = (u16, String, Duration);
 
-struct Server {
-    url: String,
-    /// Request bodies, in arrival order.
-    received: Arc<Mutex<Vec<String>>>,
-    /// Request paths, in arrival order.
-    paths: Arc<Mutex<Vec<String>>>,
-}
-
-async fn start_server(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let paths = Arc::new(Mutex::new(Vec::new()));
-    let answer = Arc::new(answer);
-    let log = received.clone();
-    let path_log = paths.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            let path_log = path_log.clone();
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    let path_log = path_log.clone();
-                    let answer = answer.clone();
-                    async move {
-                        path_log
-                            .lock()
-                            .expect("paths")
-                            .push(req.uri().path().to_string());
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                        let body = String::from_utf8_lossy(&body.unwrap_or_default()).to_string();
-                        let index = {
-                            let mut log = log.lock().expect("log");
-                            log.push(body.clone());
-                            log.len() - 1
-                        };
-                        let (status, text, delay) = answer(index, &body);
-                        tokio::time::sleep(delay).await;
-                        let mut response = Response::new(Full::new(Bytes::from(text)));
-                        *response.status_mut() =
-                            hyper::StatusCode::from_u16(status).expect("status");
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
-    Server {
-        url,
-        received,
-        paths,
-    }
+/// A server answering each request (its index from 0, its body) as `answer` says.
+async fn start_server(
+    answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static,
+) -> RecordingServer {
+    RecordingServer::start(move |index, request| {
+        let (status, text, delay) = answer(index, &request.text());
+        Reply::status(status).body(text).after(delay)
+    })
+    .await
 }
 
 fn published() -> String {
@@ -115,15 +62,6 @@ fn batch_answer(body: &str, failed_id: &str) -> String {
     )
 }
 
-#[derive(Default)]
-struct Reports(Mutex<Vec<ReportBatch>>);
-
-impl ReportSink for Reports {
-    fn send(&self, batch: ReportBatch) {
-        self.0.lock().expect("reports").push(batch);
-    }
-}
-
 fn start(url: &str, batching: bool, concurrency: usize) -> Instance<SnsBackend> {
     let backend = SnsBackend::new(&SnsConfig {
         sns_host: url.to_string(),
@@ -149,7 +87,7 @@ fn start(url: &str, batching: bool, concurrency: usize) -> Instance<SnsBackend> 
         &tokio::runtime::Handle::current(),
         backend,
         config,
-        Arc::new(Reports::default()),
+        Arc::new(Collect::default()),
     )
 }
 
@@ -197,25 +135,25 @@ async fn throttling_is_retried_and_invalid_parameters_are_not() {
         }
     })
     .await;
-    let instance = start(&server.url, false, 1);
+    let instance = start(&server.url(), false, 1);
     instance.push(event("throttled")).expect("push");
     let stats = settled(&instance, 1).await;
     assert_eq!((stats.delivered, stats.retried, stats.failed), (1, 2, 0));
     instance.push(event("bad")).expect("push");
     let stats = settled(&instance, 2).await;
     assert_eq!((stats.delivered, stats.retried, stats.failed), (1, 2, 1));
-    assert_eq!(server.received.lock().expect("log").len(), 4);
+    assert_eq!(server.count(), 4);
 }
 
 /// MongooseIM's sns_host may carry a path (an SNS-compatible proxy, say): it is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_in_sns_host_is_kept() {
     let server = start_server(|_, _| (200, published(), Duration::ZERO)).await;
-    let instance = start(&format!("{}/sns/eu", server.url), false, 1);
+    let instance = start(&format!("{}/sns/eu", server.url()), false, 1);
     instance.push(event("via a path")).expect("push");
     let stats = settled(&instance, 1).await;
     assert_eq!(stats.delivered, 1);
-    let paths = server.paths.lock().expect("paths").clone();
+    let paths: Vec<String> = server.received().into_iter().map(|r| r.path).collect();
     assert!(paths == ["/sns/eu"] || paths == ["/sns/eu/"], "{paths:?}");
 }
 
@@ -232,15 +170,20 @@ async fn batch_entries_failed_by_sns_are_retried_alone() {
         }
     })
     .await;
-    let instance = start(&server.url, true, 1);
+    let instance = start(&server.url(), true, 1);
     instance.push(event("first")).expect("push");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(
+        "the first publish at the server",
+        Duration::from_secs(5),
+        || server.count() == 1,
+    )
+    .await;
     for message in ["b0", "b1", "b2"] {
         instance.push(event(message)).expect("push");
     }
     let stats = settled(&instance, 4).await;
     assert_eq!((stats.delivered, stats.retried, stats.failed), (4, 1, 0));
-    let received = server.received.lock().expect("log").clone();
+    let received = server.texts();
     let actions: Vec<&str> = received
         .iter()
         .map(|b| {
