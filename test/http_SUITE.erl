@@ -34,6 +34,7 @@ all() ->
      dynamic_host_type_gets_its_own_instance,
      https_with_a_trusted_ca_delivers,
      https_certificate_is_verified_unless_told_not_to,
+     https_client_certificate_is_presented_when_the_server_demands_one,
      https_selfsigned_peer_accepts_a_self_signed_certificate,
      https_selfsigned_peer_refuses_an_expired_self_signed_certificate,
      https_selfsigned_peer_refuses_a_self_signed_certificate_for_another_name,
@@ -101,7 +102,15 @@ default_body_is_byte_for_byte_mongooseims_form_encoding(Config) ->
     Bodies = [Body || #{body := Body} <- wait_requests(Config, length(Cases))],
     ?assertEqual(lists:sort([<<"author=alice&server=localhost&receiver=bob&message=",
                                Encoded/binary>> || {_, Encoded} <- Cases]),
-                 lists:sort(Bodies)).
+                 lists:sort(Bodies)),
+    %% prepare_body/7 itself, for callback modules that build on it: the same bytes,
+    %% small (normal scheduler) or over 16 KiB (dirty scheduler).
+    [?assertEqual(<<"author=alice&server=localhost&receiver=bob&message=",
+                    (binary:copy(<<"a%2Ab+%7E">>, N))/binary>>,
+                  mod_event_pusher_http_defaults:prepare_body(
+                    undefined, in, <<"localhost">>, binary:copy(<<"a*b ~">>, N), <<"alice">>,
+                    <<"bob">>, #{}))
+     || N <- [1, 2000, 5000]].
 
 %% queue.max_bytes 1 MiB: a chat message with a 2 MiB body could never be queued. It is
 %% dropped as too_large (not "queue full": the queue is empty), counted once, and logged
@@ -409,6 +418,42 @@ https_certificate_is_verified_unless_told_not_to(Config) ->
         test_http_listener:stop(Listener)
     end.
 
+%% `tls.certfile' and `tls.keyfile': a server that verifies its clients
+%% (fail_if_no_peer_cert) refuses the handshake without them and takes the event with
+%% them, so the certificate was presented and the server verified it against its CA.
+https_client_certificate_is_presented_when_the_server_demands_one(Config) ->
+    Dir = ?config(priv_dir, Config),
+    {Server, Client} = tls_test_data(),
+    CaFile = write_cacerts(Dir, "client_test_ca.pem", Client),
+    CertFile = filename:join(Dir, "client_cert.pem"),
+    KeyFile = filename:join(Dir, "client_key.pem"),
+    ok = file:write_file(CertFile, public_key:pem_encode([{'Certificate',
+                                                           proplists:get_value(cert, Client),
+                                                           not_encrypted}])),
+    {KeyType, KeyDer} = proplists:get_value(key, Client),
+    ok = file:write_file(KeyFile, public_key:pem_encode([{KeyType, KeyDer, not_encrypted}])),
+    Listener = test_http_listener:start_tls(200, Server ++ [{verify, verify_peer},
+                                                            {fail_if_no_peer_cert, true}]),
+    Port = test_http_listener:port(Listener),
+    Trust = [{<<"verify_mode">>, <<"\"peer\"">>}, {<<"cacertfile">>, [$", CaFile, $"]}],
+    try
+        start(Config, #{scheme => <<"https">>, port => Port, tls => Trust,
+                        retry => #{max_attempts => 1}}),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"no certificate">>),
+        ?assertMatch([#{failure_count := 1}], wait_metrics(mod_event_pusher_http_sent, 1)),
+        ?assertMatch([_ | _], test_http_listener:handshake_failures(Listener)),
+        ?assertEqual([], test_http_listener:requests(Listener)),
+        mongoose_host:stop(),
+        start(Config, #{scheme => <<"https">>, port => Port,
+                        tls => Trust ++ [{<<"certfile">>, [$", CertFile, $"]},
+                                         {<<"keyfile">>, [$", KeyFile, $"]}]}),
+        send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"with a certificate">>),
+        {ok, [Request]} = test_http_listener:wait_for_requests(Listener, 1, 5000),
+        ?assertEqual(<<"with a certificate">>, proplists:get_value(<<"message">>, form(Request)))
+    after
+        test_http_listener:stop(Listener)
+    end.
+
 %% selfsigned_peer: a self-signed certificate for the right name, valid now, is
 %% accepted; nothing else is forgiven.
 https_selfsigned_peer_accepts_a_self_signed_certificate(Config) ->
@@ -510,6 +555,13 @@ host_name(_) -> <<"127.0.0.1">>.
 %% its test EC keys) and that CA
 %% written to a PEM file.
 tls_listener(Config) ->
+    {Server, Client} = tls_test_data(),
+    CaFile = write_cacerts(?config(priv_dir, Config), "ca.pem", Client),
+    {test_http_listener:start_tls(200, Server), CaFile}.
+
+%% A server chain for "localhost" and a client chain, each with its own fresh root:
+%% the server's ssl options (its cacerts verify clients) and the client's.
+tls_test_data() ->
     San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
                        extnValue = [{dNSName, "localhost"}]},
     Key = {key, {rsa, 2048, 65537}},
@@ -519,11 +571,16 @@ tls_listener(Config) ->
                               peer => [Key, {digest, sha256}, {extensions, [San]}]},
             client_chain => #{root => [Key, {digest, sha256}], intermediates => [],
                               peer => [Key, {digest, sha256}]}}),
-    CaFile = filename:join(?config(priv_dir, Config), "ca.pem"),
-    ok = file:write_file(CaFile, public_key:pem_encode(
-                                   [{'Certificate', Der, not_encrypted}
-                                    || Der <- proplists:get_value(cacerts, Client)])),
-    {test_http_listener:start_tls(200, Server), CaFile}.
+    {Server, Client}.
+
+%% The CA certificates of a side's ssl options as a PEM file (the client's cacerts
+%% verify the server).
+write_cacerts(Dir, Name, SslOpts) ->
+    File = filename:join(Dir, Name),
+    ok = file:write_file(File, public_key:pem_encode(
+                                 [{'Certificate', Der, not_encrypted}
+                                  || Der <- proplists:get_value(cacerts, SslOpts)])),
+    File.
 
 start_selfsigned_peer(Config, Listener) ->
     start(Config, #{scheme => <<"https">>, port => test_http_listener:port(Listener),
