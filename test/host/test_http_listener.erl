@@ -5,7 +5,7 @@
 -module(test_http_listener).
 
 -export([start/0, start/1, start_tls/2, stop/1, port/1, requests/1, wait_for_requests/3,
-         set_reply/2, clear/1, handshake_failures/1]).
+         set_reply/2, clear/1, handshake_failures/1, open_connections/1]).
 
 -type listener() :: pid().
 -type request() :: #{method := binary(), path := binary(),
@@ -65,6 +65,11 @@ requests(Listener) -> call(Listener, requests).
 -spec handshake_failures(listener()) -> [term()].
 handshake_failures(Listener) -> call(Listener, handshake_failures).
 
+%% @doc How many client connections are open now (a client that is gone closed
+%% its connections; one waiting for a delayed answer is seen closing after it).
+-spec open_connections(listener()) -> non_neg_integer().
+open_connections(Listener) -> call(Listener, open_connections).
+
 -spec clear(listener()) -> ok.
 clear(Listener) -> call(Listener, clear).
 
@@ -117,6 +122,8 @@ loop(State = #{requests := Requests, reply := Reply}) ->
         {call, _From, _Ref, stop} ->
             stop_processes(State);
         {call, From, Ref, port} -> From ! {Ref, maps:get(port, State)}, loop(State);
+        {call, From, Ref, open_connections} ->
+            From ! {Ref, map_size(maps:get(connections, State))}, loop(State);
         {call, From, Ref, requests} -> From ! {Ref, lists:reverse(Requests)}, loop(State);
         {call, From, Ref, handshake_failures} ->
             From ! {Ref, lists:reverse(maps:get(handshake_failures, State))}, loop(State);
