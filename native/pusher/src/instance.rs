@@ -199,14 +199,6 @@ impl<B: Backend> Instance<B> {
         &self.shared.backend
     }
 
-    pub fn limits(&self) -> QueueLimits {
-        self.shared.queue.limits()
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.shared.stopping.load(Relaxed)
-    }
-
     /// Refuses new events, delivers what is pending (retries included, as long as they
     /// are due before the deadline) until `drain` has passed, then counts whatever is
     /// left as failed (`lost`). An event whose next attempt would come after the

@@ -112,8 +112,6 @@ pub struct Stats {
     pub dropped_too_large: AtomicU64,
     /// Size of the latest of those, 0 before the first.
     pub last_too_large_bytes: AtomicU64,
-    pub queued: AtomicU64,
-    pub queued_bytes: AtomicU64,
     pub in_flight: AtomicU64,
     pub latency: LatencyHistogram,
 }
@@ -150,12 +148,11 @@ impl Stats {
             dropped: self.dropped.load(Relaxed),
             dropped_too_large: self.dropped_too_large.load(Relaxed),
             last_too_large_bytes: self.last_too_large_bytes.load(Relaxed),
-            // Known to the queue, filled in by the instance.
-            max_bytes: 0,
-            queued: self.queued.load(Relaxed),
-            queued_bytes: self.queued_bytes.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
-            // Known to the queue, filled in by the instance.
+            // Known to the queue: the instance fills them in.
+            max_bytes: 0,
+            queued: 0,
+            queued_bytes: 0,
             waiting_retry: 0,
             latency_p50_us: self.latency.quantile(0.50),
             latency_p99_us: self.latency.quantile(0.99),
