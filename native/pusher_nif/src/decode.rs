@@ -1,0 +1,446 @@
+//! Erlang terms -> the core's configurations and events. Every decoder answers None
+//! for a malformed term (the NIF then returns `{error, badarg}`); nothing panics.
+
+use std::time::Duration;
+
+use pusher::http::{Body, Chunk, HttpConfig, HttpEvent, SharedBytes, TlsConfig, VerifyMode};
+use pusher::push::PushEvent;
+use pusher::rabbit::{
+    ChatKind, Direction, ExchangeConfig, RabbitConfig, RabbitEvent, RabbitTls, Topics,
+};
+use pusher::retry::Jitter;
+use pusher::sns::{AttributeValue, Notification, SnsConfig, SnsEvent};
+use pusher::{Envelope, InstanceConfig, Overflow, QueueLimits, RetryPolicy};
+use rustler::{Atom, Binary, OwnedEnv, Term};
+use smallvec::SmallVec;
+
+use crate::atoms;
+
+/// The elements of a proper list; None for anything else. (rustler's ListIterator
+/// panics on an improper list.)
+pub(crate) fn proper_list(mut term: Term) -> Option<SmallVec<[Term; 4]>> {
+    let mut items = SmallVec::new();
+    loop {
+        if term.is_empty_list() {
+            return Some(items);
+        }
+        let (head, tail) = term.list_get_cell().ok()?;
+        items.push(head);
+        term = tail;
+    }
+}
+
+pub(crate) fn get<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> Option<T> {
+    let key = Atom::from_str(map.get_env(), key).ok()?;
+    map.map_get(key).ok()?.decode().ok()
+}
+
+pub(crate) fn get_string(map: Term, key: &str) -> Option<String> {
+    let binary: Binary = get(map, key)?;
+    String::from_utf8(binary.as_slice().to_vec()).ok()
+}
+
+/// An empty binary means "not set".
+pub(crate) fn get_optional_path(map: Term, key: &str) -> Option<Option<String>> {
+    let path = get_string(map, key)?;
+    Some((!path.is_empty()).then_some(path))
+}
+
+pub(crate) fn millis(map: Term, key: &str) -> Option<Duration> {
+    get::<u64>(map, key).map(Duration::from_millis)
+}
+
+pub(crate) fn instance_config(map: Term) -> Option<InstanceConfig> {
+    let overflow: Atom = get(map, "overflow")?;
+    let overflow = if overflow == atoms::drop_newest() {
+        Overflow::DropNewest
+    } else if overflow == atoms::drop_oldest() {
+        Overflow::DropOldest
+    } else {
+        return None;
+    };
+    Some(InstanceConfig {
+        queue: QueueLimits {
+            max_events: get(map, "max_events")?,
+            max_bytes: get(map, "max_bytes")?,
+            overflow,
+        },
+        retry: RetryPolicy {
+            max_attempts: get::<u32>(map, "max_attempts")?.max(1),
+            base_backoff: millis(map, "base_backoff_ms")?,
+            max_backoff: millis(map, "max_backoff_ms")?,
+            deadline: millis(map, "retry_deadline_ms")?,
+            jitter: match get::<Atom>(map, "jitter") {
+                None => Jitter::Equal,
+                Some(j) if j == atoms::minus_base() => Jitter::MinusBase,
+                Some(_) => return None,
+            },
+        },
+        concurrency: get::<usize>(map, "concurrency")?.clamp(1, 4096),
+    })
+}
+
+pub(crate) mod http_atoms {
+    rustler::atoms! { selfsigned_peer }
+}
+
+pub(crate) fn http_config(map: Term) -> Option<HttpConfig> {
+    let verify: Atom = get(map, "verify_mode")?;
+    let verify_mode = if verify == atoms::peer() {
+        VerifyMode::Peer
+    } else if verify == http_atoms::selfsigned_peer() {
+        VerifyMode::SelfSignedPeer
+    } else if verify == atoms::none() {
+        VerifyMode::None
+    } else {
+        return None;
+    };
+    Some(HttpConfig {
+        host: get_string(map, "host")?,
+        path_prefix: get_string(map, "path_prefix")?,
+        request_timeout: millis(map, "request_timeout")?,
+        max_idle_connections: get(map, "concurrency")?,
+        tls: TlsConfig {
+            verify_mode,
+            cacertfile: get_optional_path(map, "cacertfile")?,
+            certfile: get_optional_path(map, "certfile")?,
+            keyfile: get_optional_path(map, "keyfile")?,
+            server_name_indication: get(map, "server_name_indication")?,
+        },
+    })
+}
+
+pub(crate) fn exchange(map: Term, key: &str) -> Option<(ExchangeConfig, Option<Topics>)> {
+    let key = Atom::from_str(map.get_env(), key).ok()?;
+    let section = map.map_get(key).ok()?;
+    let exchange = ExchangeConfig {
+        name: get_string(section, "name")?,
+        kind: get_string(section, "type")?,
+        durable: get(section, "durable")?,
+        persistent: get(section, "persistent")?,
+    };
+    let topics = match (
+        get_string(section, "sent_topic"),
+        get_string(section, "recv_topic"),
+    ) {
+        (Some(sent), Some(recv)) => Some(Topics { sent, recv }),
+        _ => None,
+    };
+    Some((exchange, topics))
+}
+
+pub(crate) fn rabbit_config(map: Term) -> Option<RabbitConfig> {
+    let (presence_exchange, _) = exchange(map, "presence_exchange")?;
+    let (chat_exchange, chat_topics) = exchange(map, "chat_msg_exchange")?;
+    let (groupchat_exchange, groupchat_topics) = exchange(map, "groupchat_msg_exchange")?;
+    let tls = match get::<bool>(map, "tls") {
+        Some(false) => None,
+        _ => Some(RabbitTls {
+            cacertfile: get_optional_path(map, "cacertfile")?,
+        }),
+    };
+    Some(RabbitConfig {
+        host: get_string(map, "host")?,
+        port: get(map, "port")?,
+        username: get_string(map, "username")?,
+        password: get_string(map, "password")?,
+        virtual_host: get_string(map, "virtual_host")?,
+        tls,
+        presence_exchange,
+        chat_exchange,
+        chat_topics: chat_topics?,
+        groupchat_exchange,
+        groupchat_topics: groupchat_topics?,
+        confirms: get(map, "confirms_enabled")?,
+        confirm_timeout: millis(map, "confirm_timeout_ms")?,
+        connect_timeout: millis(map, "connect_timeout_ms")?,
+        reconnect_base_delay: millis(map, "reconnect_base_delay_ms")?,
+        reconnect_max_delay: millis(map, "reconnect_max_delay_ms")?,
+        max_message_bytes: get(map, "max_message_bytes")?,
+    })
+}
+
+pub(crate) fn sns_config(map: Term) -> Option<SnsConfig> {
+    Some(SnsConfig {
+        sns_host: get_string(map, "sns_host")?,
+        region: get_string(map, "region")?,
+        access_key_id: get_string(map, "access_key_id")?,
+        secret_access_key: get_string(map, "secret_access_key")?,
+        request_timeout: millis(map, "request_timeout_ms")?,
+        connect_timeout: millis(map, "connect_timeout_ms")?,
+        batching: get(map, "batching")?,
+    })
+}
+
+/// Binaries up to this size are copied into the event; larger ones are referenced.
+const INLINE_BYTES: usize = 1024;
+
+/// A binary of the calling process, kept alive by a process-independent environment
+/// that holds a copy of its term: for a refc binary that copy is a reference, so
+/// holding costs the same whatever the size, and the bytes never move while held.
+pub(crate) struct HeldBinary {
+    pub(crate) _env: OwnedEnv,
+    pub(crate) data: *const u8,
+    pub(crate) len: usize,
+}
+
+// The bytes are immutable and live as long as `_env`, which is only ever freed by
+// dropping this value (enif_free_env may run on any thread).
+unsafe impl Send for HeldBinary {}
+unsafe impl Sync for HeldBinary {}
+
+impl AsRef<[u8]> for HeldBinary {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: data/len describe the binary `_env` keeps alive (see `hold`).
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+pub(crate) fn hold(binary: Binary) -> Option<SharedBytes> {
+    let env = OwnedEnv::new();
+    let saved = env.save(binary);
+    let (data, len) = env.run(|env| {
+        let copy: Binary = saved.load(env).decode().ok()?;
+        Some((copy.as_slice().as_ptr(), copy.len()))
+    })?;
+    Some(std::sync::Arc::new(HeldBinary {
+        _env: env,
+        data,
+        len,
+    }))
+}
+
+/// A body part: copied when small, held when large.
+pub(crate) fn chunk(binary: Binary) -> Option<Chunk> {
+    if binary.len() <= INLINE_BYTES {
+        Some(Chunk::from(binary.as_slice()))
+    } else {
+        hold(binary).map(Chunk::Shared)
+    }
+}
+
+/// A raw binary body, or `{form, [{Name, Value}]}` for the worker to form-encode.
+pub(crate) fn decode_http_body(term: Term) -> Option<Body> {
+    if let Ok(binary) = term.decode::<Binary>() {
+        return Some(Body::Raw(chunk(binary)?));
+    }
+    let (tag, fields): (Atom, Term) = term.decode().ok()?;
+    if tag != atoms::form() {
+        return None;
+    }
+    let mut pairs = SmallVec::new();
+    for field in proper_list(fields)? {
+        let (name, value): (Binary, Binary) = field.decode().ok()?;
+        pairs.push((chunk(name)?, chunk(value)?));
+    }
+    Some(Body::Form(pairs))
+}
+
+/// `{Path, [{Name, Value}], Body, Tag}`: binaries, the path UTF-8, Body a binary or
+/// `{form, [{Name, Value}]}`. None for a malformed term.
+pub(crate) fn decode_http_event(term: Term) -> Option<Envelope<HttpEvent>> {
+    let (path, headers, body, tag): (Binary, Term, Term, Binary) = term.decode().ok()?;
+    let path = std::str::from_utf8(path.as_slice()).ok()?;
+    let mut pairs: SmallVec<[(Binary, Binary); 4]> = SmallVec::new();
+    for header in proper_list(headers)? {
+        pairs.push(header.decode().ok()?);
+    }
+    let slices: SmallVec<[(&[u8], &[u8]); 4]> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    let event = HttpEvent::with_body(path, &slices, decode_http_body(body)?).ok()?;
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+pub(crate) fn utf8(binary: Binary) -> String {
+    // JSON needs text: bytes that are not UTF-8 become U+FFFD rather than an error.
+    String::from_utf8_lossy(binary.as_slice()).into_owned()
+}
+
+/// `{presence, UserJid, BareJid, Present}` or
+/// `{chat | groupchat, in | out, FromJid, ToJid, Message, RoutingBareJid}`.
+pub(crate) fn decode_rabbit_event(term: Term) -> Option<Envelope<RabbitEvent>> {
+    let (event, tag) =
+        if let Ok((kind, user, bare, present)) = term.decode::<(Atom, Binary, Binary, bool)>() {
+            if kind != atoms::presence() {
+                return None;
+            }
+            let event = RabbitEvent::Presence {
+                user_jid: utf8(user),
+                bare_jid: utf8(bare),
+                present,
+            };
+            (event, bare)
+        } else {
+            let (kind, direction, from, to, message, routing): (
+                Atom,
+                Atom,
+                Binary,
+                Binary,
+                Binary,
+                Binary,
+            ) = term.decode().ok()?;
+            let kind = if kind == atoms::chat() {
+                ChatKind::Chat
+            } else if kind == atoms::groupchat() {
+                ChatKind::Groupchat
+            } else {
+                return None;
+            };
+            let direction = if direction == atoms::r#in() {
+                Direction::In
+            } else if direction == atoms::out() {
+                Direction::Out
+            } else {
+                return None;
+            };
+            let event = RabbitEvent::Chat {
+                kind,
+                direction,
+                from_jid: utf8(from),
+                to_jid: utf8(to),
+                message: utf8(message),
+                routing_bare_jid: utf8(routing),
+            };
+            (event, from)
+        };
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+/// `[{Name, string | number | binary, Value}]`, name and value binaries.
+pub(crate) fn decode_sns_attributes(term: Term) -> Option<Vec<(String, AttributeValue)>> {
+    let items = proper_list(term)?;
+    let mut attributes = Vec::with_capacity(items.len());
+    for item in items {
+        let (name, kind, value): (Binary, Atom, Binary) = item.decode().ok()?;
+        let value = if kind == atoms::string() {
+            AttributeValue::String(utf8(value))
+        } else if kind == atoms::number() {
+            AttributeValue::Number(utf8(value))
+        } else if kind == atoms::binary() {
+            AttributeValue::Binary(value.as_slice().to_vec())
+        } else {
+            return None;
+        };
+        attributes.push((utf8(name), value));
+    }
+    Some(attributes)
+}
+
+/// `{presence, TopicArn, UserId, Present, Attributes}` or
+/// `{message, TopicArn, FromUserId, ToUserId, Message, Attributes}`.
+pub(crate) fn decode_sns_event(term: Term) -> Option<Envelope<SnsEvent>> {
+    let (topic_arn, notification, attributes, tag) = if let Ok((kind, arn, user, present, attrs)) =
+        term.decode::<(Atom, Binary, Binary, bool, Term)>()
+    {
+        if kind != atoms::presence() {
+            return None;
+        }
+        let notification = Notification::Presence {
+            user_id: utf8(user),
+            present,
+        };
+        (arn, notification, attrs, user)
+    } else {
+        let (kind, arn, from, to, message, attrs): (Atom, Binary, Binary, Binary, Binary, Term) =
+            term.decode().ok()?;
+        if kind != atoms::message() {
+            return None;
+        }
+        let notification = Notification::Message {
+            from_user_id: utf8(from),
+            to_user_id: utf8(to),
+            message: utf8(message),
+        };
+        (arn, notification, attrs, from)
+    };
+    let event = SnsEvent {
+        topic_arn: utf8(topic_arn),
+        notification,
+        attributes: decode_sns_attributes(attributes)?,
+    };
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+pub(crate) fn string_pairs(term: Term) -> Option<Vec<(String, String)>> {
+    proper_list(term)?
+        .into_iter()
+        .map(|pair| {
+            let (k, v): (Binary, Binary) = pair.decode().ok()?;
+            Some((utf8(k), utf8(v)))
+        })
+        .collect()
+}
+
+/// `{publish, From, PubSub, Node, Payload, PublishOptions, Tag}`; Payload and
+/// PublishOptions are `[{Name, Value}]` binaries; Tag comes back in reports.
+pub(crate) fn decode_push_event(term: Term) -> Option<Envelope<PushEvent>> {
+    let (kind, from, pubsub, node, payload, options, tag): (
+        Atom,
+        Binary,
+        Binary,
+        Binary,
+        Term,
+        Term,
+        Binary,
+    ) = term.decode().ok()?;
+    if kind != atoms::publish() {
+        return None;
+    }
+    let event = PushEvent {
+        from: utf8(from),
+        pubsub: utf8(pubsub),
+        node: utf8(node),
+        payload: string_pairs(payload)?,
+        publish_options: string_pairs(options)?,
+    };
+    let size = event.size();
+    Some(Envelope::new(event, tag.as_slice(), size))
+}
+
+pub(crate) fn push_event_size(event: Term) -> Option<usize> {
+    let (_, from, pubsub, node, _, _, tag): (Atom, Binary, Binary, Binary, Term, Term, Binary) =
+        event.decode().ok()?;
+    Some(from.len() + pubsub.len() + node.len() + tag.len())
+}
+
+/// The size of the text-carrying part of an SNS event term, cheaply.
+pub(crate) fn sns_event_size(event: Term) -> Option<usize> {
+    if let Ok((_, arn, user, _, _)) = event.decode::<(Atom, Binary, Binary, Term, Term)>() {
+        return Some(arn.len() + user.len());
+    }
+    let (_, arn, from, to, message, _): (Atom, Binary, Binary, Binary, Binary, Term) =
+        event.decode().ok()?;
+    Some(arn.len() + from.len() + to.len() + message.len())
+}
+
+/// The size of the payload-carrying part of a rabbit event term, cheaply.
+pub(crate) fn rabbit_event_size(event: Term) -> Option<usize> {
+    if let Ok((_, user, bare, _)) = event.decode::<(Atom, Binary, Binary, Term)>() {
+        return Some(user.len() + bare.len());
+    }
+    let (_, _, from, to, message, _): (Atom, Atom, Binary, Binary, Binary, Term) =
+        event.decode().ok()?;
+    Some(from.len() + to.len() + message.len())
+}
+
+/// The body's size (as `Body::size` counts it) when `event` has the shape of an HTTP
+/// event, cheaply: what decides a refusal before anything is copied.
+pub(crate) fn http_body_size(event: Term) -> Option<usize> {
+    let (_path, _headers, body, _tag): (Term, Term, Term, Term) = event.decode().ok()?;
+    if let Ok(binary) = body.decode::<Binary>() {
+        return Some(binary.len());
+    }
+    let (_form, fields): (Atom, Term) = body.decode().ok()?;
+    let fields = proper_list(fields)?;
+    let mut size = (2 * fields.len()).saturating_sub(1);
+    for field in fields {
+        let (name, value): (Binary, Binary) = field.decode().ok()?;
+        size += name.len() + value.len();
+    }
+    Some(size)
+}

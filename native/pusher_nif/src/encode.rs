@@ -1,0 +1,281 @@
+//! Rust values -> Erlang terms: report batches, connection events, stats.
+
+use pusher::backend::AttemptOutcome;
+use pusher::connection::{ConnectionEvent, ConnectionState, StatusSnapshot};
+use pusher::report::{BackendDown, ReportBatch};
+use pusher::PushError;
+use pusher::StatsSnapshot;
+use rustler::{Atom, Encoder, Env, NifResult, Term};
+use smallvec::SmallVec;
+
+use crate::{atoms, badarg, error};
+
+pub(crate) mod connection_atoms {
+    rustler::atoms! {
+        connection_events, backend_down, connect_failed, connected, connecting,
+        disconnected, reason, at_ms, down_since_ms, suppressed, failed_attempts, since_ms,
+        connection, last_connection_error, last_connection_error_at_ms,
+        disconnected_since_ms, connect_failures,
+    }
+}
+
+pub(crate) fn map_term<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifResult<Term<'a>> {
+    let keys: SmallVec<[Term; 8]> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: SmallVec<[Term; 8]> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values)
+}
+
+/// `{lost, #{reason, at_ms, suppressed}}`,
+/// `{connect_failed, #{reason, at_ms, attempts, down_since_ms, suppressed}}` or
+/// `{connected, #{at_ms, down_since_ms, failed_attempts, suppressed}}`.
+pub(crate) fn encode_connection_event<'a>(
+    env: Env<'a>,
+    event: &ConnectionEvent,
+) -> NifResult<Term<'a>> {
+    use connection_atoms as a;
+    let (kind, details) = match event {
+        ConnectionEvent::Lost {
+            reason,
+            at_ms,
+            suppressed,
+        } => (
+            atoms::lost(),
+            map_term(
+                env,
+                &[
+                    (a::reason(), reason.as_str().encode(env)),
+                    (a::at_ms(), at_ms.encode(env)),
+                    (a::suppressed(), suppressed.encode(env)),
+                ],
+            )?,
+        ),
+        ConnectionEvent::ConnectFailed {
+            reason,
+            at_ms,
+            attempts,
+            down_since_ms,
+            suppressed,
+        } => (
+            a::connect_failed(),
+            map_term(
+                env,
+                &[
+                    (a::reason(), reason.as_str().encode(env)),
+                    (a::at_ms(), at_ms.encode(env)),
+                    (atoms::attempts(), attempts.encode(env)),
+                    (a::down_since_ms(), down_since_ms.encode(env)),
+                    (a::suppressed(), suppressed.encode(env)),
+                ],
+            )?,
+        ),
+        ConnectionEvent::Connected {
+            at_ms,
+            down_since_ms,
+            failed_attempts,
+            suppressed,
+        } => (
+            a::connected(),
+            map_term(
+                env,
+                &[
+                    (a::at_ms(), at_ms.encode(env)),
+                    (a::down_since_ms(), down_since_ms.encode(env)),
+                    (a::failed_attempts(), failed_attempts.encode(env)),
+                    (a::suppressed(), suppressed.encode(env)),
+                ],
+            )?,
+        ),
+    };
+    Ok((kind, details).encode(env))
+}
+
+/// `undefined | #{since_ms, reason}`.
+pub(crate) fn encode_backend_down<'a>(
+    env: Env<'a>,
+    down: Option<&BackendDown>,
+) -> NifResult<Term<'a>> {
+    match down {
+        None => Ok(atoms::undefined().encode(env)),
+        Some(down) => map_term(
+            env,
+            &[
+                (connection_atoms::since_ms(), down.since_ms.encode(env)),
+                (connection_atoms::reason(), down.reason.as_str().encode(env)),
+            ],
+        ),
+    }
+}
+
+pub(crate) fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
+    let attempts: Vec<Term> = batch
+        .attempts
+        .iter()
+        .map(|a| {
+            let outcome = match &a.outcome {
+                AttemptOutcome::Response(code) => code.encode(env),
+                AttemptOutcome::Published => atoms::published().encode(env),
+                AttemptOutcome::Confirmed => atoms::confirmed().encode(env),
+                AttemptOutcome::Nacked => atoms::nacked().encode(env),
+                AttemptOutcome::TimedOut => atoms::timeout().encode(env),
+                AttemptOutcome::Replied => atoms::result().encode(env),
+                AttemptOutcome::ErrorReply(kind) => {
+                    (atoms::error_reply(), kind.as_str()).encode(env)
+                }
+                AttemptOutcome::NoResponse(reason) => (atoms::error(), reason.as_str()).encode(env),
+            };
+            let elapsed = u64::try_from(a.elapsed.as_micros()).unwrap_or(u64::MAX);
+            (bytes_term(env, &a.tag), outcome, elapsed, a.bytes).encode(env)
+        })
+        .collect();
+    let failures: Vec<Term> = batch
+        .failures
+        .iter()
+        .map(|f| (bytes_term(env, &f.tag), f.reason.as_str(), f.attempts).encode(env))
+        .collect();
+    let c = &batch.counters;
+    // dropped_too_large (a part of dropped) only when there were any.
+    let names = [
+        atoms::delivered(),
+        atoms::retried(),
+        atoms::failed(),
+        atoms::dropped(),
+        atoms::dropped_too_large(),
+    ];
+    let values = [c.delivered, c.retried, c.failed, c.dropped, c.too_large];
+    let shown = if c.too_large > 0 { 5 } else { 4 };
+    let counters = Term::map_from_arrays(env, &names[..shown], &values[..shown])?;
+    let n = &batch.connections;
+    let connections = Term::map_from_arrays(
+        env,
+        &[atoms::opened(), atoms::closed(), atoms::failed()],
+        &[n.opened, n.closed, n.failed],
+    )?;
+    let connection_events = batch
+        .connection_events
+        .iter()
+        .map(|event| encode_connection_event(env, event))
+        .collect::<NifResult<Vec<Term>>>()?;
+    Term::map_from_term_arrays(
+        env,
+        &[
+            atoms::attempts().encode(env),
+            atoms::failures().encode(env),
+            atoms::counters().encode(env),
+            atoms::connections().encode(env),
+            atoms::reports_lost().encode(env),
+            connection_atoms::connection_events().encode(env),
+            connection_atoms::backend_down().encode(env),
+        ],
+        &[
+            attempts.encode(env),
+            failures.encode(env),
+            counters,
+            connections,
+            batch.reports_lost.encode(env),
+            connection_events.encode(env),
+            encode_backend_down(env, batch.backend_down.as_ref())?,
+        ],
+    )
+}
+
+pub(crate) fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut binary = rustler::NewBinary::new(env, bytes.len());
+    binary.as_mut_slice().copy_from_slice(bytes);
+    binary.into()
+}
+
+pub(crate) fn push_error(env: Env, e: PushError) -> Term {
+    match e {
+        PushError::QueueFull => error(env, atoms::queue_full()),
+        PushError::Stopped => error(env, atoms::stopped()),
+        PushError::TooLarge => error(env, atoms::too_large()),
+    }
+}
+
+/// The connection keys of a rabbit instance's stats.
+pub(crate) fn connection_stats<'a>(env: Env<'a>, status: &StatusSnapshot) -> Vec<(Atom, Term<'a>)> {
+    use connection_atoms as a;
+    let optional_ms = |v: Option<u64>| match v {
+        Some(ms) => ms.encode(env),
+        None => atoms::undefined().encode(env),
+    };
+    let state = match status.state {
+        ConnectionState::Connected => a::connected(),
+        ConnectionState::Connecting => a::connecting(),
+        ConnectionState::Disconnected => a::disconnected(),
+        ConnectionState::Closed => atoms::closed(),
+    };
+    vec![
+        (a::connection(), state.encode(env)),
+        (
+            a::last_connection_error(),
+            match &status.last_error {
+                Some(reason) => reason.as_str().encode(env),
+                None => atoms::undefined().encode(env),
+            },
+        ),
+        (
+            a::last_connection_error_at_ms(),
+            optional_ms(status.last_error_at_ms),
+        ),
+        (
+            a::disconnected_since_ms(),
+            optional_ms(status.down_since_ms),
+        ),
+        (a::connect_failures(), status.failed_attempts.encode(env)),
+    ]
+}
+
+pub(crate) fn stats_term<'a>(
+    env: Env<'a>,
+    s: &StatsSnapshot,
+    lost: Option<u64>,
+    extra: Vec<(Atom, Term<'a>)>,
+) -> Term<'a> {
+    let latency = |v: Option<u64>| match v {
+        Some(us) => us.encode(env),
+        None => atoms::undefined().encode(env),
+    };
+    let mut keys = vec![
+        atoms::accepted(),
+        atoms::delivered(),
+        atoms::retried(),
+        atoms::failed(),
+        atoms::dropped(),
+        atoms::dropped_too_large(),
+        atoms::last_too_large_bytes(),
+        atoms::max_bytes(),
+        atoms::queued(),
+        atoms::queued_bytes(),
+        atoms::in_flight(),
+        atoms::waiting_retry(),
+        atoms::latency_p50_us(),
+        atoms::latency_p99_us(),
+    ];
+    let mut values = vec![
+        s.accepted.encode(env),
+        s.delivered.encode(env),
+        s.retried.encode(env),
+        s.failed.encode(env),
+        s.dropped.encode(env),
+        s.dropped_too_large.encode(env),
+        s.last_too_large_bytes.encode(env),
+        s.max_bytes.encode(env),
+        s.queued.encode(env),
+        s.queued_bytes.encode(env),
+        s.in_flight.encode(env),
+        s.waiting_retry.encode(env),
+        latency(s.latency_p50_us),
+        latency(s.latency_p99_us),
+    ];
+    if let Some(lost) = lost {
+        keys.push(atoms::lost());
+        values.push(lost.encode(env));
+    }
+    for (key, value) in extra {
+        keys.push(key);
+        values.push(value);
+    }
+    let keys: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| badarg(env))
+}
