@@ -6,7 +6,9 @@ SHELL := /bin/bash
 
 APT_PACKAGES := erlang-nox erlang-dev erlang-common-test erlang-dialyzer erlang-tools \
                 erlang-jiffy rebar3
-ERL_RUN := erl -noshell -pa _build/test/lib/*/ebin
+# The demo, the benchmark, the reliability run and the lints run in the `tools' profile:
+# the test profile's modules plus tools/ (rebar.config).
+ERL_RUN := erl -noshell -pa _build/tools/lib/*/ebin
 
 .PHONY: setup venv rabbitmq postgres build test cargo-test ct erlang-strict demo bench lint clean \
         otp27-root otp27-strict ct-otp27
@@ -22,7 +24,7 @@ setup:
 	fi
 
 # Python tools in _build/venv: moto's SNS/SQS emulator (moto_server) and boto3, for
-# test/host/sns_emulator.erl and tools/sns_emulator.py. Pinned; the stamp file names
+# test/support/sns_emulator.erl and test/support/sns_emulator.py. Pinned; the stamp file names
 # the pins, so changing one reinstalls and an installed venv costs only a test -f.
 # Debian's python3-venv is installed when `python3 -m venv` lacks ensurepip.
 VENV := _build/venv
@@ -75,6 +77,7 @@ postgres:
 build: setup
 	cargo build --release --workspace
 	rebar3 as test compile
+	rebar3 as tools compile
 
 cargo-test: setup rabbitmq
 	cargo test --release --workspace --quiet
@@ -91,7 +94,7 @@ ct: build erlang-strict rabbitmq postgres venv
 erlang-strict: build
 	@mkdir -p _build/strict
 	erlc -o _build/strict -pa _build/test/lib/mongoose_event_pusher/ebin \
-	  -I erlang/include -I test/host/include +warn_missing_spec +warnings_as_errors erlang/src/*.erl
+	  -I erlang/include -I test/mim/include +warn_missing_spec +warnings_as_errors erlang/src/*.erl
 
 # The same on OTP 27 (MongooseIM 6.4 requires OTP 26 or later): Debian 13's packages in
 # a debootstrap root under _build, made once (1-2 minutes) and reused; `otp27-strict`
@@ -126,7 +129,7 @@ reliability: build rabbitmq
 
 # Formatting, lints and Dialyzer over the production code, the stand-in and the tools;
 # then xref: production code calls only OTP and MongooseIM 6.4's API (tools/mim_api_check).
-# (Dialyzer runs on the ebin directly: `rebar3 ct` also compiles test/host into its
+# (Dialyzer runs on the ebin directly: `rebar3 ct` also compiles the stand-in into its
 # extras directory, and rebar3's dialyzer would see every stand-in module twice.)
 PLT := _build/otp_$(shell erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().')_2.plt
 lint: build
@@ -135,7 +138,7 @@ lint: build
 	@test -f $(PLT) || { echo "building $(PLT) (once, a few minutes)"; \
 	  dialyzer --build_plt --output_plt $(PLT) --apps erts kernel stdlib compiler crypto \
 	    public_key ssl inets tools common_test jiffy mnesia; }
-	dialyzer --plt $(PLT) _build/test/lib/mongoose_event_pusher/ebin
+	dialyzer --plt $(PLT) _build/tools/lib/mongoose_event_pusher/ebin
 	$(ERL_RUN) -eval 'case mim_api_check:main() of ok -> halt(0); _ -> halt(1) end.'
 
 clean:

@@ -95,7 +95,7 @@ groups() ->
 
 init_per_suite(Config) ->
     %% builds toml2term if needed, once, before the parallel groups use it
-    {ok, _} = toml2term:executable(),
+    {ok, _} = tomerl:executable(),
     Config.
 
 end_per_suite(_Config) ->
@@ -837,11 +837,11 @@ toml_values(Config) ->
                         <<"when">> => <<"1979-05-27T07:32:00Z">>,
                         <<"nested">> => [[1, 2], [<<"a">>]],
                         <<"tables">> => [#{}, #{<<"x">> => #{<<"y">> => true}}]}},
-                 toml2term:parse_file(File)),
+                 tomerl:read_file(File)),
     ?assertMatch({error, {toml_error, _}},
-                 toml2term:parse_file(write(Config, "bad_float", <<"x = inf\n">>))),
+                 tomerl:read_file(write(Config, "bad_float", <<"x = inf\n">>))),
     ?assertMatch({error, {toml_error, _}},
-                 toml2term:parse_file(filename:join(?config(priv_dir, Config), "missing.toml"))).
+                 tomerl:read_file(filename:join(?config(priv_dir, Config), "missing.toml"))).
 
 %% mod_event_pusher's backends are its hard deps: they get their own entries with
 %% the same options, merged with options given to them directly.

@@ -3,7 +3,7 @@
 %% made permanent, and the hooks are registered with MongooseIM's priorities.
 %%
 %% The hooks are run through gen_hook, as MongooseIM runs them. Events are
-%% observed through the test backend mod_event_pusher_test (test/host), which
+%% observed through the test backend mod_event_pusher_test (test/support), which
 %% mod_event_pusher calls for the `test' key of its options.
 -module(hook_translator_SUITE).
 

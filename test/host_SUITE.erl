@@ -1,4 +1,4 @@
-%% Unit-style checks of the MongooseIM stand-in (test/host): the other suites
+%% Unit-style checks of the MongooseIM stand-in (test/mim): the other suites
 %% rely on it behaving like MongooseIM's modules of the same names.
 -module(host_SUITE).
 

@@ -36,7 +36,7 @@ all() ->
      own_example_is_a_mongooseim_file, comparison_finds_every_difference].
 
 init_per_suite(Config) ->
-    {ok, _} = toml2term:executable(),
+    {ok, _} = tomerl:executable(),
     WorkDir = filename:join(?config(priv_dir, Config), "mim_cwd"),
     ok = filelib:ensure_dir(filename:join([WorkDir, "priv", "x"])),
     %% MongooseIM's filename validator only checks that the file exists.
@@ -70,7 +70,7 @@ host_types_toml(Config) ->
 %% sections MongooseIM has.
 own_example_is_a_mongooseim_file(Config) ->
     Example = filename:join([repo_dir(Config), "examples", "mongooseim.toml"]),
-    {ok, Toml} = toml2term:parse_file(Example),
+    {ok, Toml} = tomerl:read_file(Example),
     ?assertMatch(#{<<"general">> := #{<<"default_server_domain">> := <<"localhost">>,
                                       <<"hosts">> := [<<"localhost">> | _]}}, Toml),
     ?assertEqual([], maps:keys(Toml) -- [<<"general">>, <<"outgoing_pools">>, <<"modules">>]),

@@ -1,7 +1,7 @@
 %% `make lint': the production modules (erlang/src) call only OTP, each other and the
 %% MongooseIM 6.4 host API listed in tools/mim_api.terms (from ../shared/MIM_API.md).
 %% A call to anything else, e.g. a test-control function of the stand-in or a helper
-%% of test/host, would work in our tests and fail inside MongooseIM.
+%% of test/support, would work in our tests and fail inside MongooseIM.
 -module(mim_api_check).
 
 -export([main/0]).

@@ -36,7 +36,7 @@ PACKAGES=(erlang-base erlang-common-test erlang-tools erlang-runtime-tools erlan
 # patched executables name) makes a new root.
 RECIPE="$SUITE minbase; ${PACKAGES[*]}; root $ROOT; recipe 1"
 STAMP=$ROOT/.otp27-ready
-INCLUDES=(-I "$REPO/erlang/include" -I "$REPO/test/host/include")
+INCLUDES=(-I "$REPO/erlang/include" -I "$REPO/test/mim/include")
 
 die() { echo "otp27: $*" >&2; exit 1; }
 
@@ -201,10 +201,10 @@ cmd_compile() {
     trap "rm -rf '$build'" EXIT # a failed compile leaves the current build as it was
     mkdir -p "$app/ebin" "$app/test" "$build/strict"
     touch "$build/.started" # a source edited from now on is newer than the stamp
-    # As the test profile (rebar.config): production code, the stand-in and the tools
-    # in one application, every warning an error.
+    # As the tools profile (rebar.config): production code, the stand-in, the test
+    # support and the tools in one application, every warning an error.
     compile_ordered "$app/ebin" "+debug_info +warnings_as_errors" \
-        erlang/src/*.erl test/host/*.erl tools/*.erl
+        erlang/src/*.erl test/lib/*.erl test/mim/*.erl test/support/*.erl tools/*.erl
     # The production modules as `make erlang-strict` compiles them on OTP 25: specs
     # required, against the stand-in's behaviours.
     "$BIN/erlc" -o "$build/strict" -pa "$app/ebin" "${INCLUDES[@]}" \

@@ -1,6 +1,6 @@
 //! `pg_port`: test-only PostgreSQL access for the MongooseIM stand-in.
 //!
-//! OTP has no PostgreSQL driver, so `test/host/mongoose_rdbms.erl` runs this program
+//! OTP has no PostgreSQL driver, so `test/mim/mongoose_rdbms.erl` runs this program
 //! as a port (`{packet, 4}`) and talks to it one request at a time. Every frame, in
 //! both directions, is a 4-byte big-endian length followed by that many bytes of one
 //! JSON object.

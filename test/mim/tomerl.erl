@@ -1,4 +1,5 @@
-%% @doc Test-only TOML reader of the MongooseIM stand-in.
+%% @doc Stand-in for tomerl, the TOML library MongooseIM 6.4 reads `mongooseim.toml'
+%% with (`tomerl:read_file/1', as its mongoose_config_parser_toml calls it).
 %%
 %% OTP has no TOML parser, and MongooseIM parses `mongooseim.toml' itself (the
 %% production modules never do), so the stand-in runs the Rust program
@@ -10,9 +11,11 @@
 %% this module's beam file (or above the current directory) that holds a
 %% Cargo.toml. Unless `TOML2TERM' is set, the first call in a VM builds it (see
 %% repo_binary), so an edited or missing binary is rebuilt.
--module(toml2term).
+-module(tomerl).
 
--export([parse_file/1, executable/0]).
+-export([read_file/1]).
+%% Test control (not in tomerl)
+-export([executable/0]).
 
 -type toml_value() :: binary() | integer() | float() | boolean() | [toml_value()] | toml_map().
 -type toml_map() :: #{binary() => toml_value()}.
@@ -25,8 +28,8 @@
 
 %% @doc Reads and parses a TOML file. A file that cannot be read or parsed gives
 %% `{error, {toml_error, Message}}'; for syntax errors Message names line and column.
--spec parse_file(file:filename_all()) -> {ok, toml_map()} | {error, reason()}.
-parse_file(Path) ->
+-spec read_file(file:filename_all()) -> {ok, toml_map()} | {error, reason()}.
+read_file(Path) ->
     case executable() of
         {ok, Exe} -> run(Exe, unicode:characters_to_list(Path));
         {error, _} = Error -> Error

@@ -19,7 +19,7 @@
 %%   - events at warning level or above whose origin is ours: the logging function
 %%     (meta `mfa') is in a module compiled with this module, i.e. the production
 %%     modules (mod_event_pusher*), the MongooseIM stand-in and the test helpers of
-%%     test/host, and the tools; or an OTP crash or supervisor report about a process
+%%     test/mim, test/lib, test/support and the tools; or an OTP crash or supervisor report about a process
 %%     that runs such a module (its initial call, the child's start function, or a
 %%     module in the crash's stack trace).
 %% Of these, the ones at error level or above (and every hook_failed) fail a passing

@@ -1,6 +1,6 @@
 %% @doc moto's SNS/SQS emulator for the tests and the demo: starts `moto_server` from
 %% _build/venv (`make venv`) on a free loopback port, and sets up topics with
-%% subscribed SQS queues, reads and purges those queues through tools/sns_emulator.py
+%% subscribed SQS queues, reads and purges those queues through test/support/sns_emulator.py
 %% (boto3, run by the venv's python). Test-only.
 %%
 %% The moto process belongs to a process of its own, not linked to the caller (so an
@@ -97,7 +97,7 @@ start(Opts) ->
                   port => Port, os_pid => OsPid, region => ?REGION, auth => Auth,
                   access_key_id => ?DUMMY_ACCESS_KEY, secret_access_key => ?DUMMY_SECRET_KEY,
                   log => Log, owner => Owner, python => Python,
-                  script => filename:join([Root, "tools", "sns_emulator.py"]), dir => Dir},
+                  script => filename:join([Root, "test", "support", "sns_emulator.py"]), dir => Dir},
     try
         wait_ready(Emulator0, erlang:monotonic_time(millisecond) + ?START_TIMEOUT_MS),
         Emulator = case Auth of

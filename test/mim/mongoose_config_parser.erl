@@ -53,7 +53,7 @@
 %% `error({config_error, Text, [ErrorMap]})' on any problem.
 -spec parse_file(file:filename_all()) -> [{config_key(), term()}].
 parse_file(FileName) ->
-    case toml2term:parse_file(FileName) of
+    case tomerl:read_file(FileName) of
         {ok, Toml} ->
             process(Toml);
         {error, {toml_error, Message}} ->
@@ -66,7 +66,7 @@ parse_file(FileName) ->
     end.
 
 %% @doc Processes an already parsed TOML document (binary keys, binary strings).
--spec process(toml2term:toml_map()) -> [{config_key(), term()}].
+-spec process(tomerl:toml_map()) -> [{config_key(), term()}].
 process(Toml) ->
     case handle([], Toml, mongoose_config_spec:root()) of
         {ok, Items} ->

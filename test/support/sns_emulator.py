@@ -2,7 +2,7 @@
 """Drives moto's SNS/SQS emulator (moto_server) for the tests and the demo.
 
 Run with _build/venv/bin/python (`make venv` installs moto and boto3 there); used by
-test/host/sns_emulator.erl. Every subcommand prints one JSON document to stdout; on
+test/support/sns_emulator.erl. Every subcommand prints one JSON document to stdout; on
 failure it prints a message to stderr and exits non-zero.
 
   setup    --endpoint URL --region R --topics a,b,c
