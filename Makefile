@@ -128,7 +128,8 @@ reliability: build rabbitmq
 	  $(ERL_RUN) -eval 'case event_pusher_reliability:main() of ok -> halt(0); _ -> halt(1) end.'
 
 # Formatting, lints and Dialyzer over the production code, the stand-in and the tools;
-# then xref: production code calls only OTP and MongooseIM 6.4's API (tools/mim_api_check).
+# then xref: production code calls only OTP and MongooseIM 6.4's API (tools/mim_api_check),
+# and every Erlang folder calls only its own or a lower layer (tools/layering_check).
 # (Dialyzer runs on the ebin directly: `rebar3 ct` also compiles the stand-in into its
 # extras directory, and rebar3's dialyzer would see every stand-in module twice.)
 PLT := _build/otp_$(shell erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().')_2.plt
@@ -140,6 +141,7 @@ lint: build
 	    public_key ssl inets tools common_test jiffy mnesia; }
 	dialyzer --plt $(PLT) _build/tools/lib/mongoose_event_pusher/ebin
 	$(ERL_RUN) -eval 'case mim_api_check:main() of ok -> halt(0); _ -> halt(1) end.'
+	$(ERL_RUN) -eval 'case layering_check:main() of ok -> halt(0); _ -> halt(1) end.'
 
 clean:
 	rm -rf _build target erlang/priv/*.so
