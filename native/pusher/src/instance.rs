@@ -528,10 +528,13 @@ mod tests {
     use crate::report::{ReportBatch, ReportSink};
 
     /// Answers each event (a number) from its script, then Delivered; records calls.
+    /// An event of `panics` makes deliver panic; one of `slow` answers after a pause.
     #[derive(Default)]
     struct Scripted {
         answers: Mutex<HashMap<u32, VecDeque<Verdict>>>,
         calls: Mutex<Vec<u32>>,
+        panics: Vec<u32>,
+        slow: HashMap<u32, Duration>,
     }
 
     impl Scripted {
@@ -542,8 +545,18 @@ mod tests {
                 .collect();
             Scripted {
                 answers: Mutex::new(answers),
-                calls: Mutex::default(),
+                ..Scripted::default()
             }
+        }
+
+        fn panicking_on(mut self, event: u32) -> Self {
+            self.panics.push(event);
+            self
+        }
+
+        fn slow_on(mut self, event: u32, pause: Duration) -> Self {
+            self.slow.insert(event, pause);
+            self
         }
 
         fn calls(&self) -> Vec<u32> {
@@ -556,6 +569,13 @@ mod tests {
 
         async fn deliver(&self, event: &u32) -> Attempt {
             lock(&self.calls).push(*event);
+            assert!(
+                !self.panics.contains(event),
+                "scripted panic on event {event}"
+            );
+            if let Some(pause) = self.slow.get(event) {
+                tokio::time::sleep(*pause).await;
+            }
             let verdict = lock(&self.answers)
                 .get_mut(event)
                 .and_then(VecDeque::pop_front)
@@ -812,5 +832,81 @@ mod tests {
         let stats = instance.shared.stats.clone();
         drop(instance);
         assert_eq!(stats.dropped.load(Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_backend_fails_that_event_and_its_worker_goes_on() {
+        let (instance, failures) = start(
+            Scripted::with(&[]).panicking_on(1),
+            one_worker(QueueLimits::default()),
+        );
+        for event in 1..=3 {
+            push(&instance, event, 10).expect("push");
+        }
+        eventually("every event settled", || {
+            let s = instance.stats();
+            s.delivered + s.failed == 3
+        })
+        .await;
+        let s = instance.stats();
+        assert_eq!((s.delivered, s.failed, s.retried), (2, 1, 0), "{s:?}");
+        assert!(balanced(&s), "{s:?}");
+        instance.stop(Duration::from_secs(1)).await;
+        let reasons: Vec<String> = lock(&failures.0).iter().map(|f| f.reason.clone()).collect();
+        assert_eq!(reasons, vec!["backend_panicked".to_string()]);
+        assert_eq!(instance.backend().calls(), vec![1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_workers_wake_for_every_event_pushed_one_at_a_time_or_in_a_burst() {
+        let config = InstanceConfig {
+            concurrency: 4,
+            ..InstanceConfig::default()
+        };
+        let (instance, _) = start(Scripted::with(&[]), config);
+        // One at a time, each after the workers went idle again: no wake-up is missed.
+        for event in 0..50 {
+            push(&instance, event, 1).expect("push");
+            let expected = u64::from(event) + 1;
+            eventually("the event delivered", || {
+                instance.stats().delivered == expected
+            })
+            .await;
+        }
+        // A burst larger than the workers.
+        for event in 50..1050 {
+            push(&instance, event, 1).expect("push");
+        }
+        eventually("the burst delivered", || instance.stats().delivered == 1050).await;
+        let mut calls = instance.backend().calls();
+        calls.sort_unstable();
+        assert_eq!(calls, (0..1050).collect::<Vec<u32>>());
+        let s = instance.stats();
+        assert_eq!((s.queued, s.in_flight, s.failed, s.dropped), (0, 0, 0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_delivers_what_it_can_before_the_deadline_and_counts_the_rest_lost() {
+        // One worker stuck 10 s on event 1; events 2-4 wait behind it.
+        let (instance, _) = start(
+            Scripted::with(&[]).slow_on(1, Duration::from_secs(10)),
+            one_worker(QueueLimits::default()),
+        );
+        for event in 1..=4 {
+            push(&instance, event, 10).expect("push");
+        }
+        eventually("event 1 in flight", || instance.stats().in_flight == 1).await;
+        let summary = instance.stop(Duration::from_millis(100)).await;
+        let s = summary.stats;
+        assert_eq!(summary.lost, 4);
+        assert_eq!(
+            (s.delivered, s.failed, s.queued, s.in_flight),
+            (0, 4, 0, 0),
+            "{s:?}"
+        );
+        assert_eq!(s.accepted, s.delivered + s.failed + s.dropped);
+        assert_eq!(push(&instance, 5, 10), Err(PushError::Stopped));
+        // Stopping again changes nothing.
+        assert_eq!(instance.stop(Duration::ZERO).await.lost, 0);
     }
 }
