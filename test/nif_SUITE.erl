@@ -17,7 +17,8 @@ all() ->
      stop_with_deadline_reports_losses,
      dropping_the_last_reference_stops_the_tasks,
      memory_stays_bounded_with_the_server_down,
-     reports_reach_the_reporter_in_batches].
+     reports_reach_the_reporter_in_batches,
+     every_outcome_the_nif_reports_has_the_erlang_type].
 
 init_per_testcase(_Case, Config) ->
     [{listener, test_http_listener:start()} | Config].
@@ -335,3 +336,15 @@ rss_bytes() ->
     {ok, Status} = file:read_file("/proc/self/status"),
     {match, [Kb]} = re:run(Status, "VmRSS:\\s+(\\d+) kB", [{capture, all_but_first, binary}]),
     binary_to_integer(Kb) * 1024.
+
+%% The contract: each kind of attempt outcome the NIF can put in a report is one the
+%% Erlang type (mod_event_pusher_instance:attempt_outcome()) names. A kind added on
+%% the Rust side must be listed there (a compile error in encode.rs until it is) and
+%% then fails here until the Erlang type has it.
+every_outcome_the_nif_reports_has_the_erlang_type(_Config) ->
+    Outcomes = mod_event_pusher_nif:attempt_outcomes(),
+    ?assertEqual(8, length(Outcomes)),
+    ?assertEqual([], [O || O <- Outcomes, not mod_event_pusher_instance:is_attempt_outcome(O)]),
+    %% and the check is not a yes to everything
+    ?assertEqual([], [O || O <- [-1, unknown, {error_reply, cancel}, {error, "text"}, {other, <<>>}],
+                           mod_event_pusher_instance:is_attempt_outcome(O)]).

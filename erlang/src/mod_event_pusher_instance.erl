@@ -17,7 +17,7 @@
 -behaviour(gen_server).
 
 -export([start/4, stop/3, stop_all/3, stats/2, instance/2]).
--export([start_or_raise/5, stop_with_drain_option/3]).
+-export([start_or_raise/5, stop_with_drain_option/3, is_attempt_outcome/1]).
 -export([start_link/1, init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -include_lib("kernel/include/logger.hrl").
@@ -26,8 +26,10 @@
 -type starter() :: fun((Reporter :: pid()) -> {ok, mod_event_pusher_nif:instance()} | {error, term()}).
 %% One attempt: {Tag, Outcome, ElapsedUs, Bytes}; Outcome is an HTTP status, an
 %% AMQP publish outcome, or {error, Reason} when no answer came.
+%% An HTTP status; a publish written (confirms off), confirmed or nacked; no confirm or
+%% reply in time; an IQ result or error (push); no answer, with the reason.
 -type attempt_outcome() :: non_neg_integer() | published | confirmed | nacked | timeout
-                         | {error, binary()}.
+                         | result | {error_reply, binary()} | {error, binary()}.
 -type report() :: #{attempts := [{binary(), attempt_outcome(), non_neg_integer(),
                                   non_neg_integer()}],
                     failures := [{binary(), binary(), non_neg_integer()}],
@@ -50,7 +52,7 @@
                       suppressed := non_neg_integer()}}.
 %% Set when the backend was unreachable during the batch.
 -type backend_down() :: undefined | #{since_ms := integer(), reason := binary()}.
--export_type([key/0, report/0, connection_event/0, backend_down/0]).
+-export_type([key/0, report/0, attempt_outcome/0, connection_event/0, backend_down/0]).
 
 -callback handle_report(HostType :: binary(), key(), report()) -> any().
 %% Backends whose instance asks Erlang to route stanzas (push) handle those requests.
@@ -527,3 +529,13 @@ log_stop(HostType, Key, {ok, Stats = #{lost := Lost}}) ->
     ?LOG_WARNING(#{what => event_pusher_stopped_with_losses, host_type => HostType, key => Key,
                    lost => Lost, stats => Stats,
                    text => <<"Drain deadline passed before every pending event was delivered">>}).
+
+%% @doc The attempt_outcome() type as a check (kept beside it): the contract test holds
+%% every outcome the NIF can report to it (nif_SUITE).
+-spec is_attempt_outcome(term()) -> boolean().
+is_attempt_outcome(Status) when is_integer(Status), Status >= 0 -> true;
+is_attempt_outcome(Atom) when Atom =:= published; Atom =:= confirmed; Atom =:= nacked;
+                              Atom =:= timeout; Atom =:= result -> true;
+is_attempt_outcome({error_reply, Type}) when is_binary(Type) -> true;
+is_attempt_outcome({error, Reason}) when is_binary(Reason) -> true;
+is_attempt_outcome(_) -> false.

@@ -3,8 +3,11 @@
 -module(mod_event_pusher_nif).
 
 -export([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1, noop/0]).
+%% Test control: what the NIF can report, for the contract test
+-export([attempt_outcomes/0]).
 
--nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1, noop/0]).
+-nifs([start_http/2, start_rabbit/2, start_sns/2, start_push/2, push_reply/3, push/2, stats/1, stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1, noop/0,
+        attempt_outcomes/0]).
 -on_load(load/0).
 
 -type instance() :: reference().
@@ -125,3 +128,7 @@ form_urlencode_dirty(_Pairs) -> erlang:nif_error(nif_not_loaded).
 
 -spec noop() -> ok.
 noop() -> erlang:nif_error(nif_not_loaded).
+
+%% @doc One outcome of each kind a report's attempts can carry, as reports encode them.
+-spec attempt_outcomes() -> [mod_event_pusher_instance:attempt_outcome()].
+attempt_outcomes() -> erlang:nif_error(nif_not_loaded).

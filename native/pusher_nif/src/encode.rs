@@ -106,23 +106,56 @@ pub(crate) fn encode_backend_down<'a>(
     }
 }
 
+/// An attempt's outcome as `mod_event_pusher_instance:attempt_outcome()`: the status
+/// code, `published | confirmed | nacked | timeout | result`, `{error_reply, Type}` or
+/// `{error, Reason}`.
+pub(crate) fn outcome_term<'a>(env: Env<'a>, outcome: &AttemptOutcome) -> Term<'a> {
+    match outcome {
+        AttemptOutcome::Response(code) => code.encode(env),
+        AttemptOutcome::Published => atoms::published().encode(env),
+        AttemptOutcome::Confirmed => atoms::confirmed().encode(env),
+        AttemptOutcome::Nacked => atoms::nacked().encode(env),
+        AttemptOutcome::TimedOut => atoms::timeout().encode(env),
+        AttemptOutcome::Replied => atoms::result().encode(env),
+        AttemptOutcome::ErrorReply(kind) => (atoms::error_reply(), kind.as_str()).encode(env),
+        AttemptOutcome::NoResponse(reason) => (atoms::error(), reason.as_str()).encode(env),
+    }
+}
+
+/// One outcome of each kind a report can carry, for the test that holds them to the
+/// Erlang type. The match makes a new kind a compile error here until it is listed.
+pub(crate) fn every_outcome_kind() -> Vec<AttemptOutcome> {
+    let every = vec![
+        AttemptOutcome::Response(503),
+        AttemptOutcome::Published,
+        AttemptOutcome::Confirmed,
+        AttemptOutcome::Nacked,
+        AttemptOutcome::TimedOut,
+        AttemptOutcome::Replied,
+        AttemptOutcome::ErrorReply("cancel".into()),
+        AttemptOutcome::NoResponse("connection refused".into()),
+    ];
+    for outcome in &every {
+        match outcome {
+            AttemptOutcome::Response(_)
+            | AttemptOutcome::Published
+            | AttemptOutcome::Confirmed
+            | AttemptOutcome::Nacked
+            | AttemptOutcome::TimedOut
+            | AttemptOutcome::Replied
+            | AttemptOutcome::ErrorReply(_)
+            | AttemptOutcome::NoResponse(_) => {}
+        }
+    }
+    every
+}
+
 pub(crate) fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
     let attempts: Vec<Term> = batch
         .attempts
         .iter()
         .map(|a| {
-            let outcome = match &a.outcome {
-                AttemptOutcome::Response(code) => code.encode(env),
-                AttemptOutcome::Published => atoms::published().encode(env),
-                AttemptOutcome::Confirmed => atoms::confirmed().encode(env),
-                AttemptOutcome::Nacked => atoms::nacked().encode(env),
-                AttemptOutcome::TimedOut => atoms::timeout().encode(env),
-                AttemptOutcome::Replied => atoms::result().encode(env),
-                AttemptOutcome::ErrorReply(kind) => {
-                    (atoms::error_reply(), kind.as_str()).encode(env)
-                }
-                AttemptOutcome::NoResponse(reason) => (atoms::error(), reason.as_str()).encode(env),
-            };
+            let outcome = outcome_term(env, &a.outcome);
             let elapsed = u64::try_from(a.elapsed.as_micros()).unwrap_or(u64::MAX);
             (bytes_term(env, &a.tag), outcome, elapsed, a.bytes).encode(env)
         })

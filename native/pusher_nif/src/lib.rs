@@ -31,7 +31,9 @@ mod reporter;
 mod resource;
 
 use decode::{http_config, instance_config, millis, proper_list, rabbit_config, sns_config, utf8};
-use encode::{connection_stats, encode_batch, push_error, stats_term};
+use encode::{
+    connection_stats, encode_batch, every_outcome_kind, outcome_term, push_error, stats_term,
+};
 use push_router::PidRouter;
 use reporter::ReportTarget;
 use resource::{InstanceResource, Pusher};
@@ -373,6 +375,16 @@ fn urlencode_pairs<'a>(env: Env<'a>, pairs: Term<'a>) -> Term<'a> {
     let mut out = rustler::NewBinary::new(env, pusher::form::urlencoded_len(&slices));
     pusher::form::urlencode_into(out.as_mut_slice(), &slices);
     out.into()
+}
+
+/// `attempt_outcomes()` -> one outcome of each kind a report can carry, encoded as in
+/// reports (test control: the contract test holds them to the Erlang type).
+#[rustler::nif]
+fn attempt_outcomes(env: Env) -> Vec<Term> {
+    every_outcome_kind()
+        .iter()
+        .map(|outcome| outcome_term(env, outcome))
+        .collect()
 }
 
 /// The cheapest possible NIF call, the benchmark's yardstick.
