@@ -166,7 +166,7 @@ collect_output(Port, Deadline, Acc) ->
 
 child_script(Port) ->
     Config = #{host => <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
-               path_prefix => <<"/">>, request_timeout => 5000,
+               path_prefix => <<"/">>, request_timeout_ms => 5000,
                verify_mode => peer, cacertfile => <<>>, certfile => <<>>, keyfile => <<>>,
                server_name_indication => true,
                max_events => 10, max_bytes => 65536, overflow => drop_newest,

@@ -31,7 +31,7 @@ config(Port) ->
 
 config(Port, Overrides) ->
     maps:merge(#{host => <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
-                 path_prefix => <<"/">>, request_timeout => 2000,
+                 path_prefix => <<"/">>, request_timeout_ms => 2000,
                  verify_mode => peer, cacertfile => <<>>, certfile => <<>>, keyfile => <<>>,
                  server_name_indication => true,
                  max_events => 1000, max_bytes => 1048576, overflow => drop_newest,
@@ -218,7 +218,7 @@ drop_oldest_evicts_and_counts(Config) ->
     Listener = ?config(listener, Config),
     test_http_listener:set_reply(Listener, [{delay, 60000, 200}]),
     Instance = start(Config, #{max_events => 5, concurrency => 1, overflow => drop_oldest,
-                               request_timeout => 300}),
+                               request_timeout_ms => 300}),
     ok = mod_event_pusher_nif:push(Instance, event(0)),
     test_wait:until(fun() -> maps:get(in_flight, mod_event_pusher_nif:stats(Instance)) =:= 1 end,
                     fun() -> mod_event_pusher_nif:stats(Instance) end),

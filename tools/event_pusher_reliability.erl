@@ -809,7 +809,7 @@ stale_instance(Port) ->
 http_nif_config(Port) ->
     maps:merge(instance_nif_config(),
                #{host => <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
-                 path_prefix => <<"/">>, request_timeout => 500, verify_mode => peer,
+                 path_prefix => <<"/">>, request_timeout_ms => 500, verify_mode => peer,
                  cacertfile => <<>>, certfile => <<>>, keyfile => <<>>,
                  server_name_indication => true}).
 

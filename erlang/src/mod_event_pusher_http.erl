@@ -190,7 +190,7 @@ connection_config(#{tag := Tag, conn_opts := Conn}) ->
     Sni = maps:get(server_name_indication, Tls, #{}),
     #{host => unicode:characters_to_binary(maps:get(host, Conn)),
       path_prefix => maps:get(path_prefix, Conn, <<"/">>),
-      request_timeout => maps:get(request_timeout, Conn, 2000),
+      request_timeout_ms => maps:get(request_timeout, Conn, 2000),
       verify_mode => verify_mode(Tag, Tls),
       cacertfile => path(maps:get(cacertfile, Tls, "")),
       certfile => path(maps:get(certfile, Tls, "")),

@@ -98,7 +98,7 @@ pub(crate) fn http_config(map: Term) -> Option<HttpConfig> {
     Some(HttpConfig {
         host: get_string(map, "host")?,
         path_prefix: get_string(map, "path_prefix")?,
-        request_timeout: millis(map, "request_timeout")?,
+        request_timeout: millis(map, "request_timeout_ms")?,
         max_idle_connections: get(map, "concurrency")?,
         tls: TlsConfig {
             verify_mode,
