@@ -4,7 +4,7 @@
 -module(mod_event_pusher_delivery).
 
 -export([config_items/0, config_defaults/0, instance_config/2]).
--export([find_pool/3, pool_workers/1, log_report/5, log_report/6, timestamp/1]).
+-export([find_pool/3, pool_workers/1, report/4, timestamp/1]).
 
 -include("mongoose_config_spec.hrl").
 -include_lib("kernel/include/logger.hrl").
@@ -74,15 +74,10 @@ find_pool(HostType, Type, Tag) ->
 pool_workers(#{opts := #{workers := Workers}}) -> Workers;
 pool_workers(_) -> 10.
 
-%% @doc One warning per report batch with final failures or drops, not one per event.
--spec log_report(binary(), mod_event_pusher_instance:key(),
-                 [{binary(), binary(), non_neg_integer()}], map(), non_neg_integer()) -> ok.
-log_report(HostType, Key, Failures, Counters, ReportsLost) ->
-    log_report(HostType, Key, Failures, Counters, ReportsLost, undefined).
-
-%% @doc log_report/5 for a backend with a connection: BackendDown (the report's
-%% `backend_down') says whether it was unreachable during the batch, so that drops
-%% name that cause instead of the queue settings.
+%% One warning per batch with final failures or drops, not one per event. BackendDown
+%% (the report's `backend_down', for a backend with a connection) says whether it was
+%% unreachable during the batch, so that drops name that cause instead of the queue
+%% settings.
 -spec log_report(binary(), mod_event_pusher_instance:key(),
                  [{binary(), binary(), non_neg_integer()}], map(), non_neg_integer(),
                  mod_event_pusher_instance:backend_down()) -> ok.
@@ -91,6 +86,25 @@ log_report(HostType, Key, Failures, Counters, ReportsLost, BackendDown) ->
     %% Events too large for the queue are logged by the reporter, with their reason.
     Full = maps:get(dropped, Counters, 0) - maps:get(dropped_too_large, Counters, 0),
     log_drops(HostType, Key, Full, ReportsLost, BackendDown).
+
+%% @doc What every backend does with an outcome batch (its handle_report/3 adds only
+%% what differs): each attempt to `attempt' (the backend's per-attempt metrics), the
+%% batch's counters to `delivery_event' (labels: the host type), then the logs of
+%% failures and drops. With `connection' true (a backend that keeps a connection),
+%% drops name the outage the batch reports (`backend_down') as their cause.
+-spec report(binary(), mod_event_pusher_instance:key(), mod_event_pusher_instance:report(),
+             #{delivery_event := atom(), attempt := fun((tuple()) -> any()),
+               connection => boolean()}) -> ok.
+report(HostType, Key, Report = #{attempts := Attempts, failures := Failures,
+                                 counters := Counters, reports_lost := Lost},
+       Spec = #{delivery_event := DeliveryEvent, attempt := Attempt}) ->
+    lists:foreach(Attempt, Attempts),
+    mongoose_instrument:execute(DeliveryEvent, #{host_type => HostType}, Counters),
+    BackendDown = case maps:get(connection, Spec, false) of
+                      true -> maps:get(backend_down, Report, undefined);
+                      false -> undefined
+                  end,
+    log_report(HostType, Key, Failures, Counters, Lost, BackendDown).
 
 %% @doc Milliseconds since the Unix epoch as RFC 3339 text (UTC), for log lines.
 -spec timestamp(integer()) -> binary().

@@ -225,12 +225,12 @@ warn_unsupported_tls(Tag, Tls) ->
 %% Reports from the Rust instance, in the reporter process
 
 -spec handle_report(binary(), {http, atom()}, mod_event_pusher_instance:report()) -> ok.
-handle_report(HostType, {http, Pool}, #{attempts := Attempts, failures := Failures,
-                                        counters := Counters, reports_lost := Lost}) ->
+handle_report(HostType, {http, _Pool} = Key, Report) ->
     Labels = #{host_type => HostType},
-    lists:foreach(fun(Attempt) -> report_attempt(Labels, Attempt) end, Attempts),
-    mongoose_instrument:execute(mod_event_pusher_http_delivery, Labels, Counters),
-    mod_event_pusher_delivery:log_report(HostType, {http, Pool}, Failures, Counters, Lost).
+    mod_event_pusher_delivery:report(
+      HostType, Key, Report,
+      #{delivery_event => mod_event_pusher_http_delivery,
+        attempt => fun(Attempt) -> report_attempt(Labels, Attempt) end}).
 
 report_attempt(Labels, {Sender, Code, TimeUs, _Bytes}) when is_integer(Code) ->
     mongoose_instrument:execute(mod_event_pusher_http_sent, Labels,

@@ -278,12 +278,12 @@ reply(#iq{type = error, sub_el = Children}) ->
     end.
 
 -spec handle_report(host_type(), push, mod_event_pusher_instance:report()) -> ok.
-handle_report(HostType, ?KEY, #{attempts := Attempts, failures := Failures,
-                                counters := Counters, reports_lost := Lost}) ->
+handle_report(HostType, ?KEY, Report) ->
     Labels = #{host_type => HostType},
-    lists:foreach(fun(Attempt) -> report_attempt(HostType, Labels, Attempt) end, Attempts),
-    mongoose_instrument:execute(mod_event_pusher_push_delivery, Labels, Counters),
-    mod_event_pusher_delivery:log_report(HostType, ?KEY, Failures, Counters, Lost).
+    mod_event_pusher_delivery:report(
+      HostType, ?KEY, Report,
+      #{delivery_event => mod_event_pusher_push_delivery,
+        attempt => fun(Attempt) -> report_attempt(HostType, Labels, Attempt) end}).
 
 report_attempt(_HostType, Labels, {_Tag, result, TimeUs, _Bytes}) ->
     mongoose_instrument:execute(mod_event_pusher_push_publish, Labels,

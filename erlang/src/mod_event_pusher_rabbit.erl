@@ -267,18 +267,15 @@ start_failed(HostType, Reason) ->
 %% Reports from the Rust instance, in the reporter process
 
 -spec handle_report(binary(), rabbit, mod_event_pusher_instance:report()) -> ok.
-handle_report(HostType, ?KEY, #{attempts := Attempts, failures := Failures,
-                                counters := Counters, connections := Connections,
-                                reports_lost := Lost, connection_events := Events,
-                                backend_down := BackendDown}) ->
+handle_report(HostType, ?KEY, Report = #{connections := Connections,
+                                         connection_events := Events}) ->
     Labels = pool_labels(HostType),
     report_connections(Labels, Connections),
     lists:foreach(fun(Event) -> report_connection_event(HostType, Event) end, Events),
-    lists:foreach(fun(Attempt) -> report_attempt(Labels, Attempt) end, Attempts),
-    mongoose_instrument:execute(mod_event_pusher_rabbit_delivery, #{host_type => HostType},
-                                Counters),
-    mod_event_pusher_delivery:log_report(HostType, ?KEY, Failures, Counters, Lost,
-                                         BackendDown).
+    mod_event_pusher_delivery:report(
+      HostType, ?KEY, Report,
+      #{delivery_event => mod_event_pusher_rabbit_delivery, connection => true,
+        attempt => fun(Attempt) -> report_attempt(Labels, Attempt) end}).
 
 %% Rate-limited in Rust: at most a few lines a minute however the broker behaves.
 report_connection_event(HostType, {lost, #{reason := Reason, at_ms := At,

@@ -235,23 +235,23 @@ retry(Retries, Base) ->
 %% Reports from the Rust instance, in the reporter process
 
 -spec handle_report(host_type(), sns, mod_event_pusher_instance:report()) -> ok.
-handle_report(HostType, ?KEY, #{attempts := Attempts, failures := Failures,
-                                counters := Counters, reports_lost := Lost}) ->
+handle_report(HostType, ?KEY, Report) ->
     Labels = #{host_type => HostType},
-    lists:foreach(fun({_Tag, published, TimeUs, Bytes}) ->
-                          mongoose_instrument:execute(mod_event_pusher_sns_publish, Labels,
-                                                      #{count => 1, time => TimeUs,
-                                                        size => Bytes});
-                     (_Failed) ->
-                          mongoose_instrument:execute(mod_event_pusher_sns_publish, Labels,
-                                                      #{failed => 1})
-                  end, Attempts),
-    mongoose_instrument:execute(mod_event_pusher_sns_delivery, Labels, Counters),
+    mod_event_pusher_delivery:report(
+      HostType, ?KEY, Report,
+      #{delivery_event => mod_event_pusher_sns_delivery,
+        attempt => fun({_Tag, published, TimeUs, Bytes}) ->
+                           mongoose_instrument:execute(mod_event_pusher_sns_publish, Labels,
+                                                       #{count => 1, time => TimeUs,
+                                                         size => Bytes});
+                      (_Failed) ->
+                           mongoose_instrument:execute(mod_event_pusher_sns_publish, Labels,
+                                                       #{failed => 1})
+                   end}),
     case stats(HostType) of
         #{queued := Queued, in_flight := InFlight} ->
             mongoose_instrument:execute(mod_event_pusher_sns_queue, Labels,
                                         #{queued => Queued, in_flight => InFlight});
         _ ->
             ok
-    end,
-    mod_event_pusher_delivery:log_report(HostType, ?KEY, Failures, Counters, Lost).
+    end.
