@@ -54,12 +54,19 @@ event(N) ->
 wrong_terms_give_errors_not_crashes(Config) ->
     Instance = start(Config),
     Good = config(1),
-    BadStarts = [{not_a_map, self()}, {Good, not_a_pid}, {#{}, self()},
-                 {Good#{host => "a string, not a binary"}, self()},
-                 {Good#{max_events => -1}, self()}, {Good#{overflow => sideways}, self()},
-                 {Good#{verify_mode => 'maybe'}, self()}, {Good#{concurrency => 1.5}, self()},
-                 {Good#{host => <<255, 254>>}, self()}],
-    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_http(C, P)) || {C, P} <- BadStarts],
+    %% Not a configuration or not a pid: badarg; a configuration with an option
+    %% missing or of the wrong type names the option.
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_http(C, P))
+     || {C, P} <- [{not_a_map, self()}, {Good, not_a_pid}]],
+    BadStarts = [{#{}, overflow},
+                 {Good#{host => "a string, not a binary"}, host},
+                 {Good#{max_events => -1}, max_events}, {Good#{overflow => sideways}, overflow},
+                 {Good#{verify_mode => 'maybe'}, verify_mode},
+                 {Good#{concurrency => 1.5}, concurrency},
+                 {Good#{host => <<255, 254>>}, host},
+                 {maps:remove(request_timeout_ms, Good), request_timeout_ms}],
+    [?assertEqual({error, {bad_config, Option}}, mod_event_pusher_nif:start_http(C, self()))
+     || {C, Option} <- BadStarts],
     BadEvents = [not_a_tuple, {}, {<<"p">>, [], <<"b">>}, {<<"p">>, [], <<"b">>, <<"t">>, x},
                  {"path", [], <<"b">>, <<"t">>}, {<<"p">>, not_a_list, <<"b">>, <<"t">>},
                  {<<"p">>, [{<<"h">>}], <<"b">>, <<"t">>},
@@ -102,12 +109,18 @@ wrong_sns_and_push_terms_give_errors_not_crashes(_Config) ->
                 request_timeout_ms => 100, connect_timeout_ms => 100, batching => true,
                 jitter => minus_base},
     Push = Base#{publish_timeout_ms => 100},
-    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_sns(C, self()))
-     || C <- [x, Base, maps:remove(secret_access_key, Sns), Sns#{batching => yes},
-              Sns#{jitter => sideways}, Sns#{region => "list"}, Sns#{request_timeout_ms => -1}]],
-    ?assertEqual({error, badarg}, mod_event_pusher_nif:start_sns(Sns, not_a_pid)),
-    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_push(C, self()))
-     || C <- [x, Base, Push#{publish_timeout_ms => infinity}]],
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_sns(C, P))
+     || {C, P} <- [{x, self()}, {Sns, not_a_pid}]],
+    [?assertEqual({error, {bad_config, Option}}, mod_event_pusher_nif:start_sns(C, self()))
+     || {C, Option} <- [{Base, sns_host}, {maps:remove(secret_access_key, Sns), secret_access_key},
+                        {Sns#{batching => yes}, batching}, {Sns#{jitter => sideways}, jitter},
+                        {Sns#{jitter => "minus_base"}, jitter},
+                        {Sns#{region => "list"}, region},
+                        {Sns#{request_timeout_ms => -1}, request_timeout_ms}]],
+    ?assertEqual({error, badarg}, mod_event_pusher_nif:start_push(x, self())),
+    [?assertEqual({error, {bad_config, publish_timeout_ms}},
+                  mod_event_pusher_nif:start_push(C, self()))
+     || C <- [Base, Push#{publish_timeout_ms => infinity}]],
     {ok, SnsInstance} = mod_event_pusher_nif:start_sns(Sns, self()),
     {ok, PushInstance} = mod_event_pusher_nif:start_push(Push, self()),
     Arn = <<"arn:aws:sns:eu-west-1:123456789012:t">>,

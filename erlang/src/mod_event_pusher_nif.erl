@@ -11,6 +11,10 @@
 -on_load(load/0).
 
 -type instance() :: reference().
+%% Why a start was refused: not a map or not a pid (badarg), an option missing or of
+%% the wrong type (named), the runtime missing, or the backend's own reason (text:
+%% an unreadable certificate file, a broker refusing the credentials...).
+-type start_error() :: badarg | no_runtime | {bad_config, Option :: atom()} | binary().
 %% too_large: the event alone is larger than queue.max_bytes (it could never be queued).
 -type push_error() :: queue_full | too_large | stopped | badarg.
 %% An http event: {Path, Headers, Body, Tag}; Body is the callback module's binary, or
@@ -36,7 +40,7 @@
                                        | dropped_too_large => non_neg_integer()},
                          connections := #{opened | closed | failed => non_neg_integer()},
                          held := non_neg_integer()}.
--export_type([instance/0, push_error/0, http_event/0, stats/0, reports_sent/0]).
+-export_type([instance/0, start_error/0, push_error/0, http_event/0, stats/0, reports_sent/0]).
 
 -define(LIBRARY, "libpusher_nif").
 
@@ -65,24 +69,24 @@ find_library() ->
 
 %% @doc Starts an HTTP backend instance; outcomes go to Reporter in batches as
 %% `{mod_event_pusher_nif, report, Batch}'.
--spec start_http(map(), pid()) -> {ok, instance()} | {error, term()}.
+-spec start_http(map(), pid()) -> {ok, instance()} | {error, start_error()}.
 start_http(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Starts a RabbitMQ backend instance after one connect attempt (on a dirty
 %% scheduler, bounded by connect_timeout_ms). Fails, naming what, only when the broker
 %% answered and refused the credentials, the virtual host or an exchange declaration;
 %% an unreachable broker gives a disconnected instance that reconnects by itself.
--spec start_rabbit(map(), pid()) -> {ok, instance()} | {error, term()}.
+-spec start_rabbit(map(), pid()) -> {ok, instance()} | {error, start_error()}.
 start_rabbit(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Starts an Amazon SNS backend instance. Sends nothing yet: bad credentials
 %% show as failed publishes.
--spec start_sns(map(), pid()) -> {ok, instance()} | {error, term()}.
+-spec start_sns(map(), pid()) -> {ok, instance()} | {error, start_error()}.
 start_sns(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc Starts an XEP-0357 push instance. Reporter gets the reports and also the
 %% publish IQs to route: `{mod_event_pusher_nif, route, Id, From, PubSub, PubsubEl}'.
--spec start_push(map(), pid()) -> {ok, instance()} | {error, term()}.
+-spec start_push(map(), pid()) -> {ok, instance()} | {error, start_error()}.
 start_push(_Config, _Reporter) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc The reply to the routed publish Id.

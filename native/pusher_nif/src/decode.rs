@@ -40,43 +40,68 @@ pub(crate) fn get_string(map: Term, key: &str) -> Option<String> {
     String::from_utf8(binary.as_slice().to_vec()).ok()
 }
 
+/// The start configuration option that is missing or not of its type:
+/// `{error, {bad_config, Option}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadConfig(pub(crate) &'static str);
+
+pub(crate) type Config<T> = Result<T, BadConfig>;
+
+fn option<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &'static str) -> Config<T> {
+    get(map, key).ok_or(BadConfig(key))
+}
+
+fn option_string(map: Term, key: &'static str) -> Config<String> {
+    get_string(map, key).ok_or(BadConfig(key))
+}
+
 /// An empty binary means "not set".
-pub(crate) fn get_optional_path(map: Term, key: &str) -> Option<Option<String>> {
-    let path = get_string(map, key)?;
-    Some((!path.is_empty()).then_some(path))
+fn option_path(map: Term, key: &'static str) -> Config<Option<String>> {
+    let path = option_string(map, key)?;
+    Ok((!path.is_empty()).then_some(path))
 }
 
-pub(crate) fn millis(map: Term, key: &str) -> Option<Duration> {
-    get::<u64>(map, key).map(Duration::from_millis)
+pub(crate) fn option_millis(map: Term, key: &'static str) -> Config<Duration> {
+    option::<u64>(map, key).map(Duration::from_millis)
 }
 
-pub(crate) fn instance_config(map: Term) -> Option<InstanceConfig> {
-    let overflow: Atom = get(map, "overflow")?;
-    let overflow = if overflow == atoms::drop_newest() {
-        Overflow::DropNewest
-    } else if overflow == atoms::drop_oldest() {
-        Overflow::DropOldest
-    } else {
-        return None;
+/// One of `choices` (atom, value), named by the option.
+fn option_choice<T: Copy>(map: Term, key: &'static str, choices: &[(Atom, T)]) -> Config<T> {
+    let chosen: Atom = option(map, key)?;
+    choices
+        .iter()
+        .find(|(atom, _)| *atom == chosen)
+        .map(|(_, value)| *value)
+        .ok_or(BadConfig(key))
+}
+
+pub(crate) fn instance_config(map: Term) -> Config<InstanceConfig> {
+    let overflow = option_choice(
+        map,
+        "overflow",
+        &[
+            (atoms::drop_newest(), Overflow::DropNewest),
+            (atoms::drop_oldest(), Overflow::DropOldest),
+        ],
+    )?;
+    let jitter = match get::<Term>(map, "jitter") {
+        None => Jitter::Equal,
+        Some(_) => option_choice(map, "jitter", &[(atoms::minus_base(), Jitter::MinusBase)])?,
     };
-    Some(InstanceConfig {
+    Ok(InstanceConfig {
         queue: QueueLimits {
-            max_events: get(map, "max_events")?,
-            max_bytes: get(map, "max_bytes")?,
+            max_events: option(map, "max_events")?,
+            max_bytes: option(map, "max_bytes")?,
             overflow,
         },
         retry: RetryPolicy {
-            max_attempts: get::<u32>(map, "max_attempts")?.max(1),
-            base_backoff: millis(map, "base_backoff_ms")?,
-            max_backoff: millis(map, "max_backoff_ms")?,
-            deadline: millis(map, "retry_deadline_ms")?,
-            jitter: match get::<Atom>(map, "jitter") {
-                None => Jitter::Equal,
-                Some(j) if j == atoms::minus_base() => Jitter::MinusBase,
-                Some(_) => return None,
-            },
+            max_attempts: option::<u32>(map, "max_attempts")?.max(1),
+            base_backoff: option_millis(map, "base_backoff_ms")?,
+            max_backoff: option_millis(map, "max_backoff_ms")?,
+            deadline: option_millis(map, "retry_deadline_ms")?,
+            jitter,
         },
-        concurrency: get::<usize>(map, "concurrency")?.clamp(1, 4096),
+        concurrency: option::<usize>(map, "concurrency")?.clamp(1, 4096),
     })
 }
 
@@ -84,91 +109,93 @@ pub(crate) mod http_atoms {
     rustler::atoms! { selfsigned_peer }
 }
 
-pub(crate) fn http_config(map: Term) -> Option<HttpConfig> {
-    let verify: Atom = get(map, "verify_mode")?;
-    let verify_mode = if verify == atoms::peer() {
-        VerifyMode::Peer
-    } else if verify == http_atoms::selfsigned_peer() {
-        VerifyMode::SelfSignedPeer
-    } else if verify == atoms::none() {
-        VerifyMode::None
-    } else {
-        return None;
-    };
-    Some(HttpConfig {
-        host: get_string(map, "host")?,
-        path_prefix: get_string(map, "path_prefix")?,
-        request_timeout: millis(map, "request_timeout_ms")?,
-        max_idle_connections: get(map, "concurrency")?,
+pub(crate) fn http_config(map: Term) -> Config<HttpConfig> {
+    let verify_mode = option_choice(
+        map,
+        "verify_mode",
+        &[
+            (atoms::peer(), VerifyMode::Peer),
+            (http_atoms::selfsigned_peer(), VerifyMode::SelfSignedPeer),
+            (atoms::none(), VerifyMode::None),
+        ],
+    )?;
+    Ok(HttpConfig {
+        host: option_string(map, "host")?,
+        path_prefix: option_string(map, "path_prefix")?,
+        request_timeout: option_millis(map, "request_timeout_ms")?,
+        max_idle_connections: option(map, "concurrency")?,
         tls: TlsConfig {
             verify_mode,
-            cacertfile: get_optional_path(map, "cacertfile")?,
-            certfile: get_optional_path(map, "certfile")?,
-            keyfile: get_optional_path(map, "keyfile")?,
-            server_name_indication: get(map, "server_name_indication")?,
+            cacertfile: option_path(map, "cacertfile")?,
+            certfile: option_path(map, "certfile")?,
+            keyfile: option_path(map, "keyfile")?,
+            server_name_indication: option(map, "server_name_indication")?,
         },
     })
 }
 
-pub(crate) fn exchange(map: Term, key: &str) -> Option<(ExchangeConfig, Option<Topics>)> {
-    let key = Atom::from_str(map.get_env(), key).ok()?;
-    let section = map.map_get(key).ok()?;
-    let exchange = ExchangeConfig {
-        name: get_string(section, "name")?,
-        kind: get_string(section, "type")?,
-        durable: get(section, "durable")?,
-        persistent: get(section, "persistent")?,
+/// An exchange section; any problem in it names the section.
+fn exchange(map: Term, key: &'static str) -> Config<(ExchangeConfig, Option<Topics>)> {
+    let section: Term = option(map, key)?;
+    let exchange = || -> Option<(ExchangeConfig, Option<Topics>)> {
+        let exchange = ExchangeConfig {
+            name: get_string(section, "name")?,
+            kind: get_string(section, "type")?,
+            durable: get(section, "durable")?,
+            persistent: get(section, "persistent")?,
+        };
+        let topics = match (
+            get_string(section, "sent_topic"),
+            get_string(section, "recv_topic"),
+        ) {
+            (Some(sent), Some(recv)) => Some(Topics { sent, recv }),
+            _ => None,
+        };
+        Some((exchange, topics))
     };
-    let topics = match (
-        get_string(section, "sent_topic"),
-        get_string(section, "recv_topic"),
-    ) {
-        (Some(sent), Some(recv)) => Some(Topics { sent, recv }),
-        _ => None,
-    };
-    Some((exchange, topics))
+    exchange().ok_or(BadConfig(key))
 }
 
-pub(crate) fn rabbit_config(map: Term) -> Option<RabbitConfig> {
+pub(crate) fn rabbit_config(map: Term) -> Config<RabbitConfig> {
     let (presence_exchange, _) = exchange(map, "presence_exchange")?;
     let (chat_exchange, chat_topics) = exchange(map, "chat_msg_exchange")?;
     let (groupchat_exchange, groupchat_topics) = exchange(map, "groupchat_msg_exchange")?;
     let tls = match get::<bool>(map, "tls") {
         Some(false) => None,
         _ => Some(RabbitTls {
-            cacertfile: get_optional_path(map, "cacertfile")?,
+            cacertfile: option_path(map, "cacertfile")?,
         }),
     };
-    Some(RabbitConfig {
-        host: get_string(map, "host")?,
-        port: get(map, "port")?,
-        username: get_string(map, "username")?,
-        password: get_string(map, "password")?,
-        virtual_host: get_string(map, "virtual_host")?,
+    Ok(RabbitConfig {
+        host: option_string(map, "host")?,
+        port: option(map, "port")?,
+        username: option_string(map, "username")?,
+        password: option_string(map, "password")?,
+        virtual_host: option_string(map, "virtual_host")?,
         tls,
         presence_exchange,
         chat_exchange,
-        chat_topics: chat_topics?,
+        chat_topics: chat_topics.ok_or(BadConfig("chat_msg_exchange"))?,
         groupchat_exchange,
-        groupchat_topics: groupchat_topics?,
-        confirms: get(map, "confirms_enabled")?,
-        confirm_timeout: millis(map, "confirm_timeout_ms")?,
-        connect_timeout: millis(map, "connect_timeout_ms")?,
-        reconnect_base_delay: millis(map, "reconnect_base_delay_ms")?,
-        reconnect_max_delay: millis(map, "reconnect_max_delay_ms")?,
-        max_message_bytes: get(map, "max_message_bytes")?,
+        groupchat_topics: groupchat_topics.ok_or(BadConfig("groupchat_msg_exchange"))?,
+        confirms: option(map, "confirms_enabled")?,
+        confirm_timeout: option_millis(map, "confirm_timeout_ms")?,
+        connect_timeout: option_millis(map, "connect_timeout_ms")?,
+        reconnect_base_delay: option_millis(map, "reconnect_base_delay_ms")?,
+        reconnect_max_delay: option_millis(map, "reconnect_max_delay_ms")?,
+        max_message_bytes: option(map, "max_message_bytes")?,
     })
 }
 
-pub(crate) fn sns_config(map: Term) -> Option<SnsConfig> {
-    Some(SnsConfig {
-        sns_host: get_string(map, "sns_host")?,
-        region: get_string(map, "region")?,
-        access_key_id: get_string(map, "access_key_id")?,
-        secret_access_key: get_string(map, "secret_access_key")?,
-        request_timeout: millis(map, "request_timeout_ms")?,
-        connect_timeout: millis(map, "connect_timeout_ms")?,
-        batching: get(map, "batching")?,
+pub(crate) fn sns_config(map: Term) -> Config<SnsConfig> {
+    Ok(SnsConfig {
+        sns_host: option_string(map, "sns_host")?,
+        region: option_string(map, "region")?,
+        access_key_id: option_string(map, "access_key_id")?,
+        secret_access_key: option_string(map, "secret_access_key")?,
+        request_timeout: option_millis(map, "request_timeout_ms")?,
+        connect_timeout: option_millis(map, "connect_timeout_ms")?,
+        batching: option(map, "batching")?,
     })
 }
 

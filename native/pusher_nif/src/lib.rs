@@ -19,8 +19,8 @@ use pusher::http::HttpBackend;
 use pusher::push::{PushBackend, Reply};
 use pusher::rabbit::RabbitBackend;
 use pusher::sns::SnsBackend;
-use pusher::Instance;
 use pusher::StopSummary;
+use pusher::{Instance, InstanceConfig};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use smallvec::SmallVec;
 
@@ -30,7 +30,10 @@ mod push_router;
 mod reporter;
 mod resource;
 
-use decode::{http_config, instance_config, millis, proper_list, rabbit_config, sns_config, utf8};
+use decode::{
+    http_config, instance_config, option_millis, proper_list, rabbit_config, sns_config, utf8,
+    BadConfig,
+};
 use encode::{
     connection_stats, encode_batch, every_outcome_kind, outcome_term, push_error, stats_term,
 };
@@ -40,7 +43,7 @@ use resource::{InstanceResource, Pusher};
 
 pub(crate) mod atoms {
     rustler::atoms! {
-        ok, error, badarg, queue_full, stopped, too_large, undefined, no_runtime,
+        ok, error, badarg, bad_config, queue_full, stopped, too_large, undefined, no_runtime,
         dropped_too_large, last_too_large_bytes, max_bytes, form,
         peer, none, drop_newest, drop_oldest,
         mod_event_pusher_nif, report,
@@ -97,27 +100,18 @@ pub(crate) fn badarg(env: Env) -> Term {
 /// Dirty: building a TLS client reads certificates.
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_http<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
-    let Some(runtime) = RUNTIME.get() else {
-        return error(env, atoms::no_runtime());
+    let (runtime, pid, instance) = match start_args(env, config, reporter) {
+        Ok(args) => args,
+        Err(refusal) => return refusal,
     };
-    let (Ok(pid), Some(http), Some(instance)) = (
-        reporter.decode::<LocalPid>(),
-        http_config(config),
-        instance_config(config),
-    ) else {
-        return badarg(env);
+    let backend = match http_config(config) {
+        Err(bad) => return bad_config(env, bad),
+        Ok(http) => match HttpBackend::new(&http) {
+            Ok(backend) => backend,
+            Err(e) => return error(env, e.0.as_str()),
+        },
     };
-    let backend = match HttpBackend::new(&http) {
-        Ok(backend) => backend,
-        Err(e) => return error(env, e.0.as_str()),
-    };
-    let target = Arc::new(ReportTarget::new(pid));
-    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
-    let resource = ResourceArc::new(InstanceResource {
-        pusher: Pusher::Http(instance),
-        target,
-    });
-    (atoms::ok(), resource).encode(env)
+    started(env, runtime, backend, instance, pid, Pusher::Http)
 }
 
 /// `start_rabbit(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, Reason}`.
@@ -127,28 +121,20 @@ fn start_http<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a
 /// Dirty: it waits on the network (bounded by connect_timeout_ms).
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
-    let Some(runtime) = RUNTIME.get() else {
-        return error(env, atoms::no_runtime());
+    let (runtime, pid, instance) = match start_args(env, config, reporter) {
+        Ok(args) => args,
+        Err(refusal) => return refusal,
     };
-    let (Ok(pid), Some(rabbit), Some(instance)) = (
-        reporter.decode::<LocalPid>(),
-        rabbit_config(config),
-        instance_config(config),
-    ) else {
-        return badarg(env);
+    let rabbit = match rabbit_config(config) {
+        Ok(rabbit) => rabbit,
+        Err(bad) => return bad_config(env, bad),
     };
     // A dirty scheduler thread is not a runtime thread: blocking here is allowed.
     let backend = match runtime.block_on(RabbitBackend::start(rabbit)) {
         Ok(backend) => backend,
         Err(e) => return error(env, e.0.as_str()),
     };
-    let target = Arc::new(ReportTarget::new(pid));
-    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
-    let resource = ResourceArc::new(InstanceResource {
-        pusher: Pusher::Rabbit(instance),
-        target,
-    });
-    (atoms::ok(), resource).encode(env)
+    started(env, runtime, backend, instance, pid, Pusher::Rabbit)
 }
 
 /// `start_sns(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, badarg}`.
@@ -156,55 +142,95 @@ fn start_rabbit<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<
 /// first publish. Dirty: building the TLS client reads the system's root certificates.
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_sns<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
-    let Some(runtime) = RUNTIME.get() else {
-        return error(env, atoms::no_runtime());
+    let (runtime, pid, instance) = match start_args(env, config, reporter) {
+        Ok(args) => args,
+        Err(refusal) => return refusal,
     };
-    let (Ok(pid), Some(sns), Some(instance)) = (
-        reporter.decode::<LocalPid>(),
-        sns_config(config),
-        instance_config(config),
-    ) else {
-        return badarg(env);
+    let sns = match sns_config(config) {
+        Ok(sns) => sns,
+        Err(bad) => return bad_config(env, bad),
     };
     // The SDK's client wants a runtime context to be built in.
     let backend = {
         let _guard = runtime.enter();
         SnsBackend::new(&sns)
     };
-    let target = Arc::new(ReportTarget::new(pid));
-    let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
-    let resource = ResourceArc::new(InstanceResource {
-        pusher: Pusher::Sns(instance),
-        target,
-    });
-    (atoms::ok(), resource).encode(env)
+    started(env, runtime, backend, instance, pid, Pusher::Sns)
 }
 
 /// `start_push(Config :: map(), Reporter :: pid())` -> `{ok, Instance} | {error, badarg}`.
 /// The reporter also gets the routing requests.
 #[rustler::nif]
 fn start_push<'a>(env: Env<'a>, config: Term<'a>, reporter: Term<'a>) -> Term<'a> {
-    let Some(runtime) = RUNTIME.get() else {
-        return error(env, atoms::no_runtime());
+    let (runtime, pid, instance) = match start_args(env, config, reporter) {
+        Ok(args) => args,
+        Err(refusal) => return refusal,
     };
-    let (Ok(pid), Some(timeout), Some(instance)) = (
-        reporter.decode::<LocalPid>(),
-        millis(config, "publish_timeout_ms"),
-        instance_config(config),
-    ) else {
-        return badarg(env);
+    let timeout = match option_millis(config, "publish_timeout_ms") {
+        Ok(timeout) => timeout,
+        Err(bad) => return bad_config(env, bad),
     };
+    // The reporter routes the publish IQs: the router shares its report target.
     let target = Arc::new(ReportTarget::new(pid));
     let router = PidRouter {
         target: target.clone(),
     };
     let backend = PushBackend::new(router, timeout);
+    resource(env, runtime, backend, instance, target, Pusher::Push)
+}
+
+/// What every start NIF decodes first: the runtime, the reporter's pid and the
+/// instance settings. The refusal is `{error, no_runtime}`, `{error, badarg}` (not a
+/// map, not a pid) or `{error, {bad_config, Option}}`.
+fn start_args<'a>(
+    env: Env<'a>,
+    config: Term<'a>,
+    reporter: Term<'a>,
+) -> Result<(&'static tokio::runtime::Runtime, LocalPid, InstanceConfig), Term<'a>> {
+    let Some(runtime) = RUNTIME.get() else {
+        return Err(error(env, atoms::no_runtime()));
+    };
+    let (Ok(pid), true) = (reporter.decode::<LocalPid>(), config.is_map()) else {
+        return Err(badarg(env));
+    };
+    let instance = instance_config(config).map_err(|bad| bad_config(env, bad))?;
+    Ok((runtime, pid, instance))
+}
+
+/// `{ok, Instance}` for a backend just made: its instance, reporting to `pid`.
+fn started<'a, B: pusher::Backend>(
+    env: Env<'a>,
+    runtime: &tokio::runtime::Runtime,
+    backend: B,
+    instance: InstanceConfig,
+    pid: LocalPid,
+    wrap: fn(Instance<B>) -> Pusher,
+) -> Term<'a> {
+    let target = Arc::new(ReportTarget::new(pid));
+    resource(env, runtime, backend, instance, target, wrap)
+}
+
+fn resource<'a, B: pusher::Backend>(
+    env: Env<'a>,
+    runtime: &tokio::runtime::Runtime,
+    backend: B,
+    instance: InstanceConfig,
+    target: Arc<ReportTarget>,
+    wrap: fn(Instance<B>) -> Pusher,
+) -> Term<'a> {
     let instance = Instance::start(runtime.handle(), backend, instance, target.clone());
     let resource = ResourceArc::new(InstanceResource {
-        pusher: Pusher::Push(instance),
+        pusher: wrap(instance),
         target,
     });
     (atoms::ok(), resource).encode(env)
+}
+
+fn bad_config(env: Env, BadConfig(option): BadConfig) -> Term {
+    match Atom::from_str(env, option) {
+        Ok(option) => error(env, (atoms::bad_config(), option)),
+        Err(_) => badarg(env),
+    }
 }
 
 /// `push_reply(Instance, Id, result | {error, Type} | timeout)` -> `ok | {error, unknown_request}`
