@@ -130,8 +130,8 @@ enqueue(Instance, Request, Opts) ->
         {error, queue_full} -> ok;
         {error, too_large} -> ok;
         {error, stopped} -> ok;
-        {error, badarg} ->
-            ?LOG_ERROR(#{what => event_pusher_http_bad_request, handler => Opts,
+        {error, {bad_event, Field}} ->
+            ?LOG_ERROR(#{what => event_pusher_http_bad_request, handler => Opts, field => Field,
                          text => <<"The callback module returned headers or a body that are "
                                    "not binaries">>})
     end.

@@ -16,7 +16,9 @@
 %% an unreadable certificate file, a broker refusing the credentials...).
 -type start_error() :: badarg | no_runtime | {bad_config, Option :: atom()} | binary().
 %% too_large: the event alone is larger than queue.max_bytes (it could never be queued).
--type push_error() :: queue_full | too_large | stopped | badarg.
+%% {bad_event, Field}: the element of the event term that is missing or not of its type
+%% (shape: not one of the backend's event tuples); badarg: not an instance.
+-type push_error() :: queue_full | too_large | stopped | {bad_event, Field :: atom()} | badarg.
 %% An http event: {Path, Headers, Body, Tag}; Body is the callback module's binary, or
 %% form fields that the delivery worker encodes as cow_qs:qs/1 does.
 -type http_event() :: {Path :: binary(), Headers :: [{binary(), binary()}],

@@ -246,6 +246,42 @@ pub(crate) fn chunk(binary: Binary) -> Option<Chunk> {
     }
 }
 
+/// The event element that is missing or not of its type: `{error, {bad_event, Field}}`
+/// (`shape` when the term is not one of the backend's event tuples at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadEvent(pub(crate) &'static str);
+
+pub(crate) type Decoded<T> = Result<Envelope<T>, BadEvent>;
+
+/// The elements of a tuple of one of these arities.
+fn elements<'a>(term: Term<'a>, arities: &[usize]) -> Result<Vec<Term<'a>>, BadEvent> {
+    rustler::types::tuple::get_tuple(term)
+        .ok()
+        .filter(|items| arities.contains(&items.len()))
+        .ok_or(BadEvent("shape"))
+}
+
+fn element<'a, T: rustler::Decoder<'a>>(
+    term: Term<'a>,
+    field: &'static str,
+) -> Result<T, BadEvent> {
+    term.decode().map_err(|_| BadEvent(field))
+}
+
+fn text(term: Term, field: &'static str) -> Result<String, BadEvent> {
+    element::<Binary>(term, field).map(utf8)
+}
+
+/// The first element, an atom among `kinds`.
+fn kind<T: Copy>(term: Term, kinds: &[(Atom, T)]) -> Result<T, BadEvent> {
+    let kind: Atom = element(term, "kind")?;
+    kinds
+        .iter()
+        .find(|(atom, _)| *atom == kind)
+        .map(|(_, value)| *value)
+        .ok_or(BadEvent("kind"))
+}
+
 /// A raw binary body, or `{form, [{Name, Value}]}` for the worker to form-encode.
 pub(crate) fn decode_http_body(term: Term) -> Option<Body> {
     if let Ok(binary) = term.decode::<Binary>() {
@@ -264,21 +300,24 @@ pub(crate) fn decode_http_body(term: Term) -> Option<Body> {
 }
 
 /// `{Path, [{Name, Value}], Body, Tag}`: binaries, the path UTF-8, Body a binary or
-/// `{form, [{Name, Value}]}`. None for a malformed term.
-pub(crate) fn decode_http_event(term: Term) -> Option<Envelope<HttpEvent>> {
-    let (path, headers, body, tag): (Binary, Term, Term, Binary) = term.decode().ok()?;
-    let path = std::str::from_utf8(path.as_slice()).ok()?;
+/// `{form, [{Name, Value}]}`.
+pub(crate) fn decode_http_event(term: Term) -> Decoded<HttpEvent> {
+    let items = elements(term, &[4])?;
+    let path: Binary = element(items[0], "path")?;
+    let path = std::str::from_utf8(path.as_slice()).map_err(|_| BadEvent("path"))?;
     let mut pairs: SmallVec<[(Binary, Binary); 4]> = SmallVec::new();
-    for header in proper_list(headers)? {
-        pairs.push(header.decode().ok()?);
+    for header in proper_list(items[1]).ok_or(BadEvent("headers"))? {
+        pairs.push(element(header, "headers")?);
     }
+    let body = decode_http_body(items[2]).ok_or(BadEvent("body"))?;
+    let tag: Binary = element(items[3], "tag")?;
     let slices: SmallVec<[(&[u8], &[u8]); 4]> = pairs
         .iter()
         .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect();
-    let event = HttpEvent::with_body(path, &slices, decode_http_body(body)?).ok()?;
+    let event = HttpEvent::with_body(path, &slices, body).map_err(|_| BadEvent("headers"))?;
     let size = event.size();
-    Some(Envelope::new(event, tag.as_slice(), size))
+    Ok(Envelope::new(event, tag.as_slice(), size))
 }
 
 pub(crate) fn utf8(binary: Binary) -> String {
@@ -288,53 +327,46 @@ pub(crate) fn utf8(binary: Binary) -> String {
 
 /// `{presence, UserJid, BareJid, Present}` or
 /// `{chat | groupchat, in | out, FromJid, ToJid, Message, RoutingBareJid}`.
-pub(crate) fn decode_rabbit_event(term: Term) -> Option<Envelope<RabbitEvent>> {
-    let (event, tag) =
-        if let Ok((kind, user, bare, present)) = term.decode::<(Atom, Binary, Binary, bool)>() {
-            if kind != atoms::presence() {
-                return None;
-            }
-            let event = RabbitEvent::Presence {
-                user_jid: utf8(user),
-                bare_jid: utf8(bare),
-                present,
-            };
-            (event, bare)
-        } else {
-            let (kind, direction, from, to, message, routing): (
-                Atom,
-                Atom,
-                Binary,
-                Binary,
-                Binary,
-                Binary,
-            ) = term.decode().ok()?;
-            let kind = if kind == atoms::chat() {
-                ChatKind::Chat
-            } else if kind == atoms::groupchat() {
-                ChatKind::Groupchat
-            } else {
-                return None;
-            };
-            let direction = if direction == atoms::r#in() {
-                Direction::In
-            } else if direction == atoms::out() {
-                Direction::Out
-            } else {
-                return None;
-            };
-            let event = RabbitEvent::Chat {
-                kind,
-                direction,
-                from_jid: utf8(from),
-                to_jid: utf8(to),
-                message: utf8(message),
-                routing_bare_jid: utf8(routing),
-            };
-            (event, from)
+pub(crate) fn decode_rabbit_event(term: Term) -> Decoded<RabbitEvent> {
+    let items = elements(term, &[4, 6])?;
+    let (event, tag) = if items.len() == 4 {
+        kind(items[0], &[(atoms::presence(), ())])?;
+        let bare: Binary = element(items[2], "bare_jid")?;
+        let event = RabbitEvent::Presence {
+            user_jid: text(items[1], "user_jid")?,
+            bare_jid: utf8(bare),
+            present: element(items[3], "present")?,
         };
+        (event, bare)
+    } else {
+        let kind = kind(
+            items[0],
+            &[
+                (atoms::chat(), ChatKind::Chat),
+                (atoms::groupchat(), ChatKind::Groupchat),
+            ],
+        )?;
+        let direction: Atom = element(items[1], "direction")?;
+        let direction = if direction == atoms::r#in() {
+            Direction::In
+        } else if direction == atoms::out() {
+            Direction::Out
+        } else {
+            return Err(BadEvent("direction"));
+        };
+        let from: Binary = element(items[2], "from_jid")?;
+        let event = RabbitEvent::Chat {
+            kind,
+            direction,
+            from_jid: utf8(from),
+            to_jid: text(items[3], "to_jid")?,
+            message: text(items[4], "message")?,
+            routing_bare_jid: text(items[5], "routing_key")?,
+        };
+        (event, from)
+    };
     let size = event.size();
-    Some(Envelope::new(event, tag.as_slice(), size))
+    Ok(Envelope::new(event, tag.as_slice(), size))
 }
 
 /// `[{Name, string | number | binary, Value}]`, name and value binaries.
@@ -359,74 +391,62 @@ pub(crate) fn decode_sns_attributes(term: Term) -> Option<Vec<(String, Attribute
 
 /// `{presence, TopicArn, UserId, Present, Attributes}` or
 /// `{message, TopicArn, FromUserId, ToUserId, Message, Attributes}`.
-pub(crate) fn decode_sns_event(term: Term) -> Option<Envelope<SnsEvent>> {
-    let (topic_arn, notification, attributes, tag) = if let Ok((kind, arn, user, present, attrs)) =
-        term.decode::<(Atom, Binary, Binary, bool, Term)>()
-    {
-        if kind != atoms::presence() {
-            return None;
-        }
+pub(crate) fn decode_sns_event(term: Term) -> Decoded<SnsEvent> {
+    let items = elements(term, &[5, 6])?;
+    let (notification, tag) = if items.len() == 5 {
+        kind(items[0], &[(atoms::presence(), ())])?;
+        let user: Binary = element(items[2], "user_id")?;
         let notification = Notification::Presence {
             user_id: utf8(user),
-            present,
+            present: element(items[3], "present")?,
         };
-        (arn, notification, attrs, user)
+        (notification, user)
     } else {
-        let (kind, arn, from, to, message, attrs): (Atom, Binary, Binary, Binary, Binary, Term) =
-            term.decode().ok()?;
-        if kind != atoms::message() {
-            return None;
-        }
+        kind(items[0], &[(atoms::message(), ())])?;
+        let from: Binary = element(items[2], "from_user_id")?;
         let notification = Notification::Message {
             from_user_id: utf8(from),
-            to_user_id: utf8(to),
-            message: utf8(message),
+            to_user_id: text(items[3], "to_user_id")?,
+            message: text(items[4], "message")?,
         };
-        (arn, notification, attrs, from)
+        (notification, from)
     };
+    let attributes = decode_sns_attributes(items[items.len() - 1]).ok_or(BadEvent("attributes"))?;
     let event = SnsEvent {
-        topic_arn: utf8(topic_arn),
+        topic_arn: text(items[1], "topic_arn")?,
         notification,
-        attributes: decode_sns_attributes(attributes)?,
+        attributes,
     };
     let size = event.size();
-    Some(Envelope::new(event, tag.as_slice(), size))
+    Ok(Envelope::new(event, tag.as_slice(), size))
 }
 
-pub(crate) fn string_pairs(term: Term) -> Option<Vec<(String, String)>> {
-    proper_list(term)?
+fn string_pairs(term: Term, field: &'static str) -> Result<Vec<(String, String)>, BadEvent> {
+    proper_list(term)
+        .ok_or(BadEvent(field))?
         .into_iter()
         .map(|pair| {
-            let (k, v): (Binary, Binary) = pair.decode().ok()?;
-            Some((utf8(k), utf8(v)))
+            let (k, v): (Binary, Binary) = element(pair, field)?;
+            Ok((utf8(k), utf8(v)))
         })
         .collect()
 }
 
 /// `{publish, From, PubSub, Node, Payload, PublishOptions, Tag}`; Payload and
 /// PublishOptions are `[{Name, Value}]` binaries; Tag comes back in reports.
-pub(crate) fn decode_push_event(term: Term) -> Option<Envelope<PushEvent>> {
-    let (kind, from, pubsub, node, payload, options, tag): (
-        Atom,
-        Binary,
-        Binary,
-        Binary,
-        Term,
-        Term,
-        Binary,
-    ) = term.decode().ok()?;
-    if kind != atoms::publish() {
-        return None;
-    }
+pub(crate) fn decode_push_event(term: Term) -> Decoded<PushEvent> {
+    let items = elements(term, &[7])?;
+    kind(items[0], &[(atoms::publish(), ())])?;
+    let tag: Binary = element(items[6], "tag")?;
     let event = PushEvent {
-        from: utf8(from),
-        pubsub: utf8(pubsub),
-        node: utf8(node),
-        payload: string_pairs(payload)?,
-        publish_options: string_pairs(options)?,
+        from: text(items[1], "from")?,
+        pubsub: text(items[2], "pubsub")?,
+        node: text(items[3], "node")?,
+        payload: string_pairs(items[4], "payload")?,
+        publish_options: string_pairs(items[5], "publish_options")?,
     };
     let size = event.size();
-    Some(Envelope::new(event, tag.as_slice(), size))
+    Ok(Envelope::new(event, tag.as_slice(), size))
 }
 
 pub(crate) fn push_event_size(event: Term) -> Option<usize> {

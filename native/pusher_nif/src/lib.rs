@@ -32,7 +32,7 @@ mod resource;
 
 use decode::{
     http_config, instance_config, option_millis, proper_list, rabbit_config, sns_config, utf8,
-    BadConfig,
+    BadConfig, BadEvent,
 };
 use encode::{
     connection_stats, encode_batch, every_outcome_kind, outcome_term, push_error, stats_term,
@@ -43,7 +43,7 @@ use resource::{InstanceResource, Pusher};
 
 pub(crate) mod atoms {
     rustler::atoms! {
-        ok, error, badarg, bad_config, queue_full, stopped, too_large, undefined, no_runtime,
+        ok, error, badarg, bad_config, bad_event, queue_full, stopped, too_large, undefined, no_runtime,
         dropped_too_large, last_too_large_bytes, max_bytes, form,
         peer, none, drop_newest, drop_oldest,
         mod_event_pusher_nif, report,
@@ -227,8 +227,13 @@ fn resource<'a, B: pusher::Backend>(
 }
 
 fn bad_config(env: Env, BadConfig(option): BadConfig) -> Term {
-    match Atom::from_str(env, option) {
-        Ok(option) => error(env, (atoms::bad_config(), option)),
+    named_error(env, atoms::bad_config(), option)
+}
+
+/// `{error, {Kind, Name}}`, naming the option or element that was wrong.
+fn named_error<'a>(env: Env<'a>, kind: Atom, name: &str) -> Term<'a> {
+    match Atom::from_str(env, name) {
+        Ok(name) => error(env, (kind, name)),
         Err(_) => badarg(env),
     }
 }
@@ -265,15 +270,18 @@ fn push_reply<'a>(env: Env<'a>, instance: Term<'a>, id: Term<'a>, reply: Term<'a
     }
 }
 
-/// `push(Instance, Event)` -> `ok | {error, queue_full | stopped | badarg}`. O(1);
-/// when the queue is full the event is refused before it is decoded or copied.
+/// `push(Instance, Event)` -> `ok | {error, queue_full | too_large | stopped}`, or
+/// `{error, {bad_event, Field}}` naming what is malformed in Event (`badarg` when
+/// Instance is not one). O(1); when the queue is full the event is refused before it
+/// is decoded or copied.
 #[rustler::nif]
 fn push<'a>(env: Env<'a>, instance: Term<'a>, event: Term<'a>) -> Term<'a> {
     let Ok(resource) = instance.decode::<ResourceArc<InstanceResource>>() else {
         return badarg(env);
     };
-    let Some(result) = resource.pusher.push(event) else {
-        return badarg(env);
+    let result = match resource.pusher.push(event) {
+        Ok(result) => result,
+        Err(BadEvent(field)) => return named_error(env, atoms::bad_event(), field),
     };
     match result {
         Ok(()) => atoms::ok().encode(env),

@@ -9,12 +9,12 @@ use pusher::http::HttpBackend;
 use pusher::push::PushBackend;
 use pusher::rabbit::RabbitBackend;
 use pusher::sns::SnsBackend;
-use pusher::{Backend, Envelope, Instance, PushError, StatsSnapshot, StopSummary};
+use pusher::{Backend, Instance, PushError, StatsSnapshot, StopSummary};
 use rustler::Term;
 
 use crate::decode::{
     decode_http_event, decode_push_event, decode_rabbit_event, decode_sns_event, http_body_size,
-    push_event_size, rabbit_event_size, sns_event_size,
+    push_event_size, rabbit_event_size, sns_event_size, BadEvent, Decoded,
 };
 use crate::push_router::PidRouter;
 use crate::reporter::ReportTarget;
@@ -38,9 +38,9 @@ pub(crate) struct InstanceResource {
 impl rustler::Resource for InstanceResource {}
 
 impl Pusher {
-    /// Queues the event term; None when it is malformed. A full queue refuses it from
-    /// its size alone, before it is decoded or copied.
-    pub(crate) fn push(&self, event: Term) -> Option<Result<(), PushError>> {
+    /// Queues the event term; Err names what is malformed in it. A full queue refuses
+    /// it from its size alone, before it is decoded or copied.
+    pub(crate) fn push(&self, event: Term) -> Result<Result<(), PushError>, BadEvent> {
         match self {
             Pusher::Http(i) => enqueue(i, http_body_size(event), || decode_http_event(event)),
             Pusher::Rabbit(i) => {
@@ -81,11 +81,14 @@ impl Pusher {
 fn enqueue<B: Backend>(
     instance: &Instance<B>,
     size: Option<usize>,
-    decode: impl FnOnce() -> Option<Envelope<B::Event>>,
-) -> Option<Result<(), PushError>> {
-    let size = size?;
+    decode: impl FnOnce() -> Decoded<B::Event>,
+) -> Result<Result<(), PushError>, BadEvent> {
+    let Some(size) = size else {
+        // Not the shape the size needs: decoding says which element is wrong.
+        return decode().and(Err(BadEvent("shape")));
+    };
     if let Some(refused) = instance.refusal(size) {
-        return Some(Err(refused));
+        return Ok(Err(refused));
     }
-    Some(instance.push(decode()?))
+    Ok(instance.push(decode()?))
 }
