@@ -55,7 +55,7 @@ init_per_testcase(_Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 15000),
-    logger:remove_handler(?MODULE),
+    test_logs:stop(),
     test_http_listener:stop(?config(listener, Config)),
     Stopped.
 
@@ -361,13 +361,13 @@ an_event_waiting_to_be_retried_holds_no_worker(Config) ->
 %% `Retry-After: 120' with the default 30 s deadline: failed after one attempt, with
 %% a reason that says why.
 retry_after_past_the_deadline_fails_at_once_saying_so(Config) ->
-    capture_logs(),
+    test_logs:capture(),
     test_http_listener:set_reply(?config(listener, Config),
                                  {per_body, [{headers, 503, [{<<"retry-after">>, <<"120">>}]}]}),
     start(Config, #{retry => #{}}),
     send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"too far">>),
     wait_stats(http_pool, #{failed => 1, retried => 0, queued => 0, in_flight => 0}),
-    #{example := #{reason := Logged}} = wait_log(event_pusher_delivery_failed),
+    #{example := #{reason := Logged}} = test_logs:wait(event_pusher_delivery_failed, 5000),
     ?assertEqual(<<"http_status_503 (Retry-After 120 s is past the retry deadline)">>, Logged),
     ?assertEqual([<<"too far">>],
                  [proplists:get_value(<<"message">>, form(R)) || R <- requests(Config)]).
@@ -486,11 +486,11 @@ https_verify_mode_none_warns_at_start(Config) ->
     Listener = self_signed_listener(["other.example"], {{{2020, 1, 1}, {0, 0, 0}},
                                                         {{2021, 1, 1}, {0, 0, 0}}}),
     try
-        capture_logs(),
+        test_logs:capture(),
         start(Config, #{scheme => <<"https">>, port => test_http_listener:port(Listener),
                         tls => [{<<"verify_mode">>, <<"\"none\"">>}]}),
         ?assertMatch(#{pool_name := http_pool},
-                     wait_log(event_pusher_http_tls_not_verified)),
+                     test_logs:wait(event_pusher_http_tls_not_verified, 5000)),
         send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"unverified">>),
         {ok, [Request]} = test_http_listener:wait_for_requests(Listener, 1, 5000),
         ?assertEqual(<<"unverified">>, proplists:get_value(<<"message">>, form(Request)))
@@ -592,11 +592,11 @@ start_selfsigned_peer(Config, Listener) ->
 %% certificate error (Reason, a part of rustls' text).
 assert_refused(Config, Listener, Alert, Reason) ->
     try
-        capture_logs(),
+        test_logs:capture(),
         start_selfsigned_peer(Config, Listener),
         send_chat(<<"alice@localhost">>, <<"bob@localhost">>, <<"must not arrive">>),
         wait_stats(http_pool, #{failed => 1, delivered => 0, queued => 0, in_flight => 0}),
-        #{example := #{reason := Logged}} = wait_log(event_pusher_delivery_failed),
+        #{example := #{reason := Logged}} = test_logs:wait(event_pusher_delivery_failed, 5000),
         ?assertMatch(<<"tls_failed: invalid peer certificate: ", _/binary>>, Logged),
         ?assertNotEqual(nomatch, binary:match(Logged, Reason), Logged),
         ?assertMatch([#{failure_count := 1}], wait_metrics(mod_event_pusher_http_sent, 1)),
@@ -604,21 +604,6 @@ assert_refused(Config, Listener, Alert, Reason) ->
         ?assertEqual([], test_http_listener:requests(Listener))
     after
         test_http_listener:stop(Listener)
-    end.
-
-%% Log events of this suite's test case, sent to the test process as {logged, Report}.
-capture_logs() ->
-    ok = logger:add_handler(?MODULE, ?MODULE, #{level => all, config => #{pid => self()}}).
-
-%% logger handler callback
-log(#{msg := {report, Report = #{what := _}}}, #{config := #{pid := Pid}}) ->
-    Pid ! {logged, Report};
-log(_Event, _HandlerConfig) ->
-    ok.
-
-wait_log(What) ->
-    receive {logged, Report = #{what := What}} -> Report
-    after 5000 -> ct:fail({not_logged, What})
     end.
 
 %% An HTTPS listener presenting a fresh self-signed certificate for Names (an end-entity

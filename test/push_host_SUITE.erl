@@ -714,12 +714,7 @@ receive_exactly(Expected) ->
     ?assertEqual(Expected, mailbox()).
 
 route_message(From, To, Type) ->
-    El = hook_driver:message(From, To, Type, hook_driver:body(<<"hi">>)),
-    FromJid = jid:from_binary(From),
-    Acc = mongoose_acc:new(#{location => ?LOCATION, lserver => FromJid#jid.lserver,
-                             element => El, from_jid => FromJid, to_jid => jid:from_binary(To)}),
-    _ = ejabberd_router:route(FromJid, jid:from_binary(To), Acc, El),
-    ok.
+    push_client:route_message(?HT, Type, From, To, <<"hi">>).
 
 route_iq_element(From, To, Child) ->
     El = jlib:replace_from_to(From, To, iq(<<"set">>, Child)),

@@ -105,7 +105,7 @@ init_per_testcase(Case, Config) ->
 end_per_testcase(_Case, Config) ->
     %% Cleans up even when the stop fails or hangs, then fails the case if it did.
     Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 10000),
-    stop_capturing_logs(),
+    test_logs:stop(),
     case ?config(proxy, Config) of
         {Proxy, _Port} -> test_tcp_proxy:stop(Proxy);
         undefined -> ok
@@ -305,7 +305,7 @@ departure_bodiless_and_empty_body_messages_are_skipped(Config) ->
 %% arrives once; the connection is never lost.
 routing_keys_over_255_bytes_fail_alone_unsent(Config) ->
     #{presence := P, chat := C} = ?config(exchanges, Config),
-    capture_logs(),
+    test_logs:capture(),
     start(Config, #{confirms => true}),
     Probe = amqp_probe:start([{P, <<"#">>}, {C, <<"#">>}]),
     wait_events(wpool_rabbit_connections, 1),
@@ -332,7 +332,7 @@ routing_keys_over_255_bytes_fail_alone_unsent(Config) ->
     %% One connection, never lost.
     ?assertEqual([#{active => 1, opened => 1}],
                  mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS)),
-    Warning = wait_log(event_pusher_delivery_failed),
+    Warning = test_logs:wait(event_pusher_delivery_failed, 10000),
     ct:pal("failure warning: ~p", [Warning]),
     ?assertMatch(#{level := warning,
                    example := #{reason := <<"routing_key_too_long: the routing key is ", _/binary>>,
@@ -343,7 +343,7 @@ routing_keys_over_255_bytes_fail_alone_unsent(Config) ->
 %% broker close the channel, failing every publish in flight: it fails alone, unsent.
 messages_over_max_message_bytes_fail_alone_unsent(Config) ->
     #{chat := C} = ?config(exchanges, Config),
-    capture_logs(),
+    test_logs:capture(),
     start(Config, #{confirms => true, max_message_bytes => 2000}),
     Probe = amqp_probe:start([{C, <<"#">>}]),
     send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, <<"1">>),
@@ -352,7 +352,7 @@ messages_over_max_message_bytes_fail_alone_unsent(Config) ->
     wait_stats(#{accepted => 3, delivered => 2, failed => 1, queued => 0, in_flight => 0}),
     ?assertEqual([1, 2], lists:sort(bodies(wait_messages(Probe, 2)))),
     ?assertMatch(#{example := #{reason := <<"message_too_large: the message is ", _/binary>>}},
-                 wait_log(event_pusher_delivery_failed)),
+                 test_logs:wait(event_pusher_delivery_failed, 10000)),
     ?assertEqual([#{active => 1, opened => 1}],
                  mongoose_instrument:get_events(wpool_rabbit_connections, ?POOL_LABELS)).
 
@@ -426,7 +426,7 @@ conflicting_exchange_durability_fails_the_start(Config) ->
 %% Boot must not depend on the broker: nothing listens on the port, yet the module
 %% starts, says it is disconnected and why (stats, a warning), and keeps trying.
 unreachable_broker_does_not_fail_the_start(Config) ->
-    capture_logs(),
+    test_logs:capture(),
     Port = closed_port(),
     start(Config, #{port => Port, connect_timeout_ms => 1000}),
     Stats = stats(),
@@ -436,7 +436,7 @@ unreachable_broker_does_not_fail_the_start(Config) ->
     ?assertNotEqual(nomatch, binary:match(Error, <<"127.0.0.1:", (integer_to_binary(Port))/binary>>)),
     ?assertMatch({match, _}, re:run(Error, "refused", [caseless])),
     ?assert(is_integer(Since) andalso Failures >= 1),
-    Warning = wait_log(event_pusher_rabbit_connect_failed),
+    Warning = test_logs:wait(event_pusher_rabbit_connect_failed, 10000),
     ?assertMatch(#{level := warning, reason := Error, attempts := 1}, Warning),
     %% The reconnect loop runs with no event asking for it.
     wait_until(fun() -> maps:get(connect_failures, stats()) >= 3 end),
@@ -448,7 +448,7 @@ unreachable_broker_does_not_fail_the_start(Config) ->
 unreachable_broker_at_start_events_wait_and_arrive(Config) ->
     #{presence := P, chat := C} = ?config(exchanges, Config),
     {Proxy, Port} = ?config(proxy, Config),
-    capture_logs(),
+    test_logs:capture(),
     ok = test_tcp_proxy:set_mode(Proxy, refuse),
     start(Config, #{port => Port, confirms => true,
                      %% shorter than the outage: waiting for the broker does not use it
@@ -458,7 +458,7 @@ unreachable_broker_at_start_events_wait_and_arrive(Config) ->
     ?assertNotEqual(nomatch, binary:match(Error, Broker)),
     %% The first attempt's reason (the proxy closes the connection in various ways, so
     %% a later attempt may read differently).
-    Warning = wait_log(event_pusher_rabbit_connect_failed),
+    Warning = test_logs:wait(event_pusher_rabbit_connect_failed, 10000),
     ct:pal("start with the broker unreachable: ~p", [Warning]),
     ?assertMatch(#{attempts := 1, reason := <<"cannot connect to ", _/binary>>}, Warning),
     ?assertNotEqual(nomatch, binary:match(maps:get(reason, Warning), Broker)),
@@ -480,7 +480,7 @@ unreachable_broker_at_start_events_wait_and_arrive(Config) ->
     ok = test_tcp_proxy:set_mode(Proxy, forward),
     Msgs = wait_unique(Probe, N, 10000),
     ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))),
-    Notice = wait_log(event_pusher_rabbit_connected),
+    Notice = test_logs:wait(event_pusher_rabbit_connected, 10000),
     ct:pal("back: ~p", [Notice]),
     ?assertMatch(#{level := notice, failed_attempts := F} when F >= 3, Notice),
     Back = wait_stats(#{delivered => N, failed => 0, queued => 0, in_flight => 0,
@@ -656,7 +656,7 @@ broker_unreachable_after_start_events_wait(Config) ->
     {Proxy, Port} = ?config(proxy, Config),
     %% A confirm window smaller than the backlog: some events wait in the queue, the
     %% rest with the publishers.
-    capture_logs(),
+    test_logs:capture(),
     start(Config, #{port => Port, confirms => true, confirm_window => 50}),
     Probe = amqp_probe:start([{C, <<"#">>}]),
     wait_events(wpool_rabbit_connections, 1),
@@ -664,11 +664,11 @@ broker_unreachable_after_start_events_wait(Config) ->
     ok = test_tcp_proxy:set_mode(Proxy, refuse),
     wait_until(fun() -> connection_events(closed) >= 1 end),
     %% Said loudly: the loss with its reason, then the failing reconnect.
-    Lost = wait_log(event_pusher_rabbit_connection_lost),
+    Lost = test_logs:wait(event_pusher_rabbit_connection_lost, 10000),
     ct:pal("lost: ~p", [Lost]),
     ?assertMatch(#{level := warning, reason := <<_/binary>>}, Lost),
     ?assertMatch(#{level := warning, attempts := 1},
-                 wait_log(event_pusher_rabbit_connect_failed)),
+                 test_logs:wait(event_pusher_rabbit_connect_failed, 10000)),
     N = 200,
     AttemptsBefore = test_tcp_proxy:accepted(Proxy),
     [send(<<"chat">>, <<"alice@localhost/r">>, <<"bob@localhost">>, integer_to_binary(I))
@@ -690,7 +690,7 @@ broker_unreachable_after_start_events_wait(Config) ->
     ok = test_tcp_proxy:set_mode(Proxy, forward),
     Msgs = wait_unique(Probe, N, 10000),
     ?assertEqual(lists:seq(1, N), lists:usort(bodies(Msgs))),
-    ?assertMatch(#{level := notice}, wait_log(event_pusher_rabbit_connected)),
+    ?assertMatch(#{level := notice}, test_logs:wait(event_pusher_rabbit_connected, 10000)),
     wait_stats(#{delivered => N, failed => 0, queued => 0, in_flight => 0,
                  connection => connected}).
 
@@ -699,7 +699,7 @@ broker_unreachable_after_start_events_wait(Config) ->
 queue_overflow_is_counted_exactly(Config) ->
     #{chat := C} = ?config(exchanges, Config),
     {Proxy, Port} = ?config(proxy, Config),
-    capture_logs(),
+    test_logs:capture(),
     %% A confirm window smaller than the queue: the publishers hold 5 events while
     %% they wait for the broker, the queue 20, and the rest overflows.
     start(Config, #{port => Port, confirms => true, confirm_window => 5,
@@ -722,7 +722,7 @@ queue_overflow_is_counted_exactly(Config) ->
     ?assert(Dropped > 0),
     wait_until(fun() -> delivery_sum(dropped) =:= Dropped end),
     %% The drop warning names the real cause, not the queue settings.
-    DropWarning = wait_log(event_pusher_events_dropped),
+    DropWarning = test_logs:wait(event_pusher_events_dropped, 10000),
     ct:pal("drop warning: ~p", [DropWarning]),
     ?assertMatch(#{cause := backend_unreachable, unreachable_since := <<_/binary>>,
                    backend_error := <<_/binary>>}, DropWarning),
@@ -858,37 +858,6 @@ closed_port() ->
     {ok, Port} = inet:port(L),
     gen_tcp:close(L),
     Port.
-
-%%% Helpers: logs
-
-%% Sends this case's structured log events to the test process as
-%% {logged, Report#{level}}, every level; end_per_testcase undoes it.
-capture_logs() ->
-    #{level := Primary} = logger:get_primary_config(),
-    ok = logger:add_handler(?MODULE, ?MODULE, #{level => all,
-                                                config => #{pid => self(), primary => Primary}}),
-    ok = logger:update_primary_config(#{level => all}).
-
-stop_capturing_logs() ->
-    case logger:get_handler_config(?MODULE) of
-        {ok, #{config := #{primary := Primary}}} ->
-            ok = logger:remove_handler(?MODULE),
-            ok = logger:update_primary_config(#{level => Primary});
-        {error, _} ->
-            ok
-    end.
-
-%% logger handler callback
-log(#{level := Level, msg := {report, Report = #{what := _}}}, #{config := #{pid := Pid}}) ->
-    Pid ! {logged, Report#{level => Level}};
-log(_Event, _HandlerConfig) ->
-    ok.
-
-%% The first event logged with this `what' (in order of logging).
-wait_log(What) ->
-    receive {logged, Report = #{what := What}} -> Report
-    after 10000 -> ct:fail({not_logged, What})
-    end.
 
 %%% Helpers: hooks
 

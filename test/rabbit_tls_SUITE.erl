@@ -61,7 +61,7 @@ init_per_testcase(Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     Stopped = test_wait:cleanup(fun mongoose_host:stop/0, 30000),
-    stop_capturing_logs(),
+    test_logs:stop(),
     ok = rabbit_node:stop(?config(rabbit_node, Config)),
     Stopped.
 
@@ -140,7 +140,7 @@ wrong_ca_fails_the_connection_and_no_event_is_lost_silently(Config) ->
     Uri = rabbit_node:uri(Node),
     ok = amqp_probe:declare(?CHAT, <<"topic">>, #{uri => Uri}),
     Probe = amqp_probe:start([{?CHAT, <<"#">>}], #{uri => Uri}),
-    capture_logs(),
+    test_logs:capture(),
     lists:foreach(
       fun({File, Why}) ->
               start(Config, Node, File),
@@ -151,7 +151,7 @@ wrong_ca_fails_the_connection_and_no_event_is_lost_silently(Config) ->
               Reason = refused_and_waiting(Node, N, fun(R) -> R =:= Expected end),
               ct:pal("~ts: ~ts", [File, Reason]),
               lost_at_stop(N),
-              flush_logged()
+              test_logs:flush()
       end, [{WrongCA, <<"UnknownIssuer">>}, {ImpostorCA, <<"BadSignature">>}]),
     ?assertEqual(0, amqp_probe:count(Probe)),
     %% The right CA on the same broker: only the marker arrives.
@@ -175,7 +175,7 @@ wrong_ca_fails_the_connection_and_no_event_is_lost_silently(Config) ->
 broker_demanding_a_client_certificate_refuses_the_module(Config) ->
     Node = boot(Config),
     #{ca := CA} = ?config(certs, Config),
-    capture_logs(),
+    test_logs:capture(),
     start(Config, Node, CA),
     N = 5,
     Prefix = <<"cannot connect to 127.0.0.1:",
@@ -212,7 +212,7 @@ boot(Config) ->
 %% events pushed and waiting, none delivered, failed or dropped, and no connection on
 %% the broker's TLS port. Returns the first reason.
 refused_and_waiting(Node, N, IsReason) ->
-    Warning = wait_log(event_pusher_rabbit_connect_failed),
+    Warning = test_logs:wait(event_pusher_rabbit_connect_failed, 15000),
     #{reason := Reason} = Warning,
     ?assertMatch(#{level := warning, attempts := 1}, Warning),
     ?assertEqual({true, Reason}, {IsReason(Reason), Reason}),
@@ -245,7 +245,7 @@ lost_at_stop(N) ->
                                                             ?DELIVERY_LABELS) end),
     ?assertEqual(N, delivery_sum(failed) + delivery_sum(dropped)),
     ?assertEqual(0, delivery_sum(delivered)),
-    Lost = wait_log(event_pusher_stopped_with_losses),
+    Lost = test_logs:wait(event_pusher_stopped_with_losses, 15000),
     ct:pal("at stop: ~p", [Lost]),
     ?assertMatch(#{level := warning, lost := N}, Lost),
     ok = mongoose_host:stop().
@@ -337,39 +337,3 @@ delivery_sum(Key) ->
     lists:sum([maps:get(Key, E, 0)
                || E <- mongoose_instrument:get_events(mod_event_pusher_rabbit_delivery,
                                                       ?DELIVERY_LABELS)]).
-
-%%% Logs: this case's structured log events, every level, sent to the test process
-%%% as {logged, Report#{level}}; end_per_testcase undoes it.
-
-capture_logs() ->
-    #{level := Primary} = logger:get_primary_config(),
-    ok = logger:add_handler(?MODULE, ?MODULE, #{level => all,
-                                                config => #{pid => self(), primary => Primary}}),
-    ok = logger:update_primary_config(#{level => all}).
-
-stop_capturing_logs() ->
-    case logger:get_handler_config(?MODULE) of
-        {ok, #{config := #{primary := Primary}}} ->
-            ok = logger:remove_handler(?MODULE),
-            ok = logger:update_primary_config(#{level => Primary});
-        {error, _} ->
-            ok
-    end.
-
-%% logger handler callback
-log(#{level := Level, msg := {report, Report = #{what := _}}}, #{config := #{pid := Pid}}) ->
-    Pid ! {logged, Report#{level => Level}};
-log(_Event, _HandlerConfig) ->
-    ok.
-
-%% Forgets what was logged so far (between two runs of the module in one case).
-flush_logged() ->
-    receive {logged, _} -> flush_logged()
-    after 0 -> ok
-    end.
-
-%% The first event logged with this `what' (in order of logging).
-wait_log(What) ->
-    receive {logged, Report = #{what := What}} -> Report
-    after 15000 -> ct:fail({not_logged, What})
-    end.

@@ -90,21 +90,17 @@ log_report(HostType, Key, Failures, Counters, ReportsLost, BackendDown) ->
 %% @doc What every backend does with an outcome batch (its handle_report/3 adds only
 %% what differs): each attempt to `attempt' (the backend's per-attempt metrics), the
 %% batch's counters to `delivery_event' (labels: the host type), then the logs of
-%% failures and drops. With `connection' true (a backend that keeps a connection),
-%% drops name the outage the batch reports (`backend_down') as their cause.
+%% failures and drops, which name the outage the batch reports (`backend_down', only
+%% ever set for a backend that keeps a connection) as their cause.
 -spec report(binary(), mod_event_pusher_instance:key(), mod_event_pusher_instance:report(),
-             #{delivery_event := atom(), attempt := fun((tuple()) -> any()),
-               connection => boolean()}) -> ok.
+             #{delivery_event := atom(), attempt := fun((tuple()) -> any())}) -> ok.
 report(HostType, Key, Report = #{attempts := Attempts, failures := Failures,
                                  counters := Counters, reports_lost := Lost},
-       Spec = #{delivery_event := DeliveryEvent, attempt := Attempt}) ->
+       #{delivery_event := DeliveryEvent, attempt := Attempt}) ->
     lists:foreach(Attempt, Attempts),
     mongoose_instrument:execute(DeliveryEvent, #{host_type => HostType}, Counters),
-    BackendDown = case maps:get(connection, Spec, false) of
-                      true -> maps:get(backend_down, Report, undefined);
-                      false -> undefined
-                  end,
-    log_report(HostType, Key, Failures, Counters, Lost, BackendDown).
+    log_report(HostType, Key, Failures, Counters, Lost,
+               maps:get(backend_down, Report, undefined)).
 
 %% @doc Milliseconds since the Unix epoch as RFC 3339 text (UTC), for log lines.
 -spec timestamp(integer()) -> binary().

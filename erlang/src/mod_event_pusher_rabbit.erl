@@ -274,7 +274,7 @@ handle_report(HostType, ?KEY, Report = #{connections := Connections,
     lists:foreach(fun(Event) -> report_connection_event(HostType, Event) end, Events),
     mod_event_pusher_delivery:report(
       HostType, ?KEY, Report,
-      #{delivery_event => mod_event_pusher_rabbit_delivery, connection => true,
+      #{delivery_event => mod_event_pusher_rabbit_delivery,
         attempt => fun(Attempt) -> report_attempt(Labels, Attempt) end}).
 
 %% Rate-limited in Rust: at most a few lines a minute however the broker behaves.
