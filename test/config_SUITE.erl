@@ -14,6 +14,7 @@
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
 -include("mod_event_pusher_events.hrl").
+-include("mod_event_pusher_nif.hrl").
 -include("mongoose_config_spec.hrl").
 
 -export([all/0, groups/0, init_per_suite/1, end_per_suite/1]).
@@ -793,8 +794,9 @@ stop_survives_any_drain_timeout(_Config) ->
                           test_wait:bounded(fun() -> mongoose_modules:ensure_stopped(
                                                        ?HT, mod_event_pusher_http) end, 20000)),
              ?assertEqual(undefined, mod_event_pusher_instance:instance(?HT, {http, http_pool})),
-             ?assertEqual({error, stopped}, mod_event_pusher_nif:push(Instance, {<<>>, [], <<>>,
-                                                                                 <<"x">>})),
+             ?assertEqual({error, stopped}, mod_event_pusher_nif:push(Instance, #http_event{
+                                                                   path = <<>>, headers = [],
+                                                                   body = <<>>, tag = <<"x">>})),
              test_http_listener:clear(Listener)
          end || Drain <- [1 bsl 32, 1 bsl 32 - 1, 1 bsl 40, 1 bsl 64, -1, infinity, <<"5000">>]],
         ?assertMatch([_, _], log_guard:logged(event_pusher_bad_drain_timeout))

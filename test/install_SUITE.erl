@@ -8,6 +8,7 @@
 -include_lib("common_test/include/ct.hrl").
 -include_lib("kernel/include/file.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-include("mod_event_pusher_nif.hrl").
 
 -define(LIBRARY, "libpusher_nif.so").
 -define(RELEASE_APP_DIR, "lib/mongooseim-6.4.0").
@@ -165,15 +166,15 @@ collect_output(Port, Deadline, Acc) ->
     end.
 
 child_script(Port) ->
-    Config = #{host => <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
-               path_prefix => <<"/">>, request_timeout_ms => 5000,
-               verify_mode => peer, cacertfile => <<>>, certfile => <<>>, keyfile => <<>>,
-               server_name_indication => true,
-               max_events => 10, max_bytes => 65536, overflow => drop_newest,
-               max_attempts => 3, base_backoff_ms => 50, max_backoff_ms => 200,
-               retry_deadline_ms => 10000, concurrency => 1},
-    Event = {<<"installed">>, [{<<"content-type">>, <<"text/plain">>}],
-             <<"from an unprivileged VM">>, <<"tag">>},
+    %% Written into the child's script as the tuples they are.
+    Instance = #instance_config{max_events = 10, max_bytes = 65536, overflow = drop_newest,
+                                max_attempts = 3, base_backoff_ms = 50, max_backoff_ms = 200,
+                                retry_deadline_ms = 10000, concurrency = 1},
+    Config = #http_config{host = <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
+                          path_prefix = <<"/">>, request_timeout_ms = 5000, verify_mode = peer},
+    Event = #http_event{path = <<"installed">>,
+                        headers = [{<<"content-type">>, <<"text/plain">>}],
+                        body = <<"from an unprivileged VM">>, tag = <<"tag">>},
     lists:flatten(io_lib:format(
       %% OTP logs an on_load failure from a process of its own, at some later point: a
       %% primary filter hands that warning to us, so we can wait for it before stopping.
@@ -186,7 +187,7 @@ child_script(Port) ->
       "Loaded = code:ensure_loaded(mod_event_pusher_nif),"
       "{Delivered, Warning} = case Loaded of"
       "  {module, _} ->"
-      "    {ok, I} = mod_event_pusher_nif:start_http(~w, self()),"
+      "    {ok, I} = mod_event_pusher_nif:start_http(~w, ~w, self()),"
       "    ok = mod_event_pusher_nif:push(I, ~w),"
       "    receive {mod_event_pusher_nif, report, _} -> ok after 20000 -> ok end,"
       "    {maps:get(delivered, mod_event_pusher_nif:stats(I)), none};"
@@ -196,7 +197,7 @@ child_script(Port) ->
       "Seen = {string:trim(os:cmd(\"id -u\")), Loaded, code:priv_dir(mongoose_event_pusher),"
       "  code:priv_dir(mongooseim), Delivered, Warning},"
       "io:put_chars([\"install_SUITE \", io_lib:print(Seen, 1, 1000000, -1), $\\n]),"
-      "init:stop().", [Config, Event])).
+      "init:stop().", [Instance, Config, Event])).
 
 assert_contains(Text, Part) ->
     case string:find(Text, Part) of

@@ -5,6 +5,7 @@
 
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-include("mod_event_pusher_nif.hrl").
 
 all() ->
     [wrong_terms_give_errors_not_crashes,
@@ -43,50 +44,92 @@ start(Config) ->
 
 start(Config, Overrides) ->
     Port = test_http_listener:port(?config(listener, Config)),
-    {ok, Instance} = mod_event_pusher_nif:start_http(config(Port, Overrides), self()),
+    {ok, Instance} = nif_start(start_http, config(Port, Overrides), self()),
     Instance.
 
 event(N) ->
-    {<<"events">>, [{<<"content-type">>, <<"text/plain">>}], integer_to_binary(N), <<"alice">>}.
+    #http_event{path = <<"events">>, headers = [{<<"content-type">>, <<"text/plain">>}],
+                body = integer_to_binary(N), tag = <<"alice">>}.
+
+http_event(Path, Body) ->
+    #http_event{path = Path, headers = [], body = Body, tag = <<"alice">>}.
+
+%% Record with Field set to Value (possibly of the wrong type), by the record's field
+%% names: what {bad_event, Field} must name.
+with(Record, Fields, Field, Value) ->
+    Index = length(lists:takewhile(fun(F) -> F =/= Field end, Fields)) + 2,
+    setelement(Index, Record, Value).
+
+%% A start NIF given one map of options: split into #instance_config{} and the
+%% backend's record by their field names. A key left out takes the record's default
+%% (undefined for most), which the NIF refuses naming the field; a term that is no map
+%% is given as both records.
+nif_start(Start, Options, Reporter) when is_map(Options) ->
+    Backend = case Start of
+                  start_http -> #http_config{};
+                  start_sns -> #sns_config{};
+                  start_push -> #push_config{}
+              end,
+    mod_event_pusher_nif:Start(fill(#instance_config{}, Options), fill(Backend, Options),
+                               Reporter);
+nif_start(Start, NotAMap, Reporter) ->
+    mod_event_pusher_nif:Start(NotAMap, NotAMap, Reporter).
+
+split(Options) ->
+    {fill(#instance_config{}, Options), fill(#http_config{}, Options)}.
+
+fill(Record, Options) ->
+    [Name | Defaults] = tuple_to_list(Record),
+    list_to_tuple([Name | [maps:get(Field, Options, Default)
+                           || {Field, Default} <- lists:zip(fields(Name), Defaults)]]).
+
+fields(instance_config) -> record_info(fields, instance_config);
+fields(http_config) -> record_info(fields, http_config);
+fields(sns_config) -> record_info(fields, sns_config);
+fields(push_config) -> record_info(fields, push_config).
 
 %% Cases
 
 wrong_terms_give_errors_not_crashes(Config) ->
     Instance = start(Config),
     Good = config(1),
-    %% Not a configuration or not a pid: badarg; a configuration with an option
-    %% missing or of the wrong type names the option.
-    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_http(C, P))
-     || {C, P} <- [{not_a_map, self()}, {Good, not_a_pid}]],
-    BadStarts = [{#{}, overflow},
+    %% Not a pid: badarg; not a configuration record: named by the record; an option
+    %% missing or of the wrong type: named.
+    ?assertEqual({error, badarg}, nif_start(start_http, Good, not_a_pid)),
+    ?assertEqual({error, {bad_config, instance_config}}, nif_start(start_http, x, self())),
+    ?assertEqual({error, {bad_config, http_config}},
+                 mod_event_pusher_nif:start_http(element(1, split(Good)), x, self())),
+    BadStarts = [{#{}, max_events},
                  {Good#{host => "a string, not a binary"}, host},
                  {Good#{max_events => -1}, max_events}, {Good#{overflow => sideways}, overflow},
                  {Good#{verify_mode => 'maybe'}, verify_mode},
                  {Good#{concurrency => 1.5}, concurrency},
                  {Good#{host => <<255, 254>>}, host},
                  {maps:remove(request_timeout_ms, Good), request_timeout_ms}],
-    [?assertEqual({error, {bad_config, Option}}, mod_event_pusher_nif:start_http(C, self()))
+    [?assertEqual({error, {bad_config, Option}}, nif_start(start_http, C, self()))
      || {C, Option} <- BadStarts],
-    %% A malformed event names its wrong element (shape: not an http event at all).
-    BadEvents = [{not_a_tuple, shape}, {{}, shape}, {{<<"p">>, [], <<"b">>}, shape},
-                 {{<<"p">>, [], <<"b">>, <<"t">>, x}, shape},
-                 {{"path", [], <<"b">>, <<"t">>}, path},
-                 {{<<"p">>, not_a_list, <<"b">>, <<"t">>}, headers},
-                 {{<<"p">>, [{<<"h">>}], <<"b">>, <<"t">>}, headers},
-                 {{<<"p">>, [{<<"h">>, 1}], <<"b">>, <<"t">>}, headers},
-                 {{<<"p">>, [{<<"h">>, <<"v">>} | improper], <<"b">>, <<"t">>}, headers},
-                 {{<<"p">>, [], [<<"iolist">>], <<"t">>}, body},
-                 {{<<"p">>, [], <<"b">>, tag}, tag},
-                 {{<<255, 0>>, [], <<"b">>, <<"t">>}, path},
-                 {{<<"p">>, [], <<1:7>>, <<"t">>}, body},
+    %% A malformed event names its wrong field (shape: not an #http_event{} at all).
+    Http = fun(Field, Value) -> with(event(1), record_info(fields, http_event), Field, Value) end,
+    BadEvents = [{not_a_tuple, shape}, {{}, shape}, {{http_event, <<"p">>, [], <<"b">>}, shape},
+                 {erlang:append_element(event(1), x), shape},
+                 {setelement(1, event(1), other_event), shape},
+                 {Http(path, "path"), path},
+                 {Http(headers, not_a_list), headers},
+                 {Http(headers, [{<<"h">>}]), headers},
+                 {Http(headers, [{<<"h">>, 1}]), headers},
+                 {Http(headers, [{<<"h">>, <<"v">>} | improper]), headers},
+                 {Http(body, [<<"iolist">>]), body},
+                 {Http(tag, tag), tag},
+                 {Http(path, <<255, 0>>), path},
+                 {Http(body, <<1:7>>), body},
                  %% form bodies: {form, [{Name, Value}]} of binaries, nothing else
-                 {{<<"p">>, [], {form, x}, <<"t">>}, body},
-                 {{<<"p">>, [], {forms, []}, <<"t">>}, body},
-                 {{<<"p">>, [], {form, [{<<"a">>}]}, <<"t">>}, body},
-                 {{<<"p">>, [], {form, [{<<"a">>, b}]}, <<"t">>}, body},
-                 {{<<"p">>, [], {form, [{<<"a">>, <<"b">>} | c]}, <<"t">>}, body},
-                 {{<<"p">>, [], {form, [{<<"a">>, binary:copy(<<"b">>, 5000)}, x]}, <<"t">>}, body},
-                 {{<<"p">>, [], {form, [<<"a">>, <<"b">>]}, <<"t">>}, body}],
+                 {Http(body, {form, x}), body},
+                 {Http(body, {forms, []}), body},
+                 {Http(body, {form, [{<<"a">>}]}), body},
+                 {Http(body, {form, [{<<"a">>, b}]}), body},
+                 {Http(body, {form, [{<<"a">>, <<"b">>} | c]}), body},
+                 {Http(body, {form, [{<<"a">>, binary:copy(<<"b">>, 5000)}, x]}), body},
+                 {Http(body, {form, [<<"a">>, <<"b">>]}), body}],
     [?assertEqual({E, {error, {bad_event, Field}}}, {E, mod_event_pusher_nif:push(Instance, E)})
      || {E, Field} <- BadEvents],
     NotInstances = [make_ref(), self(), <<"bin">>, 42, [], {Instance}],
@@ -95,15 +138,10 @@ wrong_terms_give_errors_not_crashes(Config) ->
     [?assertEqual({error, badarg}, mod_event_pusher_nif:stop(I, 0, tag)) || I <- NotInstances],
     ?assertEqual({error, badarg}, mod_event_pusher_nif:stop(Instance, -1, tag)),
     ?assertEqual({error, badarg}, mod_event_pusher_nif:stop(Instance, infinity, tag)),
-    [?assertEqual({error, badarg}, mod_event_pusher_nif:F(P))
-     || F <- [form_urlencode, form_urlencode_dirty],
-        P <- [x, [x], [{<<"a">>}], [{a, <<"b">>}], [{<<"a">>, <<"b">>} | c]]],
     %% Rejected terms were neither accepted nor counted; the instance still works.
     ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(Instance)),
     ok = mod_event_pusher_nif:push(Instance, event(1)),
-    {ok, [_]} = test_http_listener:wait_for_requests(?config(listener, Config), 1, 5000),
-    ?assertEqual(<<"a=b+c">>, mod_event_pusher_nif:form_urlencode([{<<"a">>, <<"b c">>}])),
-    ?assertEqual(<<"a=b+c">>, mod_event_pusher_nif:form_urlencode_dirty([{<<"a">>, <<"b c">>}])).
+    {ok, [_]} = test_http_listener:wait_for_requests(?config(listener, Config), 1, 5000).
 
 %% The sns and push NIFs: bad start configs, events and replies are refused; push
 %% events go to the right kind of instance only; the instances still work after.
@@ -115,46 +153,49 @@ wrong_sns_and_push_terms_give_errors_not_crashes(_Config) ->
                 request_timeout_ms => 100, connect_timeout_ms => 100, batching => true,
                 jitter => minus_base},
     Push = Base#{publish_timeout_ms => 100},
-    [?assertEqual({error, badarg}, mod_event_pusher_nif:start_sns(C, P))
-     || {C, P} <- [{x, self()}, {Sns, not_a_pid}]],
-    [?assertEqual({error, {bad_config, Option}}, mod_event_pusher_nif:start_sns(C, self()))
+    ?assertEqual({error, badarg}, nif_start(start_sns, Sns, not_a_pid)),
+    ?assertEqual({error, {bad_config, instance_config}}, nif_start(start_sns, x, self())),
+    [?assertEqual({error, {bad_config, Option}}, nif_start(start_sns, C, self()))
      || {C, Option} <- [{Base, sns_host}, {maps:remove(secret_access_key, Sns), secret_access_key},
                         {Sns#{batching => yes}, batching}, {Sns#{jitter => sideways}, jitter},
                         {Sns#{jitter => "minus_base"}, jitter},
                         {Sns#{region => "list"}, region},
                         {Sns#{request_timeout_ms => -1}, request_timeout_ms}]],
-    ?assertEqual({error, badarg}, mod_event_pusher_nif:start_push(x, self())),
-    [?assertEqual({error, {bad_config, publish_timeout_ms}},
-                  mod_event_pusher_nif:start_push(C, self()))
+    ?assertEqual({error, {bad_config, instance_config}}, nif_start(start_push, x, self())),
+    [?assertEqual({error, {bad_config, publish_timeout_ms}}, nif_start(start_push, C, self()))
      || C <- [Base, Push#{publish_timeout_ms => infinity}]],
-    {ok, SnsInstance} = mod_event_pusher_nif:start_sns(Sns, self()),
-    {ok, PushInstance} = mod_event_pusher_nif:start_push(Push, self()),
+    {ok, SnsInstance} = nif_start(start_sns, Sns, self()),
+    {ok, PushInstance} = nif_start(start_push, Push, self()),
     Arn = <<"arn:aws:sns:eu-west-1:123456789012:t">>,
-    BadSns = [{x, shape}, {{presence, Arn, <<"u">>, true}, shape},
-              {{presence, Arn, <<"u">>, 'maybe', []}, present},
-              {{presence, "arn", <<"u">>, true, []}, topic_arn},
-              {{other, Arn, <<"u">>, true, []}, kind},
-              {{message, Arn, <<"a">>, <<"b">>, <<"m">>, [{<<"n">>, unknown_type, <<"v">>}]},
-               attributes},
-              {{message, Arn, <<"a">>, <<"b">>, <<"m">>, [{<<"n">>, string}]}, attributes},
-              {{message, Arn, <<"a">>, <<"b">>, <<"m">>, [{<<"n">>, string, <<"v">>} | x]},
-               attributes},
-              {{message, Arn, <<"a">>, <<"b">>, [<<"iolist">>], []}, message}],
+    Presence = #sns_presence{topic_arn = Arn, user_id = <<"u">>, present = true, attributes = []},
+    Message = #sns_message{topic_arn = Arn, from_user_id = <<"a">>, to_user_id = <<"b">>,
+                           message = <<"m">>, attributes = []},
+    SnsPresence = fun(F, V) -> with(Presence, record_info(fields, sns_presence), F, V) end,
+    SnsMessage = fun(F, V) -> with(Message, record_info(fields, sns_message), F, V) end,
+    BadSns = [{x, shape}, {{sns_presence, Arn, <<"u">>, true}, shape},
+              {setelement(1, Presence, other), shape},
+              {SnsPresence(present, 'maybe'), present},
+              {SnsPresence(topic_arn, "arn"), topic_arn},
+              {SnsMessage(attributes, [{<<"n">>, unknown_type, <<"v">>}]), attributes},
+              {SnsMessage(attributes, [{<<"n">>, string}]), attributes},
+              {SnsMessage(attributes, [{<<"n">>, string, <<"v">>} | x]), attributes},
+              {SnsMessage(message, [<<"iolist">>]), message}],
     [?assertEqual({E, {error, {bad_event, Field}}}, {E, mod_event_pusher_nif:push(SnsInstance, E)})
      || {E, Field} <- BadSns],
-    BadPush = [{x, shape}, {{publish, <<"d">>, <<"p">>, <<"n">>, [], []}, shape},
-               {{publish, <<"d">>, <<"p">>, <<"n">>, [{<<"k">>}], [], <<"t">>}, payload},
-               {{publish, <<"d">>, <<"p">>, <<"n">>, [], [x], <<"t">>}, publish_options},
-               {{publish, <<"d">>, <<"p">>, <<"n">>, [], [], tag}, tag},
-               {{other, <<"d">>, <<"p">>, <<"n">>, [], [], <<"t">>}, kind}],
+    Publish = #push_publish{user = jid:make_noprep(<<"bob">>, <<"localhost">>, <<>>),
+                            pubsub = jid:make_noprep(<<>>, <<"pubsub.example">>, <<>>),
+                            node = <<"n">>, packet = {xmlel, <<"pubsub">>, #{}, []},
+                            tag = <<"t">>},
+    PushPublish = fun(F, V) -> with(Publish, record_info(fields, push_publish), F, V) end,
+    BadPush = [{x, shape}, {{push_publish, <<"d">>, <<"p">>, <<"n">>, <<"t">>}, shape},
+               {PushPublish(node, [<<"n">>]), node},
+               {PushPublish(tag, tag), tag},
+               {setelement(1, Publish, publish), shape}],
     [?assertEqual({E, {error, {bad_event, Field}}}, {E, mod_event_pusher_nif:push(PushInstance, E)})
      || {E, Field} <- BadPush],
     %% A push event is not an SNS event, nor the reverse.
-    ?assertEqual({error, {bad_event, shape}},
-                 mod_event_pusher_nif:push(SnsInstance, {publish, <<"d">>, <<"p">>, <<"n">>, [],
-                                                         [], <<"t">>})),
-    ?assertEqual({error, {bad_event, shape}},
-                 mod_event_pusher_nif:push(PushInstance, {presence, Arn, <<"u">>, true, []})),
+    ?assertEqual({error, {bad_event, shape}}, mod_event_pusher_nif:push(SnsInstance, Publish)),
+    ?assertEqual({error, {bad_event, shape}}, mod_event_pusher_nif:push(PushInstance, Presence)),
     [?assertEqual({error, badarg}, mod_event_pusher_nif:push_reply(I, Id, R))
      || {I, Id, R} <- [{SnsInstance, 1, result}, {PushInstance, -1, result},
                        {PushInstance, 1, 'maybe'}, {PushInstance, 1, {error, cancel}},
@@ -163,14 +204,14 @@ wrong_sns_and_push_terms_give_errors_not_crashes(_Config) ->
     ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(SnsInstance)),
     ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(PushInstance)),
     %% Both still take good events: the push one asks this process to route it.
-    ok = mod_event_pusher_nif:push(PushInstance, {publish, <<"localhost">>, <<"pubsub.example">>,
-                                                  <<"n">>, [{<<"k">>, <<"v">>}], [], <<"t">>}),
-    receive {mod_event_pusher_nif, route, Id, <<"localhost">>, <<"pubsub.example">>,
-             {xmlel, <<"pubsub">>, _, _}} ->
+    %% The publish comes back to be routed as the very term given.
+    ok = mod_event_pusher_nif:push(PushInstance, Publish),
+    receive {mod_event_pusher_nif, route, Id, Routed} ->
+            ?assertEqual(Publish, Routed),
             ok = mod_event_pusher_nif:push_reply(PushInstance, Id, result)
     after 5000 -> ct:fail(no_route_request)
     end,
-    ok = mod_event_pusher_nif:push(SnsInstance, {presence, Arn, <<"u">>, true, []}).
+    ok = mod_event_pusher_nif:push(SnsInstance, Presence).
 
 bad_connection_settings_are_refused_with_a_reason(_Config) ->
     Cases = [{#{host => <<"localhost:8000">>}, <<"host">>},
@@ -179,7 +220,8 @@ bad_connection_settings_are_refused_with_a_reason(_Config) ->
              {#{certfile => <<"/nonexistent/c.pem">>}, <<"certfile">>}],
     lists:foreach(
       fun({Overrides, Word}) ->
-              {error, Reason} = mod_event_pusher_nif:start_http(config(1, Overrides), self()),
+              {error, {http_config, Reason}} =
+                  nif_start(start_http, config(1, Overrides), self()),
               ?assert(is_binary(Reason)),
               ?assertNotEqual(nomatch, binary:match(Reason, Word))
       end, Cases).
@@ -202,13 +244,13 @@ full_queue_refuses_and_counts(Config) ->
 %% body alike; a form body counts its names and values plus "=" and "&".
 oversized_event_is_refused_without_queueing(Config) ->
     Instance = start(Config, #{max_bytes => 1000}),
-    Big = {<<"p">>, [], binary:copy(<<"x">>, 5000), <<"alice">>},
+    Big = http_event(<<"p">>, binary:copy(<<"x">>, 5000)),
     ?assertEqual({error, too_large}, mod_event_pusher_nif:push(Instance, Big)),
     ?assertMatch(#{accepted := 1, dropped := 1, dropped_too_large := 1, queued := 0,
-                   last_too_large_bytes := 5000, max_bytes := 1000},
+                   last_too_large_bytes := 5001, max_bytes := 1000},
                  mod_event_pusher_nif:stats(Instance)),
-    Form = fun(Bytes) -> {<<"p">>, [], {form, [{<<"message">>, binary:copy(<<"y">>, Bytes)},
-                                               {<<"a">>, <<>>}]}, <<"alice">>}
+    Form = fun(Bytes) -> http_event(<<"p">>, {form, [{<<"message">>, binary:copy(<<"y">>, Bytes)},
+                                                      {<<"a">>, <<>>}]})
            end,
     %% "p" + "message" + "a" + "=" "=" "&": 1 + 8 + 3 = 12 bytes besides the value.
     ?assertEqual({error, too_large}, mod_event_pusher_nif:push(Instance, Form(989))),
@@ -290,8 +332,8 @@ dropping_the_last_reference_stops_the_tasks(Config) ->
     Self = self(),
     %% The only reference lives in this process; when it exits, the resource goes.
     Holder = spawn(fun() ->
-                           {ok, I} = mod_event_pusher_nif:start_http(
-                                       config(Port, #{concurrency => 1}), Self),
+                           {ok, I} = nif_start(start_http, config(Port, #{concurrency => 1}),
+                                               Self),
                            [ok = mod_event_pusher_nif:push(I, event(N)) || N <- lists:seq(1, 20)],
                            Self ! pushed,
                            receive stop -> ok end
@@ -311,14 +353,15 @@ memory_stays_bounded_with_the_server_down(Config) ->
     Port = test_http_listener:port(?config(listener, Config)),
     test_http_listener:stop(?config(listener, Config)),
     Cap = 4 * 1024 * 1024,
-    {ok, Instance} = mod_event_pusher_nif:start_http(
-                       config(Port, #{max_events => 100000, max_bytes => Cap,
-                                      max_attempts => 1000, base_backoff_ms => 1000,
-                                      max_backoff_ms => 1000, retry_deadline_ms => 60000}),
-                       self()),
+    {ok, Instance} = nif_start(start_http,
+                               config(Port, #{max_events => 100000, max_bytes => Cap,
+                                              max_attempts => 1000, base_backoff_ms => 1000,
+                                              max_backoff_ms => 1000,
+                                              retry_deadline_ms => 60000}),
+                               self()),
     Body = binary:copy(<<"b">>, 1024),
     RssBefore = rss_bytes(),
-    Results = [mod_event_pusher_nif:push(Instance, {<<"p">>, [], Body, <<"alice">>})
+    Results = [mod_event_pusher_nif:push(Instance, http_event(<<"p">>, Body))
                || _ <- lists:seq(1, 100000)],
     RssAfter = rss_bytes(),
     Stats = mod_event_pusher_nif:stats(Instance),
@@ -368,8 +411,11 @@ rss_bytes() ->
 %% then fails here until the Erlang type has it.
 every_outcome_the_nif_reports_has_the_erlang_type(_Config) ->
     Outcomes = mod_event_pusher_nif:attempt_outcomes(),
-    ?assertEqual(8, length(Outcomes)),
+    %% 7 outcomes with an answer, then {error, Reason} for each of 22 failure reasons
+    ?assertEqual(7 + 22, length(Outcomes)),
     ?assertEqual([], [O || O <- Outcomes, not mod_event_pusher_instance:is_attempt_outcome(O)]),
     %% and the check is not a yes to everything
-    ?assertEqual([], [O || O <- [-1, unknown, {error_reply, cancel}, {error, "text"}, {other, <<>>}],
+    ?assertEqual([], [O || O <- [-1, unknown, {error_reply, cancel}, {error, "text"}, {other, <<>>},
+                                 {error, <<"prose">>}, {error, {http_status, 42}},
+                                 {error, {drain_timeout, {connection, "text"}}}],
                            mod_event_pusher_instance:is_attempt_outcome(O)]).

@@ -877,7 +877,7 @@ typical_request(Acc, #chat_event{} = Event) ->
     Message = message_body(Event),
     Headers = mod_event_pusher_http_defaults:prepare_headers(Acc, in, ?HOST, Message, <<"alice">>,
                                                              <<"bob">>, handler()),
-    {<<"notifications">>, Headers, form_body(Acc, Event), <<"alice">>}.
+    {http_event, <<"notifications">>, Headers, form_body(Acc, Event), <<"alice">>}.
 
 form_body(Acc, #chat_event{} = Event) ->
     mod_event_pusher_http_defaults:prepare_body(Acc, in, ?HOST, message_body(Event),

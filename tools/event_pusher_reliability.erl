@@ -28,6 +28,8 @@
 %% logger handler: keeps the structured reports the scenarios look at
 -export([log/2]).
 
+-include("mod_event_pusher_nif.hrl").
+
 -define(HT, <<"localhost">>).
 -define(HTTP_KEY, {http, http_pool}).
 -define(RABBIT_KEY, rabbit).
@@ -480,8 +482,7 @@ scenario(nif_fuzz) ->
           done => fmt("~ts calls with malformed arguments: push/2 of malformed events to "
                       "the running instance, every NIF with things that are not "
                       "instances, start_http/sns/rabbit/push with mutated configurations, "
-                      "stop/3 of the running instance with bad drain times, form encoding "
-                      "of garbage; then ~ts chat events through the hooks",
+                      "stop/3 of the running instance with bad drain times; then ~ts chat events through the hooks",
                       [thousands(Total), thousands(N)]),
           counts => C,
           checks => checks(C, [{"no call raised", Raised =:= 0},
@@ -772,8 +773,7 @@ nif_fuzz(Instance, Port) ->
         #{push => fuzz(500000, fun() -> mod_event_pusher_nif:push(Instance, bad_http_event()) end),
           not_an_instance => fuzz(30000, fun() -> not_an_instance_call(Stale) end),
           stop_live => fuzz(2000, LiveBadStop),
-          start => fuzz(20000, fun bad_start/0),
-          form => fuzz(20000, fun() -> form_call(garbage(3)) end)},
+          start => fuzz(20000, fun bad_start/0)},
     flush_nif_messages(),
     Results.
 
@@ -801,46 +801,44 @@ valid_mutations(Mutations) ->
 
 %% A real instance, stopped: its reference outlives it.
 stale_instance(Port) ->
-    {ok, Stale} = mod_event_pusher_nif:start_http(http_nif_config(Port), self()),
+    {Instance, Config} = http_nif_config(Port),
+    {ok, Stale} = mod_event_pusher_nif:start_http(Instance, Config, self()),
     ok = mod_event_pusher_nif:stop(Stale, 0, stale),
     receive {mod_event_pusher_nif, stopped, stale, _} -> ok after 5000 -> ok end,
     Stale.
 
 http_nif_config(Port) ->
-    maps:merge(instance_nif_config(),
-               #{host => <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
-                 path_prefix => <<"/">>, request_timeout_ms => 500, verify_mode => peer,
-                 cacertfile => <<>>, certfile => <<>>, keyfile => <<>>,
-                 server_name_indication => true}).
+    {instance_nif_config(),
+     #http_config{host = <<"http://127.0.0.1:", (integer_to_binary(Port))/binary>>,
+                  path_prefix = <<"/">>, request_timeout_ms = 500, verify_mode = peer}}.
 
 instance_nif_config() ->
-    #{max_events => 100, max_bytes => 1048576, overflow => drop_newest, max_attempts => 1,
-      base_backoff_ms => 10, max_backoff_ms => 10, retry_deadline_ms => 1000,
-      concurrency => 1}.
+    #instance_config{max_events = 100, max_bytes = 1048576, overflow = drop_newest,
+                     max_attempts = 1, base_backoff_ms = 10, max_backoff_ms = 10,
+                     retry_deadline_ms = 1000, concurrency = 1}.
 
 sns_nif_config() ->
-    maps:merge(instance_nif_config(),
-               #{sns_host => <<"http://127.0.0.1:1">>, region => <<"eu-west-1">>,
-                 access_key_id => <<"AK">>, secret_access_key => <<"secret">>,
-                 request_timeout_ms => 100, connect_timeout_ms => 100, batching => true,
-                 jitter => minus_base}).
+    {(instance_nif_config())#instance_config{jitter = minus_base},
+     #sns_config{sns_host = <<"http://127.0.0.1:1">>, region = <<"eu-west-1">>,
+                 access_key_id = <<"AK">>, secret_access_key = <<"secret">>,
+                 request_timeout_ms = 100, connect_timeout_ms = 100, batching = true}}.
 
 push_nif_config() ->
-    maps:merge(instance_nif_config(), #{publish_timeout_ms => 100}).
+    {instance_nif_config(), #push_config{publish_timeout_ms = 100}}.
 
 rabbit_nif_config() ->
-    Exchange = fun(Name) -> #{name => Name, type => <<"topic">>, durable => false,
-                              persistent => false, sent_topic => <<"s">>,
-                              recv_topic => <<"r">>} end,
-    maps:merge(instance_nif_config(),
-               #{presence_exchange => Exchange(<<"fuzz_p">>),
-                 chat_msg_exchange => Exchange(<<"fuzz_c">>),
-                 groupchat_msg_exchange => Exchange(<<"fuzz_g">>),
-                 tls => false, host => <<"127.0.0.1">>, port => closed_port(),
-                 username => <<"guest">>, password => <<"guest">>, virtual_host => <<"/">>,
-                 confirms_enabled => true, confirm_timeout_ms => 1000,
-                 connect_timeout_ms => 100, reconnect_base_delay_ms => 100,
-                 reconnect_max_delay_ms => 1000, max_message_bytes => 1000000}).
+    Exchange = fun(Name) -> #rabbit_exchange{name = Name, type = <<"topic">>, durable = false,
+                                             persistent = false, sent_topic = <<"s">>,
+                                             recv_topic = <<"r">>} end,
+    {instance_nif_config(),
+     #rabbit_config{presence_exchange = Exchange(<<"fuzz_p">>),
+                    chat_msg_exchange = Exchange(<<"fuzz_c">>),
+                    groupchat_msg_exchange = Exchange(<<"fuzz_g">>),
+                    tls = false, host = <<"127.0.0.1">>, port = closed_port(),
+                    username = <<"guest">>, password = <<"guest">>, virtual_host = <<"/">>,
+                    confirms_enabled = true, confirm_timeout_ms = 1000,
+                    connect_timeout_ms = 100, reconnect_base_delay_ms = 100,
+                    reconnect_max_delay_ms = 1000, max_message_bytes = 1000000}}.
 
 %% A start with a mutated configuration; one still valid is stopped at once.
 bad_start() ->
@@ -849,8 +847,8 @@ bad_start() ->
                             {start_push, push_nif_config()},
                             {start_rabbit, rabbit_nif_config()}]),
     Reporter = case rand:uniform(20) of 1 -> garbage(1); _ -> self() end,
-    {Mutation, Mutated} = mutate_config(Config),
-    case mod_event_pusher_nif:Start(Mutated, Reporter) of
+    {Mutation, {Instance, BackendConfig}} = mutate_config(Config),
+    case mod_event_pusher_nif:Start(Instance, BackendConfig, Reporter) of
         {ok, Instance} ->
             ok = mod_event_pusher_nif:stop(Instance, 0, fuzz_start),
             receive {mod_event_pusher_nif, stopped, fuzz_start, _} -> ok after 5000 -> ok end,
@@ -859,13 +857,24 @@ bad_start() ->
             Other
     end.
 
-mutate_config(Config) ->
-    Key = pick(maps:keys(Config)),
+%% One of the two records ({#instance_config{}, BackendConfig}) replaced by garbage,
+%% short of a field, or with a field of a wrong value.
+mutate_config(Pair) ->
+    Which = rand:uniform(2),
+    Record = element(Which, Pair),
+    Index = rand:uniform(tuple_size(Record) - 1) + 1,
+    Key = lists:nth(Index - 1, record_fields(element(1, Record))),
     case rand:uniform(10) of
-        1 -> {garbage, garbage(3)};
-        2 -> {{without, Key}, maps:remove(Key, Config)};
-        _ -> {{wrong, Key}, Config#{Key => pick(wrong_values())}}
+        1 -> {garbage, setelement(Which, Pair, garbage(3))};
+        2 -> {{without, Key}, setelement(Which, Pair, erlang:delete_element(Index, Record))};
+        _ -> {{wrong, Key}, setelement(Which, Pair, setelement(Index, Record, pick(wrong_values())))}
     end.
+
+record_fields(instance_config) -> record_info(fields, instance_config);
+record_fields(http_config) -> record_info(fields, http_config);
+record_fields(sns_config) -> record_info(fields, sns_config);
+record_fields(push_config) -> record_info(fields, push_config);
+record_fields(rabbit_config) -> record_info(fields, rabbit_config).
 
 %% Of no option's type (a binary that is not UTF-8, a negative or huge integer, ...).
 wrong_values() ->
@@ -875,15 +884,16 @@ wrong_values() ->
 bad_drains() ->
     [-1, 1.5, infinity, 1 bsl 64, <<"5">>, "5", -(1 bsl 64)].
 
-%% {Path, Headers, Body, Tag} with one part wrong, the wrong size, or garbage.
+%% An #http_event{} with one field wrong, the wrong size, or garbage.
 bad_http_event() ->
-    Good = {<<"p">>, [{<<"h">>, <<"v">>}], <<"b">>, <<"alice">>},
+    Good = #http_event{path = <<"p">>, headers = [{<<"h">>, <<"v">>}], body = <<"b">>,
+                       tag = <<"alice">>},
     case rand:uniform(100) of
-        1 -> setelement(2, Good, big_bad_headers());
-        N when N =< 10 -> list_to_tuple(lists:sublist(tuple_to_list(Good), rand:uniform(3)));
+        1 -> setelement(3, Good, big_bad_headers());
+        N when N =< 10 -> list_to_tuple(lists:sublist(tuple_to_list(Good), rand:uniform(4)));
         N when N =< 20 -> list_to_tuple(tuple_to_list(Good) ++ [garbage(1)]);
-        N when N =< 30 -> not_four_tuple(garbage(3));
-        _ -> Position = rand:uniform(4), setelement(Position, Good, wrong_part(Position))
+        N when N =< 30 -> not_an_http_event(garbage(3));
+        _ -> Field = rand:uniform(4), setelement(Field + 1, Good, wrong_part(Field))
     end.
 
 wrong_part(1) -> pick([p, "p", <<255, 0>>, 42, <<1:7>>, {<<"p">>}, not_binary(garbage(2))]);
@@ -901,8 +911,8 @@ big_bad_headers() ->
     Good = lists:duplicate(rand:uniform(5000), {<<"h">>, <<"v">>}),
     pick([Good ++ improper_tail, Good ++ [{<<"h">>, 1}], Good ++ [bad]]).
 
-not_four_tuple(T) when is_tuple(T), tuple_size(T) =:= 4 -> [T];
-not_four_tuple(T) -> T.
+not_an_http_event(T) when is_tuple(T), tuple_size(T) =:= 5 -> [T];
+not_an_http_event(T) -> T.
 
 not_binary(B) when is_binary(B) -> {B};
 not_binary(T) -> T.
@@ -923,7 +933,8 @@ not_list(T) -> T.
 not_an_instance_call(Stale) ->
     I = pick([make_ref(), self(), <<"bin">>, 42, [], {x}, an_atom, Stale, garbage(2)]),
     case rand:uniform(6) of
-        1 -> mod_event_pusher_nif:push(I, {<<"p">>, [], <<"b">>, <<"t">>});
+        1 -> mod_event_pusher_nif:push(I, #http_event{path = <<"p">>, headers = [],
+                                                      body = <<"b">>, tag = <<"t">>});
         2 -> mod_event_pusher_nif:stats(I);
         3 -> mod_event_pusher_nif:stop(I, pick([0, -1, infinity, 1.5]), fuzz);
         4 -> mod_event_pusher_nif:set_reporter(I, pick([self(), not_a_pid]));
@@ -931,9 +942,6 @@ not_an_instance_call(Stale) ->
         6 -> mod_event_pusher_nif:push_reply(I, pick([1, -1, x]),
                                              pick([result, timeout, {error, <<"x">>}, maybe_not]))
     end.
-
-form_call(Garbage) ->
-    mod_event_pusher_nif:form_urlencode(Garbage).
 
 %% A random term, at most Depth deep.
 garbage(0) ->

@@ -7,6 +7,7 @@
 -export([find_pool/3, pool_workers/1, report/4, timestamp/1]).
 
 -include("mongoose_config_spec.hrl").
+-include("mod_event_pusher_nif.hrl").
 -include_lib("kernel/include/logger.hrl").
 
 %% @doc Items to merge into a backend's config section.
@@ -46,16 +47,16 @@ duration_ms() ->
 
 %% @doc The instance part of a NIF start config, from the module options and the
 %% number of concurrent deliveries.
--spec instance_config(gen_mod:module_opts(), pos_integer()) -> map().
+-spec instance_config(gen_mod:module_opts(), pos_integer()) -> #instance_config{}.
 instance_config(#{queue := Queue, retry := Retry}, Concurrency) ->
-    #{max_events => maps:get(max_events, Queue),
-      max_bytes => maps:get(max_bytes, Queue),
-      overflow => maps:get(overflow, Queue),
-      max_attempts => maps:get(max_attempts, Retry),
-      base_backoff_ms => maps:get(base_backoff_ms, Retry),
-      max_backoff_ms => maps:get(max_backoff_ms, Retry),
-      retry_deadline_ms => maps:get(deadline_ms, Retry),
-      concurrency => Concurrency}.
+    #instance_config{max_events = maps:get(max_events, Queue),
+                     max_bytes = maps:get(max_bytes, Queue),
+                     overflow = maps:get(overflow, Queue),
+                     max_attempts = maps:get(max_attempts, Retry),
+                     base_backoff_ms = maps:get(base_backoff_ms, Retry),
+                     max_backoff_ms = maps:get(max_backoff_ms, Retry),
+                     retry_deadline_ms = maps:get(deadline_ms, Retry),
+                     concurrency = Concurrency}.
 
 %% @doc The `[outgoing_pools.Type.Tag]' pool as MongooseIM's config has it: a
 %% host-type pool first, then a global one.

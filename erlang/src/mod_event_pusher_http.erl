@@ -12,6 +12,7 @@
 -export([push_event/2, handle_report/3, stats/1, fix_path/1]).
 
 -include("mod_event_pusher_events.hrl").
+-include("mod_event_pusher_nif.hrl").
 -include("mongoose_config_spec.hrl").
 -include_lib("kernel/include/logger.hrl").
 
@@ -106,7 +107,8 @@ push_to_handler(Acc, Dir, Packet, From, To,
             Message = exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>),
             Headers = Module:prepare_headers(Acc, Dir, Host, Message, Sender, Receiver, Opts),
             Body = body(Module, Acc, Dir, Host, Message, Sender, Receiver, Opts),
-            enqueue(Instance, {Path, Headers, Body, Sender}, Opts);
+            enqueue(Instance, #http_event{path = Path, headers = Headers, body = Body,
+                                          tag = Sender}, Opts);
         false ->
             ok
     catch Class:Reason:Stacktrace ->
@@ -165,12 +167,12 @@ start_pool(HostType, Opts, Pool) ->
     end.
 
 start_instance(HostType, Opts, Pool, PoolConfig) ->
-    Config = maps:merge(connection_config(PoolConfig),
-                        mod_event_pusher_delivery:instance_config(
-                          Opts, mod_event_pusher_delivery:pool_workers(PoolConfig))),
+    Instance = mod_event_pusher_delivery:instance_config(
+                 Opts, mod_event_pusher_delivery:pool_workers(PoolConfig)),
+    Config = connection_config(PoolConfig),
     mod_event_pusher_instance:start(
       HostType, {http, Pool}, ?MODULE,
-      fun(Reporter) -> mod_event_pusher_nif:start_http(Config, Reporter) end).
+      fun(Reporter) -> mod_event_pusher_nif:start_http(Instance, Config, Reporter) end).
 
 %% MongooseIM's pool spec only wants a non-empty string: the URL is checked here, at
 %% start, naming the option (the value is left out: it may hold credentials).
@@ -188,14 +190,14 @@ connection_config(#{tag := Tag, conn_opts := Conn}) ->
     Tls = maps:get(tls, Conn, #{}),
     warn_unsupported_tls(Tag, Tls),
     Sni = maps:get(server_name_indication, Tls, #{}),
-    #{host => unicode:characters_to_binary(maps:get(host, Conn)),
-      path_prefix => maps:get(path_prefix, Conn, <<"/">>),
-      request_timeout_ms => maps:get(request_timeout, Conn, 2000),
-      verify_mode => verify_mode(Tag, Tls),
-      cacertfile => path(maps:get(cacertfile, Tls, "")),
-      certfile => path(maps:get(certfile, Tls, "")),
-      keyfile => path(maps:get(keyfile, Tls, "")),
-      server_name_indication => maps:get(enabled, Sni, true)}.
+    #http_config{host = unicode:characters_to_binary(maps:get(host, Conn)),
+                 path_prefix = maps:get(path_prefix, Conn, <<"/">>),
+                 request_timeout_ms = maps:get(request_timeout, Conn, 2000),
+                 verify_mode = verify_mode(Tag, Tls),
+                 cacertfile = path(maps:get(cacertfile, Tls, "")),
+                 certfile = path(maps:get(certfile, Tls, "")),
+                 keyfile = path(maps:get(keyfile, Tls, "")),
+                 server_name_indication = maps:get(enabled, Sni, true)}.
 
 path(Path) -> unicode:characters_to_binary(Path).
 

@@ -29,10 +29,12 @@
 %% An HTTP status; a publish written (confirms off), confirmed or nacked; no confirm or
 %% reply in time; an IQ result or error (push); no answer, with the reason.
 -type attempt_outcome() :: non_neg_integer() | published | confirmed | nacked | timeout
-                         | result | {error_reply, binary()} | {error, binary()}.
+                         | result | {error_reply, binary()}
+                         | {error, mod_event_pusher_nif:failure_reason()}.
 -type report() :: #{attempts := [{binary(), attempt_outcome(), non_neg_integer(),
                                   non_neg_integer()}],
-                    failures := [{binary(), binary(), non_neg_integer()}],
+                    failures := [{binary(), mod_event_pusher_nif:failure_reason(),
+                                  non_neg_integer()}],
                     %% dropped_too_large (a part of dropped) only when there were any
                     counters := #{delivered | retried | failed | dropped | dropped_too_large
                                   => non_neg_integer()},
@@ -57,8 +59,7 @@
 -callback handle_report(HostType :: binary(), key(), report()) -> any().
 %% Backends whose instance asks Erlang to route stanzas (push) handle those requests.
 -callback handle_route(HostType :: binary(), key(), mod_event_pusher_nif:instance(),
-                       {Id :: non_neg_integer(), From :: binary(), To :: binary(),
-                        exml:element()}) -> any().
+                       {Id :: non_neg_integer(), mod_event_pusher_nif:push_publish()}) -> any().
 -optional_callbacks([handle_route/4]).
 
 %% How long past its drain deadline a stop may take before the caller gives up.
@@ -323,16 +324,16 @@ handle_cast(_Msg, State) ->
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({mod_event_pusher_nif, report, Report}, State) ->
     {noreply, handle_report(Report, State)};
-handle_info({mod_event_pusher_nif, route, _Id, _From, _To, _El} = Request, State) ->
+handle_info({mod_event_pusher_nif, route, _Id, _Publish} = Request, State) ->
     handle_route(Request, State),
     {noreply, State};
 handle_info(Other, State) ->
     ?LOG_WARNING(#{what => event_pusher_unexpected_message, msg => Other}),
     {noreply, State}.
 
-handle_route({mod_event_pusher_nif, route, Id, From, To, El},
+handle_route({mod_event_pusher_nif, route, Id, Publish},
              #state{host_type = HostType, key = Key, module = Module, instance = Instance}) ->
-    try Module:handle_route(HostType, Key, Instance, {Id, From, To, El})
+    try Module:handle_route(HostType, Key, Instance, {Id, Publish})
     catch Class:Reason:Stacktrace ->
             ?LOG_ERROR(#{what => event_pusher_route_failed, host_type => HostType, key => Key,
                          class => Class, reason => Reason, stacktrace => Stacktrace}),
@@ -537,5 +538,25 @@ is_attempt_outcome(Status) when is_integer(Status), Status >= 0 -> true;
 is_attempt_outcome(Atom) when Atom =:= published; Atom =:= confirmed; Atom =:= nacked;
                               Atom =:= timeout; Atom =:= result -> true;
 is_attempt_outcome({error_reply, Type}) when is_binary(Type) -> true;
-is_attempt_outcome({error, Reason}) when is_binary(Reason) -> true;
+is_attempt_outcome({error, Reason}) -> is_failure_reason(Reason);
 is_attempt_outcome(_) -> false.
+
+%% mod_event_pusher_nif:failure_reason(), checked at run time (the contract test).
+-spec is_failure_reason(term()) -> boolean().
+is_failure_reason({http_status, Status}) -> is_integer(Status) andalso Status >= 100 andalso Status =< 599;
+is_failure_reason(Atom) when Atom =:= timeout; Atom =:= host_timeout; Atom =:= publish_timeout;
+                             Atom =:= confirm_timeout; Atom =:= nacked; Atom =:= backend_closed;
+                             Atom =:= router_down; Atom =:= reply_lost;
+                             Atom =:= no_answer_in_batch; Atom =:= backend_panicked;
+                             Atom =:= drain_timeout -> true;
+is_failure_reason({Kind, Text}) when Kind =:= connection; Kind =:= tls; Kind =:= error_reply;
+                                     Kind =:= service_error; Kind =:= bad_request ->
+    is_binary(Text);
+is_failure_reason({Kind, Bytes}) when Kind =:= routing_key_too_long;
+                                      Kind =:= message_too_large ->
+    is_integer(Bytes) andalso Bytes >= 0;
+is_failure_reason({Kind, Last}) when Kind =:= retry_deadline_passed; Kind =:= drain_timeout ->
+    is_failure_reason(Last);
+is_failure_reason({retry_after_past_deadline, {Seconds, Last}}) ->
+    is_integer(Seconds) andalso Seconds >= 0 andalso is_failure_reason(Last);
+is_failure_reason(_) -> false.

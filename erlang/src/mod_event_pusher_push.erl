@@ -21,11 +21,13 @@
 -export([is_virtual_pubsub_host/3, disable_node/4, publish_to_pubsub/4]).
 
 -include("mod_event_pusher_events.hrl").
+-include("mod_event_pusher_nif.hrl").
 -include("mongoose_config_spec.hrl").
 -include("session.hrl").
 -include_lib("kernel/include/logger.hrl").
 
 -define(KEY, push).
+-define(PUSH_SUMMARY, <<"urn:xmpp:push:summary">>).
 
 -type host_type() :: binary().
 %% A user's registration: pubsub service JID, node and publish-options form.
@@ -39,10 +41,10 @@ start(HostType, Opts0) ->
     Opts = #{iqdisc := IQDisc} = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
     ok = mod_event_pusher_push_backend:init(HostType, Opts),
     mod_event_pusher_push_plugin:init(HostType, Opts),
-    Config = start_config(Opts),
+    {Instance, Config} = start_config(Opts),
     mod_event_pusher_instance:start_or_raise(
       HostType, ?KEY, ?MODULE,
-      fun(Reporter) -> mod_event_pusher_nif:start_push(Config, Reporter) end,
+      fun(Reporter) -> mod_event_pusher_nif:start_push(Instance, Config, Reporter) end,
       event_pusher_push_start_failed),
     [gen_iq_handler:add_iq_handler(Component, HostType, ?NS_PUSH, ?MODULE, iq_handler, IQDisc)
      || Component <- [ejabberd_local, ejabberd_sm]],
@@ -137,19 +139,37 @@ do_push_event(Acc, Event, BareRecipient) ->
     end.
 
 %% @doc Queues the publish of Payload to a real pubsub service for User; a full queue
-%% or a stopped instance is counted by the instance.
+%% or a stopped instance is counted by the instance. The publish IQ's element is built
+%% here, once: the instance holds the record and hands it back whole to be routed.
 -spec publish_to_pubsub(host_type(), jid:jid(), publish_service(), [{binary(), binary()}]) -> ok.
 publish_to_pubsub(HostType, User, {PubSub, Node, Form}, Payload) ->
     case mod_event_pusher_instance:instance(HostType, ?KEY) of
         undefined ->
             ok;
         Instance ->
-            Tag = term_to_binary({jid:to_bare_binary(User), jid:to_binary(PubSub), Node}),
-            Event = {publish, jid_server(User), jid:to_binary(PubSub), Node, Payload,
-                     maps:to_list(Form), Tag},
-            _ = mod_event_pusher_nif:push(Instance, Event),
+            Publish = #push_publish{user = User, pubsub = PubSub, node = Node,
+                                    packet = pubsub_element(Node, Payload, Form),
+                                    tag = jid:to_bare_binary(User)},
+            _ = mod_event_pusher_nif:push(Instance, Publish),
             ok
     end.
+
+%% XEP-0357: <pubsub><publish node><item><notification> with the summary form, then
+%% <publish-options> when the registration gave a form.
+pubsub_element(Node, Payload, Options) ->
+    Notification = #xmlel{name = <<"notification">>, attrs = #{<<"xmlns">> => ?NS_PUSH},
+                          children = [submit_form(?PUSH_SUMMARY, Payload)]},
+    Publish = #xmlel{name = <<"publish">>, attrs = #{<<"node">> => Node},
+                     children = [#xmlel{name = <<"item">>, children = [Notification]}]},
+    PublishOptions = [#xmlel{name = <<"publish-options">>,
+                             children = [submit_form(?NS_PUBSUB_PUB_OPTIONS, maps:to_list(Options))]}
+                      || map_size(Options) > 0],
+    #xmlel{name = <<"pubsub">>, attrs = #{<<"xmlns">> => ?NS_PUBSUB},
+           children = [Publish | PublishOptions]}.
+
+submit_form(FormType, Fields) ->
+    mongoose_data_forms:form(#{type => <<"submit">>, ns => FormType,
+                               fields => [#{var => Var, values => [Value]} || {Var, Value} <- Fields]}).
 
 jid_server(#jid{lserver = LServer}) -> LServer.
 
@@ -245,24 +265,28 @@ remove_user(Acc, #{jid := User}, #{host_type := HostType}) ->
 
 %% Routing publishes and their replies, in the reporter process
 
-%% @doc A publish IQ built by the Rust instance: routed from the recipient's domain
-%% to the pubsub service; its reply (or timeout) goes back to the instance.
+%% @doc A publish whose turn has come: its IQ is routed from the recipient's domain to
+%% the pubsub service; the reply (or timeout) goes back to the instance. An error reply
+%% of type cancel means the registration will never work again: it is disabled.
 -spec handle_route(host_type(), push, mod_event_pusher_nif:instance(),
-                   {non_neg_integer(), binary(), binary(), exml:element()}) -> ok.
-handle_route(HostType, ?KEY, Instance, {Id, FromBin, PubSubBin, PubSubEl}) ->
-    From = jid:from_binary(FromBin),
-    PubSub = jid:from_binary(PubSubBin),
-    IQ = #iq{type = set, sub_el = [PubSubEl]},
+                   {non_neg_integer(), mod_event_pusher_nif:push_publish()}) -> ok.
+handle_route(HostType, ?KEY, Instance,
+             {Id, #push_publish{user = User, pubsub = PubSub, node = Node, packet = Packet}}) ->
+    From = jid:make_noprep(<<>>, jid_server(User), <<>>),
+    IQ = #iq{type = set, sub_el = [Packet]},
     Acc = mongoose_acc:new(#{location => #{mfa => {?MODULE, ?FUNCTION_NAME, ?FUNCTION_ARITY},
                                            file => ?FILE, line => ?LINE},
                              host_type => HostType,
-                             lserver => jid_server(From), element => jlib:iq_to_xml(IQ),
+                             lserver => jid_server(User), element => jlib:iq_to_xml(IQ),
                              from_jid => From, to_jid => PubSub}),
     mongoose_instrument:execute(mod_event_pusher_push_publish, #{host_type => HostType},
                                 #{routed => 1}),
     ejabberd_local:route_iq(From, PubSub, Acc, IQ,
                             fun(_From, _To, _Acc, Reply) ->
-                                    mod_event_pusher_nif:push_reply(Instance, Id, reply(Reply))
+                                    Answer = reply(Reply),
+                                    Answer =:= {error, <<"cancel">>} andalso
+                                        disable_node(HostType, User, PubSub, Node),
+                                    mod_event_pusher_nif:push_reply(Instance, Id, Answer)
                             end),
     ok.
 
@@ -288,10 +312,8 @@ handle_report(HostType, ?KEY, Report) ->
 report_attempt(_HostType, Labels, {_Tag, result, TimeUs, _Bytes}) ->
     mongoose_instrument:execute(mod_event_pusher_push_publish, Labels,
                                 #{replied => 1, time => TimeUs});
-report_attempt(HostType, Labels, {Tag, {error_reply, <<"cancel">>}, _TimeUs, _Bytes}) ->
-    %% The service says this registration will never work again.
-    {User, PubSub, Node} = binary_to_term(Tag, [safe]),
-    disable_node(HostType, jid:from_binary(User), jid:from_binary(PubSub), Node),
+report_attempt(_HostType, Labels, {_Tag, {error_reply, <<"cancel">>}, _TimeUs, _Bytes}) ->
+    %% handle_route disabled the registration when the reply came.
     mongoose_instrument:execute(mod_event_pusher_push_publish, Labels,
                                 #{error_replied => 1, disabled => 1});
 report_attempt(_HostType, Labels, {_Tag, {error_reply, _Type}, _TimeUs, _Bytes}) ->
@@ -305,5 +327,5 @@ start_config(Opts = #{wpool := #{workers := Workers}, publish_timeout_ms := Time
     %% As in MongooseIM, a publish is not retried: its reply (or timeout) is final.
     Retry = #{max_attempts => 1, base_backoff_ms => 100, max_backoff_ms => 100,
               deadline_ms => 1 bsl 40},
-    Instance = mod_event_pusher_delivery:instance_config(Opts#{retry => Retry}, Workers),
-    Instance#{publish_timeout_ms => Timeout}.
+    {mod_event_pusher_delivery:instance_config(Opts#{retry => Retry}, Workers),
+     #push_config{publish_timeout_ms = Timeout}}.

@@ -13,6 +13,7 @@
 -export([push_event/2, handle_report/3, stats/1]).
 
 -include("mod_event_pusher_events.hrl").
+-include("mod_event_pusher_nif.hrl").
 -include("mongoose_config_spec.hrl").
 -include_lib("kernel/include/logger.hrl").
 
@@ -33,13 +34,13 @@
 -spec start(binary(), gen_mod:module_opts()) -> ok.
 start(HostType, Opts0) ->
     Opts = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
-    {Config, Labels} = start_config(HostType, Opts),
+    {{Instance, Config}, Labels} = start_config(HostType, Opts),
     Registered = [Spec || Spec <- pool_instrumentation(Labels), newly_set_up(Spec)],
     persistent_term:put(pool_key(HostType), {Labels, Registered}),
     try
         mod_event_pusher_instance:start_or_raise(
           HostType, ?KEY, ?MODULE,
-          fun(Reporter) -> mod_event_pusher_nif:start_rabbit(Config, Reporter) end,
+          fun(Reporter) -> mod_event_pusher_nif:start_rabbit(Instance, Config, Reporter) end,
           event_pusher_rabbit_start_failed)
     catch
         Class:Reason:Stacktrace ->
@@ -174,7 +175,8 @@ stats(HostType) ->
 
 -spec push_event(mongoose_acc:t(), mod_event_pusher:event()) -> mongoose_acc:t().
 push_event(Acc, #user_status_event{jid = Jid, status = Status}) ->
-    enqueue(Acc, {presence, jid:to_binary(Jid), jid:to_bare_binary(Jid), Status =:= online});
+    enqueue(Acc, #rabbit_presence{user_jid = jid:to_binary(Jid), bare_jid = jid:to_bare_binary(Jid),
+                                  present = Status =:= online});
 push_event(Acc, #chat_event{type = Type, direction = Dir, from = From, to = To, packet = Packet})
   when Type =:= chat; Type =:= groupchat ->
     case exml_query:path(Packet, [{element, <<"body">>}, cdata], <<>>) of
@@ -188,8 +190,9 @@ push_event(Acc, #chat_event{type = Type, direction = Dir, from = From, to = To, 
             Acc;
         Message ->
             Routing = case Dir of in -> From; out -> To end,
-            enqueue(Acc, {Type, Dir, jid:to_binary(From), jid:to_binary(To), Message,
-                          jid:to_bare_binary(Routing)})
+            enqueue(Acc, #rabbit_chat{kind = Type, direction = Dir, from_jid = jid:to_binary(From),
+                                      to_jid = jid:to_binary(To), message = Message,
+                                      routing_key = jid:to_bare_binary(Routing)})
     end;
 push_event(Acc, _Event) ->
     Acc.
@@ -234,32 +237,35 @@ start_config(Opts, Conn, Pool) ->
                       false -> mod_event_pusher_delivery:pool_workers(Pool)
                   end,
     Tls = maps:get(tls, Connection, false),
-    maps:merge(mod_event_pusher_delivery:instance_config(Opts, Concurrency),
-               #{host => unicode:characters_to_binary(maps:get(host, Conn, "localhost")),
-                 port => maps:get(port, Conn, 5672),
-                 username => maps:get(username, Conn, <<"guest">>),
-                 password => maps:get(password, Conn, <<"guest">>),
-                 virtual_host => maps:get(virtual_host, Connection),
-                 connect_timeout_ms => maps:get(connect_timeout_ms, Connection),
-                 tls => Tls =/= false,
-                 cacertfile => case Tls of
-                                   #{cacertfile := File} -> unicode:characters_to_binary(File);
-                                   _ -> <<>>
-                               end,
-                 presence_exchange => persistent(Presence),
-                 chat_msg_exchange => persistent(Chat),
-                 groupchat_msg_exchange => persistent(Groupchat),
-                 max_message_bytes => MaxMessageBytes,
-                 confirms_enabled => Confirms,
-                 confirm_timeout_ms => ConfirmTimeout,
-                 reconnect_base_delay_ms => maps:get(base_delay_ms, Reconnect),
-                 reconnect_max_delay_ms => maps:get(max_delay_ms, Reconnect)}).
+    {mod_event_pusher_delivery:instance_config(Opts, Concurrency),
+     #rabbit_config{host = unicode:characters_to_binary(maps:get(host, Conn, "localhost")),
+                    port = maps:get(port, Conn, 5672),
+                    username = maps:get(username, Conn, <<"guest">>),
+                    password = maps:get(password, Conn, <<"guest">>),
+                    virtual_host = maps:get(virtual_host, Connection),
+                    connect_timeout_ms = maps:get(connect_timeout_ms, Connection),
+                    tls = Tls =/= false,
+                    cacertfile = case Tls of
+                                     #{cacertfile := File} -> unicode:characters_to_binary(File);
+                                     _ -> <<>>
+                                 end,
+                    presence_exchange = exchange(Presence),
+                    chat_msg_exchange = exchange(Chat),
+                    groupchat_msg_exchange = exchange(Groupchat),
+                    max_message_bytes = MaxMessageBytes,
+                    confirms_enabled = Confirms,
+                    confirm_timeout_ms = ConfirmTimeout,
+                    reconnect_base_delay_ms = maps:get(base_delay_ms, Reconnect),
+                    reconnect_max_delay_ms = maps:get(max_delay_ms, Reconnect)}}.
 
 %% Messages to a durable exchange are persistent unless `persistent = false' says
 %% otherwise: a durable exchange and queue are there to survive a broker restart, and
 %% transient messages would not survive it.
-persistent(Exchange = #{durable := Durable}) ->
-    Exchange#{persistent => maps:get(persistent, Exchange, Durable)}.
+exchange(Exchange = #{name := Name, type := Type, durable := Durable}) ->
+    #rabbit_exchange{name = Name, type = Type, durable = Durable,
+                     persistent = maps:get(persistent, Exchange, Durable),
+                     sent_topic = maps:get(sent_topic, Exchange, <<>>),
+                     recv_topic = maps:get(recv_topic, Exchange, <<>>)}.
 
 start_failed(HostType, Reason) ->
     #{what => event_pusher_rabbit_start_failed, host_type => HostType, reason => Reason}.

@@ -14,6 +14,7 @@
 -export([push_event/2, handle_report/3, stats/1]).
 
 -include("mod_event_pusher_events.hrl").
+-include("mod_event_pusher_nif.hrl").
 -include("mongoose_config_spec.hrl").
 -include_lib("kernel/include/logger.hrl").
 
@@ -47,10 +48,10 @@
 -spec start(host_type(), gen_mod:module_opts()) -> ok.
 start(HostType, Opts0) ->
     Opts = mod_event_pusher_config:with_defaults(config_spec(), Opts0),
-    Config = start_config(Opts),
+    {Instance, Config} = start_config(Opts),
     mod_event_pusher_instance:start_or_raise(
       HostType, ?KEY, ?MODULE,
-      fun(Reporter) -> mod_event_pusher_nif:start_sns(Config, Reporter) end,
+      fun(Reporter) -> mod_event_pusher_nif:start_sns(Instance, Config, Reporter) end,
       event_pusher_sns_start_failed),
     persistent_term:put(key(HostType), #sns{plugin = maps:get(plugin_module, Opts),
                                             topics = topics(Opts)}).
@@ -163,9 +164,11 @@ publish(Acc, Kind, Build) ->
     Acc.
 
 event(Arn, {presence, UserId, Online, Attributes}) ->
-    {presence, Arn, UserId, Online, attributes(Attributes)};
+    #sns_presence{topic_arn = Arn, user_id = UserId, present = Online,
+                  attributes = attributes(Attributes)};
 event(Arn, {message, FromId, ToId, Body, Attributes}) ->
-    {message, Arn, FromId, ToId, Body, attributes(Attributes)}.
+    #sns_message{topic_arn = Arn, from_user_id = FromId, to_user_id = ToId, message = Body,
+                 attributes = attributes(Attributes)}.
 
 %% SNS DataTypes as erlcloud assigns them: a string is String, a number Number and a
 %% binary Binary.
@@ -212,15 +215,15 @@ start_config(Opts = #{publish_retry_count := Retries, publish_retry_time_ms := B
                       pool_size := PoolSize, request_timeout_ms := Timeout}) ->
     Instance = mod_event_pusher_delivery:instance_config(Opts#{retry => retry(Retries, Base)},
                                                          PoolSize),
-    Instance#{jitter => minus_base,
-              sns_host => unicode:characters_to_binary(maps:get(sns_host, Opts)),
-              region => unicode:characters_to_binary(maps:get(region, Opts)),
-              access_key_id => unicode:characters_to_binary(maps:get(access_key_id, Opts)),
-              secret_access_key => unicode:characters_to_binary(
-                                     maps:get(secret_access_key, Opts)),
-              request_timeout_ms => Timeout,
-              connect_timeout_ms => Timeout,
-              batching => maps:get(batching, Opts)}.
+    {Instance#instance_config{jitter = minus_base},
+     #sns_config{sns_host = unicode:characters_to_binary(maps:get(sns_host, Opts)),
+                 region = unicode:characters_to_binary(maps:get(region, Opts)),
+                 access_key_id = unicode:characters_to_binary(maps:get(access_key_id, Opts)),
+                 secret_access_key = unicode:characters_to_binary(
+                                       maps:get(secret_access_key, Opts)),
+                 request_timeout_ms = Timeout,
+                 connect_timeout_ms = Timeout,
+                 batching = maps:get(batching, Opts)}}.
 
 %% MongooseIM's policy: publish_retry_count retries after the first attempt, the n-th
 %% after 2^(n-1) * publish_retry_time_ms minus up to publish_retry_time_ms; attempts

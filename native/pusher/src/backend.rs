@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::reason::Reason;
 use crate::stats::ConnectionCounters;
 
 /// The result of one delivery attempt, as the backend classifies it.
@@ -13,13 +14,13 @@ pub enum Verdict {
     Delivered,
     /// Worth another attempt (5xx, 429, connection error, nack, timeout...), after the
     /// retry policy's backoff.
-    Retry(String),
+    Retry(Reason),
     /// Worth another attempt, but not before `after` has passed: the server said when
     /// (HTTP `Retry-After`). The next attempt waits for the longer of this and the
     /// backoff; if that lands past the event's retry deadline, the event fails now.
-    RetryAfter { reason: String, after: Duration },
+    RetryAfter { reason: Reason, after: Duration },
     /// Trying again cannot help (4xx, malformed event...).
-    Fatal(String),
+    Fatal(Reason),
 }
 
 /// What one attempt looked like from the wire, for metrics (MongooseIM reports every
@@ -42,7 +43,7 @@ pub enum AttemptOutcome {
     /// The service answered with an IQ error of this type (XMPP push).
     ErrorReply(String),
     /// No answer came; the reason says why.
-    NoResponse(String),
+    NoResponse(Reason),
 }
 
 /// One attempt's verdict plus what the wire saw.
@@ -56,8 +57,7 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn no_response(reason: impl Into<String>) -> Self {
-        let reason = reason.into();
+    pub fn no_response(reason: Reason) -> Self {
         Attempt {
             verdict: Verdict::Retry(reason.clone()),
             outcome: AttemptOutcome::NoResponse(reason),
@@ -65,8 +65,7 @@ impl Attempt {
         }
     }
 
-    pub fn rejected(reason: impl Into<String>) -> Self {
-        let reason = reason.into();
+    pub fn rejected(reason: Reason) -> Self {
         Attempt {
             verdict: Verdict::Fatal(reason.clone()),
             outcome: AttemptOutcome::NoResponse(reason),

@@ -13,6 +13,7 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use smallvec::SmallVec;
 
 use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
+use crate::reason::Reason;
 
 /// How the server's certificate is checked (MongooseIM's `tls.verify_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -490,12 +491,12 @@ fn headers<'a>(raw: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Header
 fn classify(status: u16, retry_after: Option<Duration>) -> Verdict {
     match (status, retry_after) {
         (200..=299, _) => Verdict::Delivered,
-        (429 | 500..=599, None) => Verdict::Retry(format!("http_status_{status}")),
+        (429 | 500..=599, None) => Verdict::Retry(Reason::HttpStatus(status)),
         (429 | 500..=599, Some(after)) => Verdict::RetryAfter {
-            reason: format!("http_status_{status}"),
+            reason: Reason::HttpStatus(status),
             after,
         },
-        _ => Verdict::Fatal(format!("http_status_{status}")),
+        _ => Verdict::Fatal(Reason::HttpStatus(status)),
     }
 }
 
@@ -519,19 +520,19 @@ fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn describe(error: &reqwest::Error) -> String {
+fn describe(error: &reqwest::Error) -> Reason {
+    let short = |mut text: String| {
+        text.truncate(200);
+        text
+    };
     if error.is_timeout() {
-        "request_timeout".into()
+        Reason::Timeout
     } else if let Some(tls) = tls_failure(error) {
-        let mut text = format!("tls_failed: {tls}");
-        text.truncate(200);
-        text
+        Reason::Tls(short(tls.to_string()))
     } else if error.is_connect() {
-        "connection_failed".into()
+        Reason::Connection("connect failed".into())
     } else {
-        let mut text = error.to_string();
-        text.truncate(200);
-        text
+        Reason::Connection(short(error.to_string()))
     }
 }
 
@@ -561,7 +562,7 @@ impl Backend for HttpBackend {
     async fn deliver(&self, event: &HttpEvent) -> Attempt {
         let headers = match headers(event.headers()) {
             Ok(headers) => headers,
-            Err(reason) => return Attempt::rejected(reason),
+            Err(reason) => return Attempt::rejected(Reason::BadRequest(reason)),
         };
         let request = self
             .client
@@ -705,7 +706,7 @@ mod tests {
         assert_eq!(
             classify(503, Some(second)),
             Verdict::RetryAfter {
-                reason: "http_status_503".into(),
+                reason: Reason::HttpStatus(503),
                 after: second
             }
         );

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Attempt, Backend, Verdict};
 use crate::queue::{BoundedQueue, Envelope, Offer, QueueLimits, Tag, Waiting};
+use crate::reason::Reason;
 use crate::report::{AttemptReport, FailureReport, ReportItem, ReportSink, Reporter};
 use crate::retry::RetryPolicy;
 use crate::stats::{Stats, StatsSnapshot};
@@ -231,7 +232,7 @@ impl<B: Backend> Instance<B> {
             let left = shared.queue.take_all();
             for envelope in left.ready {
                 shared.lost_at_stop.fetch_add(1, Relaxed);
-                shared.fail(envelope.tag, "drain_timeout".into(), envelope.attempts);
+                shared.fail(envelope.tag, Reason::DrainTimeout(None), envelope.attempts);
             }
             for waiting in left.waiting {
                 shared.lose_waiting(waiting);
@@ -290,7 +291,7 @@ impl<B: Backend> Shared<B> {
         stats.dropped.fetch_add(1, Relaxed);
     }
 
-    fn fail(&self, tag: Tag, reason: String, attempts: u32) {
+    fn fail(&self, tag: Tag, reason: Reason, attempts: u32) {
         self.stats.failed.fetch_add(1, Relaxed);
         self.reporter.report(ReportItem::Failure(FailureReport {
             tag,
@@ -304,7 +305,7 @@ impl<B: Backend> Shared<B> {
         self.stats.in_flight.fetch_sub(1, Relaxed);
     }
 
-    fn fail_in_flight(&self, tag: Tag, reason: String, attempts: u32) {
+    fn fail_in_flight(&self, tag: Tag, reason: Reason, attempts: u32) {
         self.done();
         self.fail(tag, reason, attempts);
     }
@@ -312,7 +313,7 @@ impl<B: Backend> Shared<B> {
     /// A waiting event that will get no further attempt because the instance stops.
     fn lose_waiting(&self, waiting: Waiting<B::Event>) {
         self.lost_at_stop.fetch_add(1, Relaxed);
-        let reason = format!("drain_timeout (waiting to retry after {})", waiting.reason);
+        let reason = Reason::DrainTimeout(Some(Box::new(waiting.reason)));
         self.fail(waiting.envelope.tag, reason, waiting.envelope.attempts);
     }
 
@@ -391,9 +392,9 @@ impl<B: Backend> Shared<B> {
                 .map(SmallVec::from_vec)
         };
         let mut attempts = answered.unwrap_or_else(|_| {
-            SmallVec::from_elem(Attempt::rejected("backend_panicked"), batch.len())
+            SmallVec::from_elem(Attempt::rejected(Reason::BackendPanicked), batch.len())
         });
-        attempts.resize(batch.len(), Attempt::no_response("no_answer_in_batch"));
+        attempts.resize(batch.len(), Attempt::no_response(Reason::NoAnswerInBatch));
         attempts
     }
 
@@ -434,7 +435,7 @@ impl<B: Backend> Shared<B> {
     fn retry_later(
         &self,
         envelope: Envelope<B::Event>,
-        reason: String,
+        reason: Reason,
         retry_after: Option<Duration>,
     ) {
         let attempts = envelope.attempts;
@@ -452,7 +453,7 @@ impl<B: Backend> Shared<B> {
         let due = Instant::now().checked_add(pause).unwrap_or_else(far_future);
         if self.stopping.load(SeqCst) && self.drain_deadline().is_some_and(|limit| due > limit) {
             self.lost_at_stop.fetch_add(1, Relaxed);
-            let reason = format!("drain_timeout (waiting to retry after {reason})");
+            let reason = Reason::DrainTimeout(Some(Box::new(reason)));
             return self.fail_in_flight(envelope.tag, reason, attempts);
         }
         self.stats.retried.fetch_add(1, Relaxed);
@@ -599,13 +600,13 @@ mod tests {
 
     fn retry_after(seconds: u64) -> Verdict {
         Verdict::RetryAfter {
-            reason: "http_status_503".into(),
+            reason: Reason::HttpStatus(503),
             after: Duration::from_secs(seconds),
         }
     }
 
     fn retry() -> Verdict {
-        Verdict::Retry("http_status_500".into())
+        Verdict::Retry(Reason::HttpStatus(500))
     }
 
     fn start(backend: Scripted, config: InstanceConfig) -> (Instance<Scripted>, Arc<Failures>) {
@@ -699,7 +700,7 @@ mod tests {
         assert_eq!(failed.len(), 1);
         assert_eq!(
             failed[0].reason,
-            "drain_timeout (waiting to retry after http_status_503)"
+            Reason::DrainTimeout(Some(Box::new(Reason::HttpStatus(503))))
         );
         assert_eq!(failed[0].attempts, 1);
     }
@@ -745,7 +746,7 @@ mod tests {
         let failed = lock(&failures.0).clone();
         assert_eq!(
             failed[0].reason,
-            "http_status_503 (Retry-After 120 s is past the retry deadline)"
+            Reason::RetryAfterPastDeadline(120, Box::new(Reason::HttpStatus(503)))
         );
         assert_eq!(instance.backend().calls(), vec![1]);
     }
@@ -852,8 +853,8 @@ mod tests {
         assert_eq!((s.delivered, s.failed, s.retried), (2, 1, 0), "{s:?}");
         assert!(balanced(&s), "{s:?}");
         instance.stop(Duration::from_secs(1)).await;
-        let reasons: Vec<String> = lock(&failures.0).iter().map(|f| f.reason.clone()).collect();
-        assert_eq!(reasons, vec!["backend_panicked".to_string()]);
+        let reasons: Vec<Reason> = lock(&failures.0).iter().map(|f| f.reason.clone()).collect();
+        assert_eq!(reasons, vec![Reason::BackendPanicked]);
         assert_eq!(instance.backend().calls(), vec![1, 2, 3]);
     }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::reason::Reason;
+
 /// Report tag bytes: kept inline up to 24 bytes (user names), so that building an
 /// envelope on the routing path does not allocate for it.
 pub type Tag = smallvec::SmallVec<[u8; 24]>;
@@ -47,7 +49,7 @@ pub struct Waiting<E> {
     /// When the next attempt may start.
     pub due: Instant,
     /// Why the last attempt failed.
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// What happens to a new event when the queue is full.
@@ -231,7 +233,7 @@ impl<E> BoundedQueue<E> {
     /// exceed its caps by at most what the workers hold; new events make room as the
     /// overflow policy says. True when it is now the first one due (a timer waiting
     /// for a later one must wake up earlier).
-    pub fn defer(&self, envelope: Envelope<E>, due: Instant, reason: String) -> bool {
+    pub fn defer(&self, envelope: Envelope<E>, due: Instant, reason: Reason) -> bool {
         let mut inner = self.lock();
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -406,7 +408,11 @@ mod tests {
         assert!(matches!(q.offer(env(1, 6)), Offer::Queued { .. }));
         let first = q.pop();
         assert_eq!(q.bytes(), 0);
-        assert!(q.defer(first.expect("queued"), later(60_000), "500".into()));
+        assert!(q.defer(
+            first.expect("queued"),
+            later(60_000),
+            Reason::HttpStatus(500)
+        ));
         assert_eq!((q.len(), q.waiting(), q.bytes()), (1, 1, 6));
         assert!(matches!(q.offer(env(2, 6)), Offer::Refused(_)), "bytes");
         assert!(matches!(q.offer(env(3, 4)), Offer::Queued { .. }));
@@ -428,14 +434,18 @@ mod tests {
         let two = q.pop().expect("2");
         let now = Instant::now();
         // Two comes due before one, both by the release below; three waits longer.
-        assert!(q.defer(two, now, "x".into()));
-        assert!(!q.defer(one, now + std::time::Duration::from_millis(1), "x".into()));
+        assert!(q.defer(two, now, Reason::Timeout));
+        assert!(!q.defer(
+            one,
+            now + std::time::Duration::from_millis(1),
+            Reason::Timeout
+        ));
         assert!(matches!(q.offer(env(4, 1)), Offer::Queued { .. }));
         let (three, more) = q.pop_and_peek();
         assert_eq!(three.as_ref().map(|e| e.event), Some(3));
         assert!(more);
         let far = later(60_000);
-        assert!(!q.defer(three.expect("3"), far, "x".into()));
+        assert!(!q.defer(three.expect("3"), far, Reason::Timeout));
         let (released, next) = q.release_due(now + std::time::Duration::from_millis(5));
         assert_eq!((released, next), (2, Some(far)));
         let order: Vec<u32> = std::iter::from_fn(|| q.pop().map(|e| e.event)).collect();
@@ -450,7 +460,7 @@ mod tests {
             assert!(matches!(q.offer(env(n, 1)), Offer::Queued { .. }));
         }
         let one = q.pop().expect("1");
-        assert!(q.defer(one, later(60_000), "x".into()));
+        assert!(q.defer(one, later(60_000), Reason::Timeout));
         let evicted = |offer| match offer {
             Offer::Queued { evicted } => evicted.iter().map(|e: &Envelope<u32>| e.event).collect(),
             _ => panic!("not queued"),
@@ -459,7 +469,7 @@ mod tests {
         assert_eq!(gone, vec![1]);
         assert_eq!((q.len(), q.waiting(), q.bytes()), (3, 0, 3));
         let two = q.pop().expect("2");
-        assert!(q.defer(two, later(60_000), "x".into()));
+        assert!(q.defer(two, later(60_000), Reason::Timeout));
         let gone: Vec<u32> = evicted(q.offer(env(5, 1)));
         assert_eq!(gone, vec![2]);
     }
@@ -473,13 +483,13 @@ mod tests {
         let limit = later(1_000);
         let one = q.pop().expect("1");
         let two = q.pop().expect("2");
-        q.defer(one, later(10), "soon".into());
-        q.defer(two, later(60_000), "late".into());
+        q.defer(one, later(10), Reason::Timeout);
+        q.defer(two, later(60_000), Reason::Nacked);
         let late = q.take_waiting_due_after(limit);
         assert_eq!(late.len(), 1);
         assert_eq!(
-            (late[0].envelope.event, late[0].reason.as_str()),
-            (2, "late")
+            (late[0].envelope.event, &late[0].reason),
+            (2, &Reason::Nacked)
         );
         assert_eq!((q.len(), q.waiting(), q.bytes()), (2, 1, 4));
         let all = q.take_all();

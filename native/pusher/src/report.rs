@@ -25,7 +25,7 @@ pub struct AttemptReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureReport {
     pub tag: Tag,
-    pub reason: String,
+    pub reason: crate::Reason,
     pub attempts: u32,
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::reason::Reason;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total attempts, the first one included (1 = never retry).
@@ -51,15 +53,12 @@ pub enum GiveUp {
 
 impl GiveUp {
     /// The failure reason to report: the last attempt's, plus why no other follows.
-    pub fn reason(self, last_attempt: String) -> String {
+    pub fn reason(self, last_attempt: Reason) -> Reason {
         match self {
             GiveUp::OutOfAttempts => last_attempt,
-            GiveUp::DeadlinePassed => format!("{last_attempt} (retry deadline passed)"),
+            GiveUp::DeadlinePassed => Reason::RetryDeadlinePassed(Box::new(last_attempt)),
             GiveUp::RetryAfterPastDeadline(after) => {
-                let seconds = after
-                    .as_secs()
-                    .saturating_add(u64::from(after.subsec_nanos() > 0));
-                format!("{last_attempt} (Retry-After {seconds} s is past the retry deadline)")
+                Reason::retry_after_past_deadline(after, last_attempt)
             }
         }
     }
@@ -205,14 +204,14 @@ mod tests {
         );
         assert_eq!(
             GiveUp::RetryAfterPastDeadline(Duration::from_millis(119_500))
-                .reason("http_status_503".into()),
-            "http_status_503 (Retry-After 120 s is past the retry deadline)"
+                .reason(Reason::HttpStatus(503)),
+            Reason::RetryAfterPastDeadline(120, Box::new(Reason::HttpStatus(503)))
         );
         assert_eq!(
-            GiveUp::DeadlinePassed.reason("http_status_500".into()),
-            "http_status_500 (retry deadline passed)"
+            GiveUp::DeadlinePassed.reason(Reason::HttpStatus(500)),
+            Reason::RetryDeadlinePassed(Box::new(Reason::HttpStatus(500)))
         );
-        assert_eq!(GiveUp::OutOfAttempts.reason("x".into()), "x");
+        assert_eq!(GiveUp::OutOfAttempts.reason(Reason::Nacked), Reason::Nacked);
     }
 
     #[test]

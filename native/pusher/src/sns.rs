@@ -21,6 +21,7 @@ use aws_sdk_sns::Client;
 use serde_json::json;
 
 use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
+use crate::reason::Reason;
 
 /// Entries one PublishBatch call may carry (an SNS limit).
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -219,7 +220,7 @@ impl SnsBackend {
         let bytes = event.size();
         let attributes = match event.sdk_attributes() {
             Ok(attributes) => attributes,
-            Err(reason) => return Attempt::rejected(reason),
+            Err(reason) => return Attempt::rejected(Reason::BadRequest(reason)),
         };
         let sent = self
             .client
@@ -253,7 +254,7 @@ impl SnsBackend {
             });
             match entry {
                 Ok(entry) => entries.push(entry),
-                Err(reason) => answers[index] = Some(Attempt::rejected(reason)),
+                Err(reason) => answers[index] = Some(Attempt::rejected(Reason::BadRequest(reason))),
             }
         }
         if !entries.is_empty() {
@@ -291,9 +292,7 @@ impl SnsBackend {
         }
         answers
             .into_iter()
-            .map(|a| {
-                a.unwrap_or_else(|| Attempt::no_response("entry missing from PublishBatch answer"))
-            })
+            .map(|a| a.unwrap_or_else(|| Attempt::no_response(Reason::NoAnswerInBatch)))
             .collect()
     }
 }
@@ -315,7 +314,7 @@ fn is_throttling(code: &str) -> bool {
 }
 
 fn failed_entry(code: &str, message: &str, sender_fault: bool) -> Attempt {
-    let reason = format!("{code}: {message}");
+    let reason = Reason::ServiceError(format!("{code}: {message}"));
     let verdict = if sender_fault && !is_throttling(code) {
         Verdict::Fatal(reason.clone())
     } else {
@@ -355,7 +354,7 @@ where
                 .message()
                 .or_else(|| xml_text(&body, "Message"))
                 .unwrap_or_default();
-            let reason = format!("{code}: {message} (HTTP {status})");
+            let reason = Reason::ServiceError(format!("{code}: {message} (HTTP {status})"));
             let verdict = if status >= 500 || status == 429 || is_throttling(&code) {
                 Verdict::Retry(reason)
             } else {
@@ -367,11 +366,12 @@ where
                 wire_bytes: None,
             }
         }
-        SdkError::ConstructionFailure(_) => {
-            Attempt::rejected(format!("request not built: {}", DisplayErrorContext(error)))
-        }
-        SdkError::TimeoutError(_) => Attempt::no_response("timeout"),
-        _ => Attempt::no_response(DisplayErrorContext(error).to_string()),
+        SdkError::ConstructionFailure(_) => Attempt::rejected(Reason::BadRequest(format!(
+            "request not built: {}",
+            DisplayErrorContext(error)
+        ))),
+        SdkError::TimeoutError(_) => Attempt::no_response(Reason::Timeout),
+        _ => Attempt::no_response(Reason::Connection(DisplayErrorContext(error).to_string())),
     }
 }
 
@@ -442,7 +442,7 @@ impl Backend for SnsBackend {
         }
         attempts
             .into_iter()
-            .map(|a| a.unwrap_or_else(|| Attempt::no_response("no_answer_in_batch")))
+            .map(|a| a.unwrap_or_else(|| Attempt::no_response(Reason::NoAnswerInBatch)))
             .collect()
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use pusher::backend::{Attempt, AttemptOutcome, Backend};
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig};
-use pusher::{Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, RetryPolicy};
+use pusher::{
+    Envelope, Instance, InstanceConfig, Overflow, PushError, QueueLimits, Reason, RetryPolicy,
+};
 
 use common::{wait_until, Collect, RecordingServer};
 
@@ -141,7 +143,7 @@ async fn client_errors_are_final() {
     let batches = reports.batches();
     let failures: Vec<_> = batches.iter().flat_map(|b| b.failures.clone()).collect();
     assert_eq!(failures.len(), 1);
-    assert_eq!(failures[0].reason, "http_status_404");
+    assert_eq!(failures[0].reason, Reason::HttpStatus(404));
     assert_eq!(&*failures[0].tag, b"alice");
 }
 
@@ -167,7 +169,7 @@ async fn unreachable_server_is_retried_then_failed() {
     assert_eq!(statuses.len(), 3);
     assert!(statuses
         .iter()
-        .all(|s| matches!(s, AttemptOutcome::NoResponse(r) if r == "connection_failed")));
+        .all(|s| matches!(s, AttemptOutcome::NoResponse(Reason::Connection(_)))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +257,7 @@ impl Backend for Flagged {
     async fn deliver(&self, _: &()) -> Attempt {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        Attempt::no_response("unreachable")
+        Attempt::no_response(Reason::Connection("unreachable".into()))
     }
 }
 

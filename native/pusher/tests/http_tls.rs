@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use pusher::backend::{AttemptOutcome, Backend, Verdict};
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig, VerifyMode};
+use pusher::Reason;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -241,8 +242,7 @@ async fn assert_delivered(backend: &HttpBackend, server: &mut Server, body: &str
 async fn assert_refused(backend: &HttpBackend, server: &mut Server, reason: &str, alert: &str) {
     let attempt = backend.deliver(&event("must not arrive")).await;
     match &attempt.outcome {
-        AttemptOutcome::NoResponse(text) => {
-            assert!(text.starts_with("tls_failed: "), "{text}");
+        AttemptOutcome::NoResponse(Reason::Tls(text)) => {
             assert!(text.contains(reason), "{text} lacks {reason}");
         }
         other => panic!("expected a refused certificate, got {other:?}"),

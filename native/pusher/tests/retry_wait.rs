@@ -11,7 +11,7 @@ use common::{wait_until, RecordingServer, Reply};
 use hyper::header::RETRY_AFTER;
 use pusher::http::{HttpBackend, HttpConfig, HttpEvent, TlsConfig};
 use pusher::report::{FailureReport, ReportBatch, ReportSink};
-use pusher::{Envelope, Instance, InstanceConfig};
+use pusher::{Envelope, Instance, InstanceConfig, Reason};
 
 /// One scripted answer to an attempt that must fail.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ impl ReportSink for Failures {
 }
 
 impl Failures {
-    fn reasons(&self) -> Vec<String> {
+    fn reasons(&self) -> Vec<Reason> {
         let failures = self.0.lock().expect("failures");
         failures.iter().map(|f| f.reason.clone()).collect()
     }
@@ -130,7 +130,7 @@ async fn every_event_delivered_after(failures: Vec<Failure>, n: usize) -> Record
         "{s:?}"
     );
     assert_eq!(s.accepted, s.delivered);
-    assert_eq!(reported.reasons(), Vec::<String>::new());
+    assert_eq!(reported.reasons(), Vec::<Reason>::new());
     server
 }
 
@@ -210,6 +210,9 @@ async fn retry_after_past_the_deadline_fails_at_once_with_that_reason() {
     assert_eq!(server.texts(), vec!["message=0"]);
     assert_eq!(
         reported.reasons(),
-        vec!["http_status_503 (Retry-After 120 s is past the retry deadline)"]
+        vec![Reason::RetryAfterPastDeadline(
+            120,
+            Box::new(Reason::HttpStatus(503))
+        )]
     );
 }

@@ -3,12 +3,12 @@
 use pusher::backend::AttemptOutcome;
 use pusher::connection::{ConnectionEvent, ConnectionState, StatusSnapshot};
 use pusher::report::{BackendDown, ReportBatch};
-use pusher::PushError;
+use pusher::Reason;
 use pusher::StatsSnapshot;
 use rustler::{Atom, Encoder, Env, NifResult, Term};
 use smallvec::SmallVec;
 
-use crate::{atoms, badarg, error};
+use crate::atoms;
 
 pub(crate) mod connection_atoms {
     rustler::atoms! {
@@ -118,8 +118,113 @@ pub(crate) fn outcome_term<'a>(env: Env<'a>, outcome: &AttemptOutcome) -> Term<'
         AttemptOutcome::TimedOut => atoms::timeout().encode(env),
         AttemptOutcome::Replied => atoms::result().encode(env),
         AttemptOutcome::ErrorReply(kind) => (atoms::error_reply(), kind.as_str()).encode(env),
-        AttemptOutcome::NoResponse(reason) => (atoms::error(), reason.as_str()).encode(env),
+        AttemptOutcome::NoResponse(reason) => {
+            (atoms::error(), reason_term(env, reason)).encode(env)
+        }
     }
+}
+
+mod reason_atoms {
+    rustler::atoms! {
+        http_status, timeout, host_timeout, publish_timeout, confirm_timeout, nacked,
+        connection, tls, error_reply, service_error, bad_request, routing_key_too_long,
+        message_too_large, backend_closed, router_down, reply_lost, no_answer_in_batch,
+        backend_panicked, retry_deadline_passed, retry_after_past_deadline, drain_timeout,
+    }
+}
+
+/// A failure reason as `mod_event_pusher_nif:failure_reason()`: an atom, or
+/// `{Atom, Detail}` with Detail a number, a text or the last attempt's reason.
+pub(crate) fn reason_term<'a>(env: Env<'a>, reason: &Reason) -> Term<'a> {
+    use reason_atoms as a;
+    let text = |kind: Atom, text: &str| (kind, text).encode(env);
+    match reason {
+        Reason::HttpStatus(status) => (a::http_status(), status).encode(env),
+        Reason::Timeout => a::timeout().encode(env),
+        Reason::HostTimeout => a::host_timeout().encode(env),
+        Reason::PublishTimeout => a::publish_timeout().encode(env),
+        Reason::ConfirmTimeout => a::confirm_timeout().encode(env),
+        Reason::Nacked => a::nacked().encode(env),
+        Reason::Connection(why) => text(a::connection(), why),
+        Reason::Tls(why) => text(a::tls(), why),
+        Reason::ErrorReply(kind) => text(a::error_reply(), kind),
+        Reason::ServiceError(why) => text(a::service_error(), why),
+        Reason::BadRequest(why) => text(a::bad_request(), why),
+        Reason::RoutingKeyTooLong(bytes) => (a::routing_key_too_long(), bytes).encode(env),
+        Reason::MessageTooLarge(bytes) => (a::message_too_large(), bytes).encode(env),
+        Reason::BackendClosed => a::backend_closed().encode(env),
+        Reason::RouterDown => a::router_down().encode(env),
+        Reason::ReplyLost => a::reply_lost().encode(env),
+        Reason::NoAnswerInBatch => a::no_answer_in_batch().encode(env),
+        Reason::BackendPanicked => a::backend_panicked().encode(env),
+        Reason::RetryDeadlinePassed(last) => {
+            (a::retry_deadline_passed(), reason_term(env, last)).encode(env)
+        }
+        Reason::RetryAfterPastDeadline(seconds, last) => {
+            let detail = (seconds, reason_term(env, last));
+            (a::retry_after_past_deadline(), detail).encode(env)
+        }
+        Reason::DrainTimeout(None) => a::drain_timeout().encode(env),
+        Reason::DrainTimeout(Some(last)) => {
+            (a::drain_timeout(), reason_term(env, last)).encode(env)
+        }
+    }
+}
+
+/// One reason of each kind, for the contract test. The match makes a new kind a
+/// compile error here until it is listed.
+fn every_reason() -> Vec<Reason> {
+    let last = || Box::new(Reason::HttpStatus(503));
+    let every = vec![
+        Reason::HttpStatus(503),
+        Reason::Timeout,
+        Reason::HostTimeout,
+        Reason::PublishTimeout,
+        Reason::ConfirmTimeout,
+        Reason::Nacked,
+        Reason::Connection("connect failed".into()),
+        Reason::Tls("invalid peer certificate: UnknownIssuer".into()),
+        Reason::ErrorReply("cancel".into()),
+        Reason::ServiceError("InvalidParameter: bad (HTTP 400)".into()),
+        Reason::BadRequest("invalid header name".into()),
+        Reason::RoutingKeyTooLong(300),
+        Reason::MessageTooLarge(200_000_000),
+        Reason::BackendClosed,
+        Reason::RouterDown,
+        Reason::ReplyLost,
+        Reason::NoAnswerInBatch,
+        Reason::BackendPanicked,
+        Reason::RetryDeadlinePassed(last()),
+        Reason::RetryAfterPastDeadline(120, last()),
+        Reason::DrainTimeout(None),
+        Reason::DrainTimeout(Some(last())),
+    ];
+    for reason in &every {
+        match reason {
+            Reason::HttpStatus(_)
+            | Reason::Timeout
+            | Reason::HostTimeout
+            | Reason::PublishTimeout
+            | Reason::ConfirmTimeout
+            | Reason::Nacked
+            | Reason::Connection(_)
+            | Reason::Tls(_)
+            | Reason::ErrorReply(_)
+            | Reason::ServiceError(_)
+            | Reason::BadRequest(_)
+            | Reason::RoutingKeyTooLong(_)
+            | Reason::MessageTooLarge(_)
+            | Reason::BackendClosed
+            | Reason::RouterDown
+            | Reason::ReplyLost
+            | Reason::NoAnswerInBatch
+            | Reason::BackendPanicked
+            | Reason::RetryDeadlinePassed(_)
+            | Reason::RetryAfterPastDeadline(..)
+            | Reason::DrainTimeout(_) => {}
+        }
+    }
+    every
 }
 
 /// One outcome of each kind a report can carry, for the test that holds them to the
@@ -133,8 +238,11 @@ pub(crate) fn every_outcome_kind() -> Vec<AttemptOutcome> {
         AttemptOutcome::TimedOut,
         AttemptOutcome::Replied,
         AttemptOutcome::ErrorReply("cancel".into()),
-        AttemptOutcome::NoResponse("connection refused".into()),
     ];
+    let every: Vec<AttemptOutcome> = every
+        .into_iter()
+        .chain(every_reason().into_iter().map(AttemptOutcome::NoResponse))
+        .collect();
     for outcome in &every {
         match outcome {
             AttemptOutcome::Response(_)
@@ -163,7 +271,14 @@ pub(crate) fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<T
     let failures: Vec<Term> = batch
         .failures
         .iter()
-        .map(|f| (bytes_term(env, &f.tag), f.reason.as_str(), f.attempts).encode(env))
+        .map(|f| {
+            (
+                bytes_term(env, &f.tag),
+                reason_term(env, &f.reason),
+                f.attempts,
+            )
+                .encode(env)
+        })
         .collect();
     let c = &batch.counters;
     // dropped_too_large (a part of dropped) only when there were any.
@@ -217,16 +332,8 @@ pub(crate) fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     binary.into()
 }
 
-pub(crate) fn push_error(env: Env, e: PushError) -> Term {
-    match e {
-        PushError::QueueFull => error(env, atoms::queue_full()),
-        PushError::Stopped => error(env, atoms::stopped()),
-        PushError::TooLarge => error(env, atoms::too_large()),
-    }
-}
-
 /// The connection keys of a rabbit instance's stats.
-pub(crate) fn connection_stats<'a>(env: Env<'a>, status: &StatusSnapshot) -> Vec<(Atom, Term<'a>)> {
+fn connection_stats<'a>(env: Env<'a>, status: &StatusSnapshot) -> Vec<(Atom, Term<'a>)> {
     use connection_atoms as a;
     let optional_ms = |v: Option<u64>| match v {
         Some(ms) => ms.encode(env),
@@ -263,7 +370,7 @@ pub(crate) fn stats_term<'a>(
     env: Env<'a>,
     s: &StatsSnapshot,
     lost: Option<u64>,
-    extra: Vec<(Atom, Term<'a>)>,
+    connection: Option<StatusSnapshot>,
 ) -> Term<'a> {
     let latency = |v: Option<u64>| match v {
         Some(us) => us.encode(env),
@@ -305,10 +412,11 @@ pub(crate) fn stats_term<'a>(
         keys.push(atoms::lost());
         values.push(lost.encode(env));
     }
+    let extra = connection.map_or_else(Vec::new, |status| connection_stats(env, &status));
     for (key, value) in extra {
         keys.push(key);
         values.push(value);
     }
     let keys: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
-    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| badarg(env))
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
 }

@@ -1,59 +1,83 @@
-//! The push backend's publish IQs, handed to the Erlang process that routes them.
+//! The push backend's publishes: Erlang built each `#push_publish{}` (with its IQ)
+//! once; it is held here as that term and handed back whole to the process that
+//! routes it, with the id its reply must carry.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use pusher::push::{Element, Node, PushEvent, Router};
-use rustler::{Encoder, Env, OwnedEnv, Term};
+use pusher::push::Router;
+use pusher::Envelope;
+use rustler::env::SavedTerm;
+use rustler::{Encoder, OwnedEnv, Term, TermType};
 
+use crate::contract::PushPublish;
 use crate::reporter::ReportTarget;
 
 use crate::atoms;
 
-/// Hands publish IQs to the Erlang process that routes them (the reporter):
-/// `{mod_event_pusher_nif, route, Id, From, PubSub, PubsubElement}`.
+/// Sends `{mod_event_pusher_nif, route, Id, #push_publish{}}` to the reporter.
 pub(crate) struct PidRouter {
     pub(crate) target: Arc<ReportTarget>,
 }
 
-pub(crate) fn element_term<'a>(env: Env<'a>, element: &Element) -> Term<'a> {
-    let keys: Vec<Term> = element
-        .attrs
-        .iter()
-        .map(|(k, _)| k.as_str().encode(env))
-        .collect();
-    let values: Vec<Term> = element
-        .attrs
-        .iter()
-        .map(|(_, v)| v.as_str().encode(env))
-        .collect();
-    let attrs =
-        Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env));
-    let children: Vec<Term> = element
-        .children
-        .iter()
-        .map(|child| match child {
-            Node::Element(child) => element_term(env, child),
-            Node::Text(text) => (atoms::xmlcdata(), text.as_str(), atoms::escaped()).encode(env),
-        })
-        .collect();
-    (atoms::xmlel(), element.name.as_str(), attrs, children).encode(env)
-}
+/// A `#push_publish{}` term kept off the caller's heap (its refc binaries are shared,
+/// not copied).
+pub(crate) struct HeldPublish(Mutex<(OwnedEnv, SavedTerm)>);
 
 impl Router for PidRouter {
-    fn route(&self, id: u64, event: &PushEvent, pubsub: &Element) -> bool {
-        let mut owned = OwnedEnv::new();
-        owned
-            .send_and_clear(&self.target.pid(), |env| {
-                (
-                    atoms::mod_event_pusher_nif(),
-                    atoms::route(),
-                    id,
-                    event.from.as_str(),
-                    event.pubsub.as_str(),
-                    element_term(env, pubsub),
-                )
-                    .encode(env)
-            })
-            .is_ok()
+    type Publish = HeldPublish;
+
+    fn route(&self, id: u64, publish: &HeldPublish) -> bool {
+        let Ok(held) = publish.0.lock() else {
+            return false;
+        };
+        let (env, saved) = &*held;
+        env.run(|held_env| {
+            let publish = saved.load(held_env);
+            OwnedEnv::new()
+                .send_and_clear(&self.target.pid(), |env| {
+                    let route = (atoms::mod_event_pusher_nif(), atoms::route());
+                    (route.0, route.1, id, publish.in_env(env)).encode(env)
+                })
+                .is_ok()
+        })
     }
+}
+
+/// Bytes of the binaries in a term, for the queue's byte cap; bounded in depth (an
+/// IQ is a few levels deep).
+fn term_bytes(term: Term, depth: u8) -> usize {
+    if depth == 0 {
+        return 0;
+    }
+    match term.get_type() {
+        TermType::Binary => term.decode::<rustler::Binary>().map_or(0, |b| b.len()),
+        TermType::Tuple => rustler::types::tuple::get_tuple(term).map_or(0, |items| {
+            items.iter().map(|t| term_bytes(*t, depth - 1)).sum()
+        }),
+        TermType::List => term
+            .decode::<crate::contract::List<Term>>()
+            .map_or(0, |items| {
+                items.0.iter().map(|t| term_bytes(*t, depth - 1)).sum()
+            }),
+        TermType::Map => term.decode::<rustler::MapIterator>().map_or(0, |entries| {
+            entries
+                .map(|(k, v)| term_bytes(k, depth - 1) + term_bytes(v, depth - 1))
+                .sum()
+        }),
+        _ => 0,
+    }
+}
+
+pub(crate) fn publish_size(publish: &PushPublish) -> usize {
+    publish.node.len() + publish.tag.len() + term_bytes(publish.packet, 16)
+}
+
+pub(crate) fn held_publish(term: Term, publish: PushPublish, size: usize) -> Envelope<HeldPublish> {
+    let env = OwnedEnv::new();
+    let saved = env.save(term);
+    Envelope::new(
+        HeldPublish(Mutex::new((env, saved))),
+        publish.tag.as_slice(),
+        size,
+    )
 }

@@ -68,10 +68,10 @@ pub struct SentSnapshot {
     held: u64,
 }
 
-impl SentSnapshot {
-    /// `#{batches, reports, counters => #{delivered, retried, failed, dropped},
-    /// connections => #{opened, closed, failed}, held}`.
-    pub fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+/// `#{batches, reports, counters => #{delivered, retried, failed, dropped},
+/// connections => #{opened, closed, failed}, held}`.
+impl Encoder for SentSnapshot {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         let counters = Term::map_from_arrays(
             env,
             &[
@@ -88,7 +88,7 @@ impl SentSnapshot {
             &self.connections,
         );
         let (Ok(counters), Ok(connections)) = (counters, connections) else {
-            return crate::badarg(env);
+            return crate::errors::BoundaryError::Badarg.encode(env);
         };
         let keys = [
             reporter_atoms::batches().encode(env),
@@ -104,7 +104,8 @@ impl SentSnapshot {
             connections,
             self.held.encode(env),
         ];
-        Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| crate::badarg(env))
+        Term::map_from_term_arrays(env, &keys, &values)
+            .unwrap_or_else(|_| crate::errors::BoundaryError::Badarg.encode(env))
     }
 }
 
@@ -184,7 +185,8 @@ impl ReportTarget {
         let mut owned = OwnedEnv::new();
         while let Some(batch) = held.front() {
             let sent = owned.send_and_clear(&pid, |env| {
-                let body = crate::encode_batch(env, batch).unwrap_or_else(|_| crate::badarg(env));
+                let body = crate::encode::encode_batch(env, batch)
+                    .unwrap_or_else(|_| crate::errors::BoundaryError::Badarg.encode(env));
                 (atoms::mod_event_pusher_nif(), atoms::report(), body).encode(env)
             });
             if sent.is_err() {

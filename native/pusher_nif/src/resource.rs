@@ -9,14 +9,13 @@ use pusher::http::HttpBackend;
 use pusher::push::PushBackend;
 use pusher::rabbit::RabbitBackend;
 use pusher::sns::SnsBackend;
-use pusher::{Backend, Instance, PushError, StatsSnapshot, StopSummary};
+use pusher::{Backend, Envelope, Instance, StatsSnapshot, StopSummary};
 use rustler::Term;
 
-use crate::decode::{
-    decode_http_event, decode_push_event, decode_rabbit_event, decode_sns_event, http_body_size,
-    push_event_size, rabbit_event_size, sns_event_size, BadEvent, Decoded,
-};
-use crate::push_router::PidRouter;
+use crate::contract::{one_of, record, Either};
+use crate::decode::events;
+use crate::errors::{Answer, BoundaryError};
+use crate::push_router::{held_publish, publish_size, PidRouter};
 use crate::reporter::ReportTarget;
 
 pub(crate) enum Pusher {
@@ -37,27 +36,58 @@ pub(crate) struct InstanceResource {
 #[rustler::resource_impl]
 impl rustler::Resource for InstanceResource {}
 
+/// Calls `$body` with the instance, whatever its backend.
+macro_rules! with_instance {
+    ($pusher:expr, $instance:ident => $body:expr) => {
+        match $pusher {
+            Pusher::Http($instance) => $body,
+            Pusher::Rabbit($instance) => $body,
+            Pusher::Sns($instance) => $body,
+            Pusher::Push($instance) => $body,
+        }
+    };
+}
+
 impl Pusher {
-    /// Queues the event term; Err names what is malformed in it. A full queue refuses
-    /// it from its size alone, before it is decoded or copied.
-    pub(crate) fn push(&self, event: Term) -> Result<Result<(), PushError>, BadEvent> {
+    /// Queues the event record. Its size is read off the decoded record, so a full
+    /// queue refuses it before anything is copied.
+    pub(crate) fn push(&self, event: Term) -> Answer<()> {
         match self {
-            Pusher::Http(i) => enqueue(i, http_body_size(event), || decode_http_event(event)),
-            Pusher::Rabbit(i) => {
-                enqueue(i, rabbit_event_size(event), || decode_rabbit_event(event))
+            Pusher::Http(i) => {
+                let http = record(event)?;
+                let size = events::http_size(&http);
+                enqueue(i, size, || events::http(http, size))
             }
-            Pusher::Sns(i) => enqueue(i, sns_event_size(event), || decode_sns_event(event)),
-            Pusher::Push(i) => enqueue(i, push_event_size(event), || decode_push_event(event)),
+            Pusher::Rabbit(i) => match one_of(event)? {
+                Either::First(presence) => {
+                    let size = events::rabbit_presence_size(&presence);
+                    enqueue(i, size, || Ok(events::rabbit_presence(presence, size)))
+                }
+                Either::Second(chat) => {
+                    let size = events::rabbit_chat_size(&chat);
+                    enqueue(i, size, || Ok(events::rabbit_chat(chat, size)))
+                }
+            },
+            Pusher::Sns(i) => match one_of(event)? {
+                Either::First(presence) => {
+                    let size = events::sns_presence_size(&presence);
+                    enqueue(i, size, || Ok(events::sns_presence(presence, size)))
+                }
+                Either::Second(message) => {
+                    let size = events::sns_message_size(&message);
+                    enqueue(i, size, || Ok(events::sns_message(message, size)))
+                }
+            },
+            Pusher::Push(i) => {
+                let publish = record(event)?;
+                let size = publish_size(&publish);
+                enqueue(i, size, || Ok(held_publish(event, publish, size)))
+            }
         }
     }
 
     pub(crate) fn stats(&self) -> StatsSnapshot {
-        match self {
-            Pusher::Http(instance) => instance.stats(),
-            Pusher::Rabbit(instance) => instance.stats(),
-            Pusher::Sns(instance) => instance.stats(),
-            Pusher::Push(instance) => instance.stats(),
-        }
+        with_instance!(self, instance => instance.stats())
     }
 
     /// The connection of a backend that keeps one (rabbit).
@@ -69,26 +99,17 @@ impl Pusher {
     }
 
     pub(crate) async fn stop(&self, drain: Duration) -> StopSummary {
-        match self {
-            Pusher::Http(instance) => instance.stop(drain).await,
-            Pusher::Rabbit(instance) => instance.stop(drain).await,
-            Pusher::Sns(instance) => instance.stop(drain).await,
-            Pusher::Push(instance) => instance.stop(drain).await,
-        }
+        with_instance!(self, instance => instance.stop(drain).await)
     }
 }
 
 fn enqueue<B: Backend>(
     instance: &Instance<B>,
-    size: Option<usize>,
-    decode: impl FnOnce() -> Decoded<B::Event>,
-) -> Result<Result<(), PushError>, BadEvent> {
-    let Some(size) = size else {
-        // Not the shape the size needs: decoding says which element is wrong.
-        return decode().and(Err(BadEvent("shape")));
-    };
+    size: usize,
+    build: impl FnOnce() -> Answer<Envelope<B::Event>>,
+) -> Answer<()> {
     if let Some(refused) = instance.refusal(size) {
-        return Ok(Err(refused));
+        return Err(BoundaryError::Refused(refused));
     }
-    Ok(instance.push(decode()?))
+    instance.push(build()?).map_err(BoundaryError::Refused)
 }

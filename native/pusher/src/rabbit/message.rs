@@ -2,6 +2,7 @@
 //! MongooseIM's mod_event_pusher_rabbit publishes it.
 
 use super::config::{RabbitConfig, MAX_SHORT_STRING_BYTES};
+use crate::reason::Reason;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatKind {
@@ -73,20 +74,16 @@ impl Outgoing<'_> {
     /// Why the broker could never take this message, if so: the reason a failed event
     /// is reported with, its first word a token (`routing_key_too_long`,
     /// `message_too_large`) and the rest the sizes.
-    pub fn unpublishable(&self, max_message_bytes: usize) -> Option<String> {
+    /// A routing key over AMQP's 255 bytes (a bare JID that long cannot be one), or a
+    /// body over `max_message_bytes` (the broker's max_message_size).
+    pub fn unpublishable(&self, max_message_bytes: usize) -> Option<Reason> {
         let key_bytes = self.routing_key.len();
         if key_bytes > MAX_SHORT_STRING_BYTES {
-            return Some(format!(
-                "routing_key_too_long: the routing key is {key_bytes} bytes, AMQP allows \
-                 {MAX_SHORT_STRING_BYTES} (a bare JID that long cannot be a routing key)"
-            ));
+            return Some(Reason::RoutingKeyTooLong(key_bytes));
         }
         let body_bytes = self.payload.len();
         if body_bytes > max_message_bytes {
-            return Some(format!(
-                "message_too_large: the message is {body_bytes} bytes, max_message_bytes \
-                 (the broker's max_message_size) is {max_message_bytes}"
-            ));
+            return Some(Reason::MessageTooLarge(body_bytes));
         }
         None
     }
@@ -372,12 +369,9 @@ mod tests {
         assert_eq!(fits.routing_key.len(), 255);
         assert_eq!(fits.unpublishable(config.max_message_bytes), None);
         let too_long = outgoing(&config, &event(&"a".repeat(256 - 24)));
-        let why = too_long
-            .unpublishable(config.max_message_bytes)
-            .unwrap_or_else(|| panic!("a 256-byte key passed"));
-        assert!(
-            why.starts_with("routing_key_too_long: the routing key is 256 bytes"),
-            "{why}"
+        assert_eq!(
+            too_long.unpublishable(config.max_message_bytes),
+            Some(Reason::RoutingKeyTooLong(256))
         );
         let presence = RabbitEvent::Presence {
             user_jid: format!("{}@h/r", "p".repeat(300)),
@@ -386,7 +380,7 @@ mod tests {
         };
         assert!(outgoing(&config, &presence)
             .unpublishable(config.max_message_bytes)
-            .is_some_and(|why| why.starts_with("routing_key_too_long")));
+            .is_some_and(|why| matches!(why, Reason::RoutingKeyTooLong(_))));
     }
 
     #[test]
@@ -395,16 +389,9 @@ mod tests {
         let message = outgoing(&config, &chat(ChatKind::Chat, Direction::In, "12345"));
         let bytes = message.payload.len();
         assert_eq!(message.unpublishable(bytes), None);
-        let why = message
-            .unpublishable(bytes - 1)
-            .unwrap_or_else(|| panic!("a body over the limit passed"));
         assert_eq!(
-            why,
-            format!(
-                "message_too_large: the message is {bytes} bytes, max_message_bytes \
-                 (the broker's max_message_size) is {}",
-                bytes - 1
-            )
+            message.unpublishable(bytes - 1),
+            Some(Reason::MessageTooLarge(bytes))
         );
     }
 

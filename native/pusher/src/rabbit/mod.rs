@@ -53,6 +53,7 @@ use tokio::task::AbortHandle;
 
 use crate::backend::{Attempt, AttemptOutcome, Backend, Verdict};
 use crate::connection::StatusSnapshot;
+use crate::reason::Reason;
 use crate::stats::ConnectionCounters;
 
 pub use config::{
@@ -298,7 +299,7 @@ impl Backend for RabbitBackend {
         }
         let payload_bytes = message.payload.len();
         let Some(link) = self.connector.live_link().await else {
-            return Attempt::rejected("backend closed");
+            return Attempt::rejected(Reason::BackendClosed);
         };
         let properties = if message.persistent {
             &self.persistent
@@ -321,7 +322,7 @@ impl Backend for RabbitBackend {
                 Err(error) => {
                     let why = format!("publish failed: {}", reason(&error));
                     link.mark_lost(&why);
-                    return Attempt::no_response(why);
+                    return Attempt::no_response(Reason::Connection(why));
                 }
             };
             written = true;
@@ -340,7 +341,7 @@ impl Backend for RabbitBackend {
                     wire_bytes: Some(payload_bytes),
                 },
                 Ok(Confirmation::Nack(_)) => Attempt {
-                    verdict: Verdict::Retry("nacked".into()),
+                    verdict: Verdict::Retry(Reason::Nacked),
                     outcome: AttemptOutcome::Nacked,
                     wire_bytes: Some(payload_bytes),
                 },
@@ -353,23 +354,22 @@ impl Backend for RabbitBackend {
                 Err(error) => {
                     let why = format!("connection lost: {}", reason(&error));
                     link.mark_lost(&why);
-                    Attempt::no_response(why)
+                    Attempt::no_response(Reason::Connection(why))
                 }
             }
         };
-        let finished = tokio::time::timeout(config.confirm_timeout, attempt).await;
-        finished.unwrap_or_else(|_| Attempt {
-            verdict: Verdict::Retry(
-                if written {
-                    "confirm_timeout"
-                } else {
-                    "publish_timeout"
-                }
-                .into(),
-            ),
-            outcome: AttemptOutcome::TimedOut,
-            wire_bytes: Some(payload_bytes),
-        })
+        let Ok(finished) = tokio::time::timeout(config.confirm_timeout, attempt).await else {
+            let reason = match written {
+                true => Reason::ConfirmTimeout,
+                false => Reason::PublishTimeout,
+            };
+            return Attempt {
+                verdict: Verdict::Retry(reason),
+                outcome: AttemptOutcome::TimedOut,
+                wire_bytes: Some(payload_bytes),
+            };
+        };
+        finished
     }
 
     fn connections(&self) -> Option<Arc<ConnectionCounters>> {
