@@ -46,6 +46,43 @@ pub enum AttemptOutcome {
     NoResponse(Reason),
 }
 
+impl AttemptOutcome {
+    /// One outcome of each kind a report can carry, for the test that holds them to the
+    /// Erlang type. The match makes a new kind a compile error here until it is listed.
+    pub fn one_of_each() -> Vec<AttemptOutcome> {
+        let every = vec![
+            AttemptOutcome::Response(503),
+            AttemptOutcome::Published,
+            AttemptOutcome::Confirmed,
+            AttemptOutcome::Nacked,
+            AttemptOutcome::TimedOut,
+            AttemptOutcome::Replied,
+            AttemptOutcome::ErrorReply("cancel".into()),
+        ];
+        let every: Vec<AttemptOutcome> = every
+            .into_iter()
+            .chain(
+                Reason::one_of_each()
+                    .into_iter()
+                    .map(AttemptOutcome::NoResponse),
+            )
+            .collect();
+        for outcome in &every {
+            match outcome {
+                AttemptOutcome::Response(_)
+                | AttemptOutcome::Published
+                | AttemptOutcome::Confirmed
+                | AttemptOutcome::Nacked
+                | AttemptOutcome::TimedOut
+                | AttemptOutcome::Replied
+                | AttemptOutcome::ErrorReply(_)
+                | AttemptOutcome::NoResponse(_) => {}
+            }
+        }
+        every
+    }
+}
+
 /// One attempt's verdict plus what the wire saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod connection;
 pub mod form;
+pub mod handover;
 pub mod http;
 pub mod instance;
 pub mod push;

@@ -55,6 +55,62 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// One reason of each kind, for the contract test that holds each to the host's
+    /// type. The match makes a new kind a compile error here until it is listed.
+    pub fn one_of_each() -> Vec<Reason> {
+        let last = || Box::new(Reason::HttpStatus(503));
+        let every = vec![
+            Reason::HttpStatus(503),
+            Reason::Timeout,
+            Reason::HostTimeout,
+            Reason::PublishTimeout,
+            Reason::ConfirmTimeout,
+            Reason::Nacked,
+            Reason::Connection("connect failed".into()),
+            Reason::Tls("invalid peer certificate: UnknownIssuer".into()),
+            Reason::ErrorReply("cancel".into()),
+            Reason::ServiceError("InvalidParameter: bad (HTTP 400)".into()),
+            Reason::BadRequest("invalid header name".into()),
+            Reason::RoutingKeyTooLong(300),
+            Reason::MessageTooLarge(200_000_000),
+            Reason::BackendClosed,
+            Reason::RouterDown,
+            Reason::ReplyLost,
+            Reason::NoAnswerInBatch,
+            Reason::BackendPanicked,
+            Reason::RetryDeadlinePassed(last()),
+            Reason::RetryAfterPastDeadline(120, last()),
+            Reason::DrainTimeout(None),
+            Reason::DrainTimeout(Some(last())),
+        ];
+        for reason in &every {
+            match reason {
+                Reason::HttpStatus(_)
+                | Reason::Timeout
+                | Reason::HostTimeout
+                | Reason::PublishTimeout
+                | Reason::ConfirmTimeout
+                | Reason::Nacked
+                | Reason::Connection(_)
+                | Reason::Tls(_)
+                | Reason::ErrorReply(_)
+                | Reason::ServiceError(_)
+                | Reason::BadRequest(_)
+                | Reason::RoutingKeyTooLong(_)
+                | Reason::MessageTooLarge(_)
+                | Reason::BackendClosed
+                | Reason::RouterDown
+                | Reason::ReplyLost
+                | Reason::NoAnswerInBatch
+                | Reason::BackendPanicked
+                | Reason::RetryDeadlinePassed(_)
+                | Reason::RetryAfterPastDeadline(..)
+                | Reason::DrainTimeout(_) => {}
+            }
+        }
+        every
+    }
+
     pub fn retry_after_past_deadline(after: Duration, last: Reason) -> Self {
         let seconds = after
             .as_secs()

@@ -1,108 +1,77 @@
-//! Rust values -> Erlang terms: report batches, connection events, stats.
+//! Rust values -> Erlang terms: report batches, failure reasons, stats.
 
 use pusher::backend::AttemptOutcome;
 use pusher::connection::{ConnectionEvent, ConnectionState, StatusSnapshot};
-use pusher::report::{BackendDown, ReportBatch};
-use pusher::Reason;
-use pusher::StatsSnapshot;
-use rustler::{Atom, Encoder, Env, NifResult, Term};
+use pusher::handover::HandedOver;
+use pusher::report::{BackendDown, CounterDelta, ReportBatch};
+use pusher::stats::ConnectionSnapshot;
+use pusher::{Reason, StatsSnapshot};
+use rustler::{Atom, Encoder, Env, Term};
 use smallvec::SmallVec;
 
 use crate::atoms;
 
-pub(crate) mod connection_atoms {
+mod keys {
     rustler::atoms! {
         connection_events, backend_down, connect_failed, connected, connecting,
         disconnected, reason, at_ms, down_since_ms, suppressed, failed_attempts, since_ms,
         connection, last_connection_error, last_connection_error_at_ms,
-        disconnected_since_ms, connect_failures,
+        disconnected_since_ms, connect_failures, batches, reports, held,
+        http_status, host_timeout, publish_timeout, confirm_timeout, tls, service_error,
+        bad_request, routing_key_too_long, message_too_large, backend_closed, router_down,
+        reply_lost, no_answer_in_batch, backend_panicked, retry_deadline_passed,
+        retry_after_past_deadline, drain_timeout,
     }
 }
 
-pub(crate) fn map_term<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifResult<Term<'a>> {
-    let keys: SmallVec<[Term; 8]> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-    let values: SmallVec<[Term; 8]> = pairs.iter().map(|(_, v)| *v).collect();
-    Term::map_from_term_arrays(env, &keys, &values)
+/// A map with atom keys (fixed and distinct: building it cannot fail).
+fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
+    let (keys, values): (SmallVec<[Term; 16]>, SmallVec<[Term; 16]>) =
+        pairs.iter().map(|(k, v)| (k.encode(env), *v)).unzip();
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
 }
 
-/// `{lost, #{reason, at_ms, suppressed}}`,
-/// `{connect_failed, #{reason, at_ms, attempts, down_since_ms, suppressed}}` or
-/// `{connected, #{at_ms, down_since_ms, failed_attempts, suppressed}}`.
-pub(crate) fn encode_connection_event<'a>(
-    env: Env<'a>,
-    event: &ConnectionEvent,
-) -> NifResult<Term<'a>> {
-    use connection_atoms as a;
-    let (kind, details) = match event {
-        ConnectionEvent::Lost {
-            reason,
-            at_ms,
-            suppressed,
-        } => (
-            atoms::lost(),
-            map_term(
-                env,
-                &[
-                    (a::reason(), reason.as_str().encode(env)),
-                    (a::at_ms(), at_ms.encode(env)),
-                    (a::suppressed(), suppressed.encode(env)),
-                ],
-            )?,
-        ),
-        ConnectionEvent::ConnectFailed {
-            reason,
-            at_ms,
-            attempts,
-            down_since_ms,
-            suppressed,
-        } => (
-            a::connect_failed(),
-            map_term(
-                env,
-                &[
-                    (a::reason(), reason.as_str().encode(env)),
-                    (a::at_ms(), at_ms.encode(env)),
-                    (atoms::attempts(), attempts.encode(env)),
-                    (a::down_since_ms(), down_since_ms.encode(env)),
-                    (a::suppressed(), suppressed.encode(env)),
-                ],
-            )?,
-        ),
-        ConnectionEvent::Connected {
-            at_ms,
-            down_since_ms,
-            failed_attempts,
-            suppressed,
-        } => (
-            a::connected(),
-            map_term(
-                env,
-                &[
-                    (a::at_ms(), at_ms.encode(env)),
-                    (a::down_since_ms(), down_since_ms.encode(env)),
-                    (a::failed_attempts(), failed_attempts.encode(env)),
-                    (a::suppressed(), suppressed.encode(env)),
-                ],
-            )?,
-        ),
-    };
-    Ok((kind, details).encode(env))
+/// The value, or `undefined`.
+fn optional<'a, T: Encoder>(env: Env<'a>, value: Option<T>) -> Term<'a> {
+    match value {
+        Some(value) => value.encode(env),
+        None => atoms::undefined().encode(env),
+    }
 }
 
-/// `undefined | #{since_ms, reason}`.
-pub(crate) fn encode_backend_down<'a>(
-    env: Env<'a>,
-    down: Option<&BackendDown>,
-) -> NifResult<Term<'a>> {
-    match down {
-        None => Ok(atoms::undefined().encode(env)),
-        Some(down) => map_term(
-            env,
-            &[
-                (connection_atoms::since_ms(), down.since_ms.encode(env)),
-                (connection_atoms::reason(), down.reason.as_str().encode(env)),
-            ],
+/// A failure reason as `mod_event_pusher_nif:failure_reason()`: an atom, or
+/// `{Atom, Detail}` with Detail a number, a text or the last attempt's reason.
+pub(crate) fn reason_term<'a>(env: Env<'a>, reason: &Reason) -> Term<'a> {
+    use keys as k;
+    let tagged = |tag: Atom, detail: Term<'a>| (tag, detail).encode(env);
+    match reason {
+        Reason::HttpStatus(status) => tagged(k::http_status(), status.encode(env)),
+        Reason::Timeout => atoms::timeout().encode(env),
+        Reason::HostTimeout => k::host_timeout().encode(env),
+        Reason::PublishTimeout => k::publish_timeout().encode(env),
+        Reason::ConfirmTimeout => k::confirm_timeout().encode(env),
+        Reason::Nacked => atoms::nacked().encode(env),
+        Reason::Connection(why) => tagged(k::connection(), why.encode(env)),
+        Reason::Tls(why) => tagged(k::tls(), why.encode(env)),
+        Reason::ErrorReply(kind) => tagged(atoms::error_reply(), kind.encode(env)),
+        Reason::ServiceError(why) => tagged(k::service_error(), why.encode(env)),
+        Reason::BadRequest(why) => tagged(k::bad_request(), why.encode(env)),
+        Reason::RoutingKeyTooLong(bytes) => tagged(k::routing_key_too_long(), bytes.encode(env)),
+        Reason::MessageTooLarge(bytes) => tagged(k::message_too_large(), bytes.encode(env)),
+        Reason::BackendClosed => k::backend_closed().encode(env),
+        Reason::RouterDown => k::router_down().encode(env),
+        Reason::ReplyLost => k::reply_lost().encode(env),
+        Reason::NoAnswerInBatch => k::no_answer_in_batch().encode(env),
+        Reason::BackendPanicked => k::backend_panicked().encode(env),
+        Reason::RetryDeadlinePassed(last) => {
+            tagged(k::retry_deadline_passed(), reason_term(env, last))
+        }
+        Reason::RetryAfterPastDeadline(seconds, last) => tagged(
+            k::retry_after_past_deadline(),
+            (seconds, reason_term(env, last)).encode(env),
         ),
+        Reason::DrainTimeout(None) => k::drain_timeout().encode(env),
+        Reason::DrainTimeout(Some(last)) => tagged(k::drain_timeout(), reason_term(env, last)),
     }
 }
 
@@ -124,299 +93,233 @@ pub(crate) fn outcome_term<'a>(env: Env<'a>, outcome: &AttemptOutcome) -> Term<'
     }
 }
 
-mod reason_atoms {
-    rustler::atoms! {
-        http_status, timeout, host_timeout, publish_timeout, confirm_timeout, nacked,
-        connection, tls, error_reply, service_error, bad_request, routing_key_too_long,
-        message_too_large, backend_closed, router_down, reply_lost, no_answer_in_batch,
-        backend_panicked, retry_deadline_passed, retry_after_past_deadline, drain_timeout,
+/// `{lost, #{reason, at_ms, suppressed}}`,
+/// `{connect_failed, #{reason, at_ms, attempts, down_since_ms, suppressed}}` or
+/// `{connected, #{at_ms, down_since_ms, failed_attempts, suppressed}}`.
+fn connection_event_term<'a>(env: Env<'a>, event: &ConnectionEvent) -> Term<'a> {
+    use keys as k;
+    let e = |value: &dyn Encoder| value.encode(env);
+    let (kind, details) = match event {
+        ConnectionEvent::Lost {
+            reason,
+            at_ms,
+            suppressed,
+        } => (
+            atoms::lost(),
+            map(
+                env,
+                &[
+                    (k::reason(), e(reason)),
+                    (k::at_ms(), e(at_ms)),
+                    (k::suppressed(), e(suppressed)),
+                ],
+            ),
+        ),
+        ConnectionEvent::ConnectFailed {
+            reason,
+            at_ms,
+            attempts,
+            down_since_ms,
+            suppressed,
+        } => (
+            k::connect_failed(),
+            map(
+                env,
+                &[
+                    (k::reason(), e(reason)),
+                    (k::at_ms(), e(at_ms)),
+                    (atoms::attempts(), e(attempts)),
+                    (k::down_since_ms(), e(down_since_ms)),
+                    (k::suppressed(), e(suppressed)),
+                ],
+            ),
+        ),
+        ConnectionEvent::Connected {
+            at_ms,
+            down_since_ms,
+            failed_attempts,
+            suppressed,
+        } => (
+            k::connected(),
+            map(
+                env,
+                &[
+                    (k::at_ms(), e(at_ms)),
+                    (k::down_since_ms(), e(down_since_ms)),
+                    (k::failed_attempts(), e(failed_attempts)),
+                    (k::suppressed(), e(suppressed)),
+                ],
+            ),
+        ),
+    };
+    (kind, details).encode(env)
+}
+
+/// `undefined | #{since_ms, reason}`.
+fn backend_down_term<'a>(env: Env<'a>, down: Option<&BackendDown>) -> Term<'a> {
+    match down {
+        None => atoms::undefined().encode(env),
+        Some(down) => map(
+            env,
+            &[
+                (keys::since_ms(), down.since_ms.encode(env)),
+                (keys::reason(), down.reason.encode(env)),
+            ],
+        ),
     }
 }
 
-/// A failure reason as `mod_event_pusher_nif:failure_reason()`: an atom, or
-/// `{Atom, Detail}` with Detail a number, a text or the last attempt's reason.
-pub(crate) fn reason_term<'a>(env: Env<'a>, reason: &Reason) -> Term<'a> {
-    use reason_atoms as a;
-    let text = |kind: Atom, text: &str| (kind, text).encode(env);
-    match reason {
-        Reason::HttpStatus(status) => (a::http_status(), status).encode(env),
-        Reason::Timeout => a::timeout().encode(env),
-        Reason::HostTimeout => a::host_timeout().encode(env),
-        Reason::PublishTimeout => a::publish_timeout().encode(env),
-        Reason::ConfirmTimeout => a::confirm_timeout().encode(env),
-        Reason::Nacked => a::nacked().encode(env),
-        Reason::Connection(why) => text(a::connection(), why),
-        Reason::Tls(why) => text(a::tls(), why),
-        Reason::ErrorReply(kind) => text(a::error_reply(), kind),
-        Reason::ServiceError(why) => text(a::service_error(), why),
-        Reason::BadRequest(why) => text(a::bad_request(), why),
-        Reason::RoutingKeyTooLong(bytes) => (a::routing_key_too_long(), bytes).encode(env),
-        Reason::MessageTooLarge(bytes) => (a::message_too_large(), bytes).encode(env),
-        Reason::BackendClosed => a::backend_closed().encode(env),
-        Reason::RouterDown => a::router_down().encode(env),
-        Reason::ReplyLost => a::reply_lost().encode(env),
-        Reason::NoAnswerInBatch => a::no_answer_in_batch().encode(env),
-        Reason::BackendPanicked => a::backend_panicked().encode(env),
-        Reason::RetryDeadlinePassed(last) => {
-            (a::retry_deadline_passed(), reason_term(env, last)).encode(env)
-        }
-        Reason::RetryAfterPastDeadline(seconds, last) => {
-            let detail = (seconds, reason_term(env, last));
-            (a::retry_after_past_deadline(), detail).encode(env)
-        }
-        Reason::DrainTimeout(None) => a::drain_timeout().encode(env),
-        Reason::DrainTimeout(Some(last)) => {
-            (a::drain_timeout(), reason_term(env, last)).encode(env)
-        }
-    }
+/// `#{delivered, retried, failed, dropped}`, with `dropped_too_large` (a part of
+/// dropped) when `with_too_large`.
+fn counters_term<'a>(env: Env<'a>, c: &CounterDelta, with_too_large: bool) -> Term<'a> {
+    let mut pairs: SmallVec<[(Atom, Term); 5]> = SmallVec::from_buf([
+        (atoms::delivered(), c.delivered.encode(env)),
+        (atoms::retried(), c.retried.encode(env)),
+        (atoms::failed(), c.failed.encode(env)),
+        (atoms::dropped(), c.dropped.encode(env)),
+        (atoms::dropped_too_large(), c.too_large.encode(env)),
+    ]);
+    pairs.truncate(if with_too_large { 5 } else { 4 });
+    map(env, &pairs)
 }
 
-/// One reason of each kind, for the contract test. The match makes a new kind a
-/// compile error here until it is listed.
-fn every_reason() -> Vec<Reason> {
-    let last = || Box::new(Reason::HttpStatus(503));
-    let every = vec![
-        Reason::HttpStatus(503),
-        Reason::Timeout,
-        Reason::HostTimeout,
-        Reason::PublishTimeout,
-        Reason::ConfirmTimeout,
-        Reason::Nacked,
-        Reason::Connection("connect failed".into()),
-        Reason::Tls("invalid peer certificate: UnknownIssuer".into()),
-        Reason::ErrorReply("cancel".into()),
-        Reason::ServiceError("InvalidParameter: bad (HTTP 400)".into()),
-        Reason::BadRequest("invalid header name".into()),
-        Reason::RoutingKeyTooLong(300),
-        Reason::MessageTooLarge(200_000_000),
-        Reason::BackendClosed,
-        Reason::RouterDown,
-        Reason::ReplyLost,
-        Reason::NoAnswerInBatch,
-        Reason::BackendPanicked,
-        Reason::RetryDeadlinePassed(last()),
-        Reason::RetryAfterPastDeadline(120, last()),
-        Reason::DrainTimeout(None),
-        Reason::DrainTimeout(Some(last())),
-    ];
-    for reason in &every {
-        match reason {
-            Reason::HttpStatus(_)
-            | Reason::Timeout
-            | Reason::HostTimeout
-            | Reason::PublishTimeout
-            | Reason::ConfirmTimeout
-            | Reason::Nacked
-            | Reason::Connection(_)
-            | Reason::Tls(_)
-            | Reason::ErrorReply(_)
-            | Reason::ServiceError(_)
-            | Reason::BadRequest(_)
-            | Reason::RoutingKeyTooLong(_)
-            | Reason::MessageTooLarge(_)
-            | Reason::BackendClosed
-            | Reason::RouterDown
-            | Reason::ReplyLost
-            | Reason::NoAnswerInBatch
-            | Reason::BackendPanicked
-            | Reason::RetryDeadlinePassed(_)
-            | Reason::RetryAfterPastDeadline(..)
-            | Reason::DrainTimeout(_) => {}
-        }
-    }
-    every
+fn connections_term<'a>(env: Env<'a>, n: &ConnectionSnapshot) -> Term<'a> {
+    map(
+        env,
+        &[
+            (atoms::opened(), n.opened.encode(env)),
+            (atoms::closed(), n.closed.encode(env)),
+            (atoms::failed(), n.failed.encode(env)),
+        ],
+    )
 }
 
-/// One outcome of each kind a report can carry, for the test that holds them to the
-/// Erlang type. The match makes a new kind a compile error here until it is listed.
-pub(crate) fn every_outcome_kind() -> Vec<AttemptOutcome> {
-    let every = vec![
-        AttemptOutcome::Response(503),
-        AttemptOutcome::Published,
-        AttemptOutcome::Confirmed,
-        AttemptOutcome::Nacked,
-        AttemptOutcome::TimedOut,
-        AttemptOutcome::Replied,
-        AttemptOutcome::ErrorReply("cancel".into()),
-    ];
-    let every: Vec<AttemptOutcome> = every
-        .into_iter()
-        .chain(every_reason().into_iter().map(AttemptOutcome::NoResponse))
-        .collect();
-    for outcome in &every {
-        match outcome {
-            AttemptOutcome::Response(_)
-            | AttemptOutcome::Published
-            | AttemptOutcome::Confirmed
-            | AttemptOutcome::Nacked
-            | AttemptOutcome::TimedOut
-            | AttemptOutcome::Replied
-            | AttemptOutcome::ErrorReply(_)
-            | AttemptOutcome::NoResponse(_) => {}
-        }
-    }
-    every
-}
-
-pub(crate) fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> NifResult<Term<'a>> {
+/// A report batch as `mod_event_pusher_instance:report()`.
+pub(crate) fn encode_batch<'a>(env: Env<'a>, batch: &ReportBatch) -> Term<'a> {
     let attempts: Vec<Term> = batch
         .attempts
         .iter()
         .map(|a| {
-            let outcome = outcome_term(env, &a.outcome);
             let elapsed = u64::try_from(a.elapsed.as_micros()).unwrap_or(u64::MAX);
-            (bytes_term(env, &a.tag), outcome, elapsed, a.bytes).encode(env)
+            (
+                binary(env, &a.tag),
+                outcome_term(env, &a.outcome),
+                elapsed,
+                a.bytes,
+            )
+                .encode(env)
         })
         .collect();
     let failures: Vec<Term> = batch
         .failures
         .iter()
-        .map(|f| {
-            (
-                bytes_term(env, &f.tag),
-                reason_term(env, &f.reason),
-                f.attempts,
-            )
-                .encode(env)
-        })
+        .map(|f| (binary(env, &f.tag), reason_term(env, &f.reason), f.attempts).encode(env))
         .collect();
-    let c = &batch.counters;
-    // dropped_too_large (a part of dropped) only when there were any.
-    let names = [
-        atoms::delivered(),
-        atoms::retried(),
-        atoms::failed(),
-        atoms::dropped(),
-        atoms::dropped_too_large(),
-    ];
-    let values = [c.delivered, c.retried, c.failed, c.dropped, c.too_large];
-    let shown = if c.too_large > 0 { 5 } else { 4 };
-    let counters = Term::map_from_arrays(env, &names[..shown], &values[..shown])?;
-    let n = &batch.connections;
-    let connections = Term::map_from_arrays(
-        env,
-        &[atoms::opened(), atoms::closed(), atoms::failed()],
-        &[n.opened, n.closed, n.failed],
-    )?;
-    let connection_events = batch
+    let events: Vec<Term> = batch
         .connection_events
         .iter()
-        .map(|event| encode_connection_event(env, event))
-        .collect::<NifResult<Vec<Term>>>()?;
-    Term::map_from_term_arrays(
+        .map(|event| connection_event_term(env, event))
+        .collect();
+    map(
         env,
         &[
-            atoms::attempts().encode(env),
-            atoms::failures().encode(env),
-            atoms::counters().encode(env),
-            atoms::connections().encode(env),
-            atoms::reports_lost().encode(env),
-            connection_atoms::connection_events().encode(env),
-            connection_atoms::backend_down().encode(env),
-        ],
-        &[
-            attempts.encode(env),
-            failures.encode(env),
-            counters,
-            connections,
-            batch.reports_lost.encode(env),
-            connection_events.encode(env),
-            encode_backend_down(env, batch.backend_down.as_ref())?,
+            (atoms::attempts(), attempts.encode(env)),
+            (atoms::failures(), failures.encode(env)),
+            (
+                atoms::counters(),
+                counters_term(env, &batch.counters, batch.counters.too_large > 0),
+            ),
+            (
+                atoms::connections(),
+                connections_term(env, &batch.connections),
+            ),
+            (atoms::reports_lost(), batch.reports_lost.encode(env)),
+            (keys::connection_events(), events.encode(env)),
+            (
+                keys::backend_down(),
+                backend_down_term(env, batch.backend_down.as_ref()),
+            ),
         ],
     )
 }
 
-pub(crate) fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+/// `#{batches, reports, counters => #{delivered, retried, failed, dropped},
+/// connections => #{opened, closed, failed}, held}`.
+pub(crate) fn handed_over_term<'a>(env: Env<'a>, sent: &HandedOver) -> Term<'a> {
+    map(
+        env,
+        &[
+            (keys::batches(), sent.batches.encode(env)),
+            (keys::reports(), sent.reports.encode(env)),
+            (atoms::counters(), counters_term(env, &sent.counters, false)),
+            (
+                atoms::connections(),
+                connections_term(env, &sent.connections),
+            ),
+            (keys::held(), sent.held.encode(env)),
+        ],
+    )
+}
+
+fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut binary = rustler::NewBinary::new(env, bytes.len());
     binary.as_mut_slice().copy_from_slice(bytes);
     binary.into()
 }
 
-/// The connection keys of a rabbit instance's stats.
-fn connection_stats<'a>(env: Env<'a>, status: &StatusSnapshot) -> Vec<(Atom, Term<'a>)> {
-    use connection_atoms as a;
-    let optional_ms = |v: Option<u64>| match v {
-        Some(ms) => ms.encode(env),
-        None => atoms::undefined().encode(env),
-    };
-    let state = match status.state {
-        ConnectionState::Connected => a::connected(),
-        ConnectionState::Connecting => a::connecting(),
-        ConnectionState::Disconnected => a::disconnected(),
-        ConnectionState::Closed => atoms::closed(),
-    };
-    vec![
-        (a::connection(), state.encode(env)),
-        (
-            a::last_connection_error(),
-            match &status.last_error {
-                Some(reason) => reason.as_str().encode(env),
-                None => atoms::undefined().encode(env),
-            },
-        ),
-        (
-            a::last_connection_error_at_ms(),
-            optional_ms(status.last_error_at_ms),
-        ),
-        (
-            a::disconnected_since_ms(),
-            optional_ms(status.down_since_ms),
-        ),
-        (a::connect_failures(), status.failed_attempts.encode(env)),
-    ]
-}
-
+/// The instance's counters, `lost` at stop, and a rabbit instance's connection.
 pub(crate) fn stats_term<'a>(
     env: Env<'a>,
     s: &StatsSnapshot,
     lost: Option<u64>,
     connection: Option<StatusSnapshot>,
 ) -> Term<'a> {
-    let latency = |v: Option<u64>| match v {
-        Some(us) => us.encode(env),
-        None => atoms::undefined().encode(env),
-    };
-    let mut keys = vec![
-        atoms::accepted(),
-        atoms::delivered(),
-        atoms::retried(),
-        atoms::failed(),
-        atoms::dropped(),
-        atoms::dropped_too_large(),
-        atoms::last_too_large_bytes(),
-        atoms::max_bytes(),
-        atoms::queued(),
-        atoms::queued_bytes(),
-        atoms::in_flight(),
-        atoms::waiting_retry(),
-        atoms::latency_p50_us(),
-        atoms::latency_p99_us(),
-    ];
-    let mut values = vec![
-        s.accepted.encode(env),
-        s.delivered.encode(env),
-        s.retried.encode(env),
-        s.failed.encode(env),
-        s.dropped.encode(env),
-        s.dropped_too_large.encode(env),
-        s.last_too_large_bytes.encode(env),
-        s.max_bytes.encode(env),
-        s.queued.encode(env),
-        s.queued_bytes.encode(env),
-        s.in_flight.encode(env),
-        s.waiting_retry.encode(env),
-        latency(s.latency_p50_us),
-        latency(s.latency_p99_us),
-    ];
+    use keys as k;
+    let mut pairs: SmallVec<[(Atom, Term); 24]> = SmallVec::from_slice(&[
+        (atoms::accepted(), s.accepted.encode(env)),
+        (atoms::delivered(), s.delivered.encode(env)),
+        (atoms::retried(), s.retried.encode(env)),
+        (atoms::failed(), s.failed.encode(env)),
+        (atoms::dropped(), s.dropped.encode(env)),
+        (atoms::dropped_too_large(), s.dropped_too_large.encode(env)),
+        (
+            atoms::last_too_large_bytes(),
+            s.last_too_large_bytes.encode(env),
+        ),
+        (atoms::max_bytes(), s.max_bytes.encode(env)),
+        (atoms::queued(), s.queued.encode(env)),
+        (atoms::queued_bytes(), s.queued_bytes.encode(env)),
+        (atoms::in_flight(), s.in_flight.encode(env)),
+        (atoms::waiting_retry(), s.waiting_retry.encode(env)),
+        (atoms::latency_p50_us(), optional(env, s.latency_p50_us)),
+        (atoms::latency_p99_us(), optional(env, s.latency_p99_us)),
+    ]);
     if let Some(lost) = lost {
-        keys.push(atoms::lost());
-        values.push(lost.encode(env));
+        pairs.push((atoms::lost(), lost.encode(env)));
     }
-    let extra = connection.map_or_else(Vec::new, |status| connection_stats(env, &status));
-    for (key, value) in extra {
-        keys.push(key);
-        values.push(value);
+    if let Some(status) = connection {
+        let state = match status.state {
+            ConnectionState::Connected => k::connected(),
+            ConnectionState::Connecting => k::connecting(),
+            ConnectionState::Disconnected => k::disconnected(),
+            ConnectionState::Closed => atoms::closed(),
+        };
+        pairs.extend([
+            (k::connection(), state.encode(env)),
+            (
+                k::last_connection_error(),
+                optional(env, status.last_error.as_deref()),
+            ),
+            (
+                k::last_connection_error_at_ms(),
+                optional(env, status.last_error_at_ms),
+            ),
+            (
+                k::disconnected_since_ms(),
+                optional(env, status.down_since_ms),
+            ),
+            (k::connect_failures(), status.failed_attempts.encode(env)),
+        ]);
     }
-    let keys: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
-    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+    map(env, &pairs)
 }

@@ -32,7 +32,7 @@ mod reporter;
 mod resource;
 
 use decode::{http_config, instance_config, push_timeout, rabbit_config, sns_config, utf8};
-use encode::{every_outcome_kind, outcome_term, stats_term};
+use encode::{handed_over_term, outcome_term, stats_term};
 use errors::{Answer, BoundaryError, Done, Returned};
 use push_router::PidRouter;
 use reporter::ReportTarget;
@@ -253,23 +253,25 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
 /// routing requests) from now on, held batches included; Sent is what its predecessors
 /// were sent, read atomically with the change. Dirty: it waits for a batch being sent.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn set_reporter<'a>(instance: Term<'a>, pid: Term<'a>) -> Answer<reporter::SentSnapshot> {
-    let (resource, Ok(pid)) = (self::instance(instance)?, pid.decode::<LocalPid>()) else {
-        return Err(BoundaryError::Badarg);
-    };
-    let runtime = runtime()?;
-    let sent = resource.target.replace(pid);
-    // Sending needs a thread the VM does not manage.
-    let target = resource.target.clone();
-    runtime.spawn(async move { target.send_held() });
-    Ok(sent)
+fn set_reporter<'a>(env: Env<'a>, instance: Term<'a>, pid: Term<'a>) -> Returned<Term<'a>> {
+    Returned((|| {
+        let (resource, Ok(pid)) = (self::instance(instance)?, pid.decode::<LocalPid>()) else {
+            return Err(BoundaryError::Badarg);
+        };
+        let runtime = runtime()?;
+        let sent = resource.target.replace(pid);
+        // Sending needs a thread the VM does not manage.
+        let target = resource.target.clone();
+        runtime.spawn(async move { target.send_held() });
+        Ok(handed_over_term(env, &sent))
+    })())
 }
 
 /// `reports_sent(Instance)` -> what the instance's live reporters were sent so far.
 #[rustler::nif]
 fn reports_sent<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
     match self::instance(instance) {
-        Ok(resource) => resource.target.sent().encode(env),
+        Ok(resource) => handed_over_term(env, &resource.target.sent()),
         Err(error) => Done(Err(error)).encode(env),
     }
 }
@@ -278,7 +280,7 @@ fn reports_sent<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
 /// the contract test holds them to the Erlang type).
 #[rustler::nif]
 fn attempt_outcomes(env: Env) -> Vec<Term> {
-    every_outcome_kind()
+    pusher::backend::AttemptOutcome::one_of_each()
         .iter()
         .map(|outcome| outcome_term(env, outcome))
         .collect()
