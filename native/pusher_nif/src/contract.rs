@@ -278,7 +278,10 @@ pub(crate) struct PushConfig {
 
 /// The configuration record `term` must be; `{bad_config, Option}` names what does not
 /// decode (the record's own name when `term` is not that record at all).
-pub(crate) fn config<'a, T: Decoder<'a>>(term: Term<'a>, record: &str) -> Result<T, BoundaryError> {
+pub(crate) fn config<'a, T: Decoder<'a>>(
+    term: Term<'a>,
+    record: &'static str,
+) -> Result<T, BoundaryError> {
     term.decode()
         .map_err(|error| match BoundaryError::bad_event(term, error) {
             BoundaryError::BadEvent(field) if field != "shape" => BoundaryError::BadConfig(field),

@@ -191,7 +191,7 @@ pub(crate) mod events {
     use crate::contract::{self, AttributeKind, Attributes, Pairs};
     use crate::errors::{Answer, BoundaryError};
 
-    fn bad(field: &str) -> BoundaryError {
+    fn bad(field: &'static str) -> BoundaryError {
         BoundaryError::BadEvent(field.into())
     }
 
@@ -212,13 +212,13 @@ pub(crate) mod events {
     pub(crate) fn http(event: contract::HttpEvent, size: usize) -> Answer<Envelope<HttpEvent>> {
         let path = std::str::from_utf8(event.path.as_slice()).map_err(|_| bad("path"))?;
         let body = match event.body {
-            contract::HttpBody::Raw(raw) => Body::Raw(chunk(raw).ok_or(bad("body"))?),
+            contract::HttpBody::Raw(raw) => Body::Raw(chunk(raw).ok_or_else(|| bad("body"))?),
             contract::HttpBody::Form(fields) => {
                 let mut encoded = SmallVec::new();
                 for (name, value) in fields.0 {
                     encoded.push((
-                        chunk(name).ok_or(bad("body"))?,
-                        chunk(value).ok_or(bad("body"))?,
+                        chunk(name).ok_or_else(|| bad("body"))?,
+                        chunk(value).ok_or_else(|| bad("body"))?,
                     ));
                 }
                 Body::Form(encoded)

@@ -1,6 +1,8 @@
 //! The one error type of the boundary: every NIF refusal is `{error, Kind}` or
 //! `{error, {Kind, Detail}}`, Detail naming the option, the field or the reason.
 
+use std::borrow::Cow;
+
 use rustler::{Atom, Encoder, Env, Term};
 
 use crate::atoms;
@@ -15,10 +17,10 @@ pub(crate) enum BoundaryError {
     NoRuntime,
     /// A start option missing or not of its type.
     #[error("bad config option {0}")]
-    BadConfig(String),
+    BadConfig(Cow<'static, str>),
     /// An event field that does not decode (`shape`: not one of the backend's records).
     #[error("bad event field {0}")]
-    BadEvent(String),
+    BadEvent(Cow<'static, str>),
     /// The backend refused to start: `{Kind, Text}` (unreadable certificate, a broker
     /// refusing the credentials...).
     #[error("{0}: {1}")]
@@ -46,7 +48,7 @@ impl BoundaryError {
                 }),
             _ => None,
         };
-        BoundaryError::BadEvent(field.unwrap_or_else(|| "shape".into()))
+        BoundaryError::BadEvent(field.map_or(Cow::Borrowed("shape"), Cow::Owned))
     }
 }
 
