@@ -10,7 +10,7 @@ use pusher::push::PushBackend;
 use pusher::rabbit::RabbitBackend;
 use pusher::sns::SnsBackend;
 use pusher::{Backend, Envelope, Instance, StatsSnapshot, StopSummary};
-use rustler::Term;
+use rustler::{Atom, Term};
 
 use crate::contract::{one_of, record, Either};
 use crate::decode::events;
@@ -49,9 +49,17 @@ macro_rules! with_instance {
 }
 
 impl Pusher {
-    /// Queues the event record. Its size is read off the decoded record, so a full
-    /// queue refuses it before anything is copied.
+    /// Queues the event record. A record of this backend (by its tag) that meets a full
+    /// queue or a stopping instance is refused and counted before it is decoded; the
+    /// size of the others is read off the decoded record, before anything is copied.
     pub(crate) fn push(&self, event: Term) -> Answer<()> {
+        let tag = record_tag(event);
+        let refused = with_instance!(self, instance => {
+            self.is_own(tag).then(|| instance.refusal(0)).flatten()
+        });
+        if let Some(refused) = refused {
+            return Err(BoundaryError::Refused(refused));
+        }
         match self {
             Pusher::Http(i) => {
                 let http = record(event)?;
@@ -86,6 +94,20 @@ impl Pusher {
         }
     }
 
+    /// Whether `tag` is the tag of one of this backend's event records.
+    fn is_own(&self, tag: Option<Atom>) -> bool {
+        let Some(tag) = tag else {
+            return false;
+        };
+        let own: &[Atom] = match self {
+            Pusher::Http(_) => &[event_tags::http_event()],
+            Pusher::Rabbit(_) => &[event_tags::rabbit_presence(), event_tags::rabbit_chat()],
+            Pusher::Sns(_) => &[event_tags::sns_presence(), event_tags::sns_message()],
+            Pusher::Push(_) => &[event_tags::push_publish()],
+        };
+        own.contains(&tag)
+    }
+
     pub(crate) fn stats(&self) -> StatsSnapshot {
         with_instance!(self, instance => instance.stats())
     }
@@ -101,6 +123,19 @@ impl Pusher {
     pub(crate) async fn stop(&self, drain: Duration) -> StopSummary {
         with_instance!(self, instance => instance.stop(drain).await)
     }
+}
+
+mod event_tags {
+    rustler::atoms! { http_event, rabbit_presence, rabbit_chat, sns_presence, sns_message, push_publish }
+}
+
+/// The first element of a tuple, when it is an atom.
+fn record_tag(term: Term) -> Option<Atom> {
+    rustler::types::tuple::get_tuple(term)
+        .ok()?
+        .first()?
+        .decode()
+        .ok()
 }
 
 fn enqueue<B: Backend>(
