@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::contract::{self, config};
 use crate::errors::Answer;
 use pusher::http::{Chunk, HttpConfig, SharedBytes, TlsConfig, VerifyMode};
+use pusher::push::Reply;
 use pusher::rabbit::{ExchangeConfig, RabbitConfig, RabbitTls, Topics};
 use pusher::retry::Jitter;
 use pusher::sns::SnsConfig;
@@ -118,6 +119,20 @@ pub(crate) fn sns_config(term: Term) -> Answer<SnsConfig> {
         connect_timeout: Duration::from_millis(c.connect_timeout_ms),
         batching: c.batching,
     })
+}
+
+/// `result | timeout | {error, Type}`: the routed publish's reply.
+pub(crate) fn publish_reply(term: Term) -> Answer<Reply> {
+    use crate::atoms;
+    match (
+        term.decode::<rustler::Atom>(),
+        term.decode::<(rustler::Atom, Binary)>(),
+    ) {
+        (Ok(atom), _) if atom == atoms::result() => Ok(Reply::Result),
+        (Ok(atom), _) if atom == atoms::timeout() => Ok(Reply::Timeout),
+        (_, Ok((tag, kind))) if tag == atoms::error() => Ok(Reply::Error(utf8(kind))),
+        _ => Err(crate::errors::BoundaryError::Badarg),
+    }
 }
 
 pub(crate) fn push_timeout(term: Term) -> Answer<Duration> {

@@ -84,6 +84,12 @@ pub(crate) struct Returned<T>(pub(crate) Answer<T>);
 
 impl<T> std::panic::RefUnwindSafe for Returned<T> {}
 
+impl<T> From<Answer<T>> for Returned<T> {
+    fn from(answer: Answer<T>) -> Self {
+        Returned(answer)
+    }
+}
+
 impl<T: Encoder> Encoder for Returned<T> {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         match &self.0 {

@@ -15,13 +15,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use pusher::handover::HandedOver;
 use pusher::http::HttpBackend;
-use pusher::push::{PushBackend, Reply};
+use pusher::push::PushBackend;
 use pusher::rabbit::RabbitBackend;
 use pusher::sns::SnsBackend;
 use pusher::StopSummary;
 use pusher::{Instance, InstanceConfig};
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 
 mod contract;
 mod decode;
@@ -31,7 +32,9 @@ mod push_router;
 mod reporter;
 mod resource;
 
-use decode::{http_config, instance_config, push_timeout, rabbit_config, sns_config, utf8};
+use decode::{
+    http_config, instance_config, publish_reply, push_timeout, rabbit_config, sns_config,
+};
 use encode::{handed_over_term, outcome_term, stats_term};
 use errors::{Answer, BoundaryError, Done, Returned};
 use push_router::PidRouter;
@@ -102,6 +105,7 @@ fn start_http<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> S
         let http = http_config(config, instance.concurrency)?;
         HttpBackend::new(&http).map_err(|e| BoundaryError::Start("http_config", e.0))
     })
+    .into()
 }
 
 /// `start_rabbit(#instance_config{}, #rabbit_config{}, Reporter)`. Makes one connect
@@ -118,6 +122,7 @@ fn start_rabbit<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) ->
             .block_on(RabbitBackend::start(rabbit))
             .map_err(|e| BoundaryError::Start("rabbit_refused", e.0))
     })
+    .into()
 }
 
 /// `start_sns(#instance_config{}, #sns_config{}, Reporter)`. Sends nothing: a wrong
@@ -131,6 +136,7 @@ fn start_sns<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> St
         let _guard = runtime.enter();
         Ok(SnsBackend::new(&sns))
     })
+    .into()
 }
 
 /// `start_push(#instance_config{}, #push_config{}, Reporter)`: the reporter also
@@ -143,6 +149,7 @@ fn start_push<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> S
         };
         Ok(PushBackend::new(router, push_timeout(config)?))
     })
+    .into()
 }
 
 /// What every start does: the runtime, the reporter's pid (badarg: not a pid) and the
@@ -152,45 +159,37 @@ fn start<B: pusher::Backend>(
     reporter: Term,
     wrap: fn(Instance<B>) -> Pusher,
     build: impl FnOnce(&'static Runtime, &InstanceConfig, &Arc<ReportTarget>) -> Answer<B>,
-) -> Started {
-    Returned((|| {
-        let runtime = runtime()?;
-        let pid = reporter
-            .decode::<LocalPid>()
-            .map_err(|_| BoundaryError::Badarg)?;
-        let config = instance_config(instance)?;
-        let target = Arc::new(ReportTarget::new(pid));
-        let backend = build(runtime, &config, &target)?;
-        let instance = Instance::start(runtime.handle(), backend, config, target.clone());
-        Ok(ResourceArc::new(InstanceResource {
-            pusher: wrap(instance),
-            target,
-        }))
-    })())
+) -> Answer<ResourceArc<InstanceResource>> {
+    let runtime = runtime()?;
+    let pid = reporter
+        .decode::<LocalPid>()
+        .map_err(|_| BoundaryError::Badarg)?;
+    let config = instance_config(instance)?;
+    let target = Arc::new(ReportTarget::new(pid));
+    let backend = build(runtime, &config, &target)?;
+    let instance = Instance::start(runtime.handle(), backend, config, target.clone());
+    Ok(ResourceArc::new(InstanceResource {
+        pusher: wrap(instance),
+        target,
+    }))
 }
 
 /// `push_reply(Instance, Id, result | {error, Type} | timeout)`: `{error,
 /// unknown_request}` when the publish already timed out here or the id is unknown.
 #[rustler::nif]
 fn push_reply<'a>(instance: Term<'a>, id: Term<'a>, reply: Term<'a>) -> Done {
-    let resource = match self::instance(instance) {
-        Ok(resource) => resource,
-        Err(error) => return Err(error).into(),
+    answer_publish(instance, id, reply).into()
+}
+
+fn answer_publish(instance: Term, id: Term, reply: Term) -> Answer<()> {
+    let resource = self::instance(instance)?;
+    let (Pusher::Push(push), Ok(id)) = (&resource.pusher, id.decode::<u64>()) else {
+        return Err(BoundaryError::Badarg);
     };
-    let (Pusher::Push(instance), Ok(id)) = (&resource.pusher, id.decode::<u64>()) else {
-        return Err(BoundaryError::Badarg).into();
-    };
-    let reply = match (reply.decode::<Atom>(), reply.decode::<(Atom, Binary)>()) {
-        (Ok(atom), _) if atom == atoms::result() => Reply::Result,
-        (Ok(atom), _) if atom == atoms::timeout() => Reply::Timeout,
-        (_, Ok((tag, kind))) if tag == atoms::error() => Reply::Error(utf8(kind)),
-        _ => return Err(BoundaryError::Badarg).into(),
-    };
-    match instance.backend().reply(id, reply) {
+    match push.backend().reply(id, publish_reply(reply)?) {
         true => Ok(()),
         false => Err(BoundaryError::UnknownRequest),
     }
-    .into()
 }
 
 /// `push(Instance, Event)`: queues one record of mod_event_pusher_nif.hrl. O(1); when
@@ -254,17 +253,19 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
 /// were sent, read atomically with the change. Dirty: it waits for a batch being sent.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn set_reporter<'a>(env: Env<'a>, instance: Term<'a>, pid: Term<'a>) -> Returned<Term<'a>> {
-    Returned((|| {
-        let (resource, Ok(pid)) = (self::instance(instance)?, pid.decode::<LocalPid>()) else {
-            return Err(BoundaryError::Badarg);
-        };
-        let runtime = runtime()?;
-        let sent = resource.target.replace(pid);
-        // Sending needs a thread the VM does not manage.
-        let target = resource.target.clone();
-        runtime.spawn(async move { target.send_held() });
-        Ok(handed_over_term(env, &sent))
-    })())
+    Returned(take_over(instance, pid).map(|sent| handed_over_term(env, &sent)))
+}
+
+fn take_over(instance: Term, pid: Term) -> Answer<HandedOver> {
+    let (resource, Ok(pid)) = (self::instance(instance)?, pid.decode::<LocalPid>()) else {
+        return Err(BoundaryError::Badarg);
+    };
+    let runtime = runtime()?;
+    let sent = resource.target.replace(pid);
+    // Sending needs a thread the VM does not manage.
+    let target = resource.target.clone();
+    runtime.spawn(async move { target.send_held() });
+    Ok(sent)
 }
 
 /// `reports_sent(Instance)` -> what the instance's live reporters were sent so far.
