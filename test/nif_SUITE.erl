@@ -19,7 +19,8 @@ all() ->
      dropping_the_last_reference_stops_the_tasks,
      memory_stays_bounded_with_the_server_down,
      reports_reach_the_reporter_in_batches,
-     every_outcome_the_nif_reports_has_the_erlang_type].
+     every_outcome_the_nif_reports_has_the_erlang_type,
+     every_record_field_has_the_same_name_and_place_on_both_sides].
 
 init_per_testcase(_Case, Config) ->
     [{listener, test_http_listener:start()} | Config].
@@ -86,7 +87,8 @@ fill(Record, Options) ->
 fields(instance_config) -> record_info(fields, instance_config);
 fields(http_config) -> record_info(fields, http_config);
 fields(sns_config) -> record_info(fields, sns_config);
-fields(push_config) -> record_info(fields, push_config).
+fields(push_config) -> record_info(fields, push_config);
+fields(rabbit_config) -> record_info(fields, rabbit_config).
 
 %% Cases
 
@@ -419,3 +421,79 @@ every_outcome_the_nif_reports_has_the_erlang_type(_Config) ->
                                  {error, <<"prose">>}, {error, {http_status, 42}},
                                  {error, {drain_timeout, {connection, "text"}}}],
                            mod_event_pusher_instance:is_attempt_outcome(O)]).
+
+%% The records of mod_event_pusher_nif.hrl and their mirrors in contract.rs: each field
+%% given a value of no field's type is refused naming that very field, so a field
+%% renamed, moved or missing on one side fails here. (Fields Rust holds as any term,
+%% the push publish's user, pubsub and packet, take anything.)
+every_record_field_has_the_same_name_and_place_on_both_sides(Config) ->
+    Wrong = {no, field, takes, this},
+    Instance = start(Config),
+    {ok, Rabbit} = mod_event_pusher_nif:start_rabbit(instance_config(), rabbit_config(),
+                                                     self()),
+    {ok, Sns} = nif_start(start_sns, sns_options(), self()),
+    {ok, Push} = nif_start(start_push, (sns_options())#{publish_timeout_ms => 100}, self()),
+    Events = [{Instance, event(1)},
+              {Rabbit, #rabbit_presence{user_jid = <<"a@h/r">>, bare_jid = <<"a@h">>,
+                                        present = true}},
+              {Rabbit, #rabbit_chat{kind = chat, direction = in, from_jid = <<"a@h/r">>,
+                                    to_jid = <<"b@h">>, message = <<"m">>,
+                                    routing_key = <<"a@h">>}},
+              {Sns, #sns_presence{topic_arn = <<"arn">>, user_id = <<"u">>, present = true,
+                                  attributes = []}},
+              {Sns, #sns_message{topic_arn = <<"arn">>, from_user_id = <<"a">>,
+                                 to_user_id = <<"b">>, message = <<"m">>, attributes = []}},
+              {Push, #push_publish{user = x, pubsub = x, node = <<"n">>, packet = x,
+                                   tag = <<"t">>}}],
+    Held = [user, pubsub, packet],
+    [?assertEqual({Record, Field, {error, {bad_event, Field}}},
+                  {Record, Field, mod_event_pusher_nif:push(I, with(Good, record_fields(Record),
+                                                                   Field, Wrong))})
+     || {I, Good} <- Events, Record <- [element(1, Good)],
+        Field <- record_fields(Record), not lists:member(Field, Held)],
+    Starts = [{start_http, instance_config(), element(2, split(config(1)))},
+              {start_rabbit, instance_config(), rabbit_config()},
+              {start_sns, instance_config(), fill(#sns_config{}, sns_options())},
+              {start_push, instance_config(), #push_config{publish_timeout_ms = 100}}],
+    [?assertEqual({Start, Field, {error, {bad_config, Field}}},
+                  {Start, Field, mod_event_pusher_nif:Start(
+                                   with(Good, record_fields(element(1, Good)), Field, Wrong),
+                                   Backend, self())})
+     || {Start, Good, Backend} <- Starts, Field <- record_fields(instance_config)],
+    [?assertEqual({Start, Field, {error, {bad_config, Field}}},
+                  {Start, Field, mod_event_pusher_nif:Start(
+                                   Inst, with(Good, record_fields(element(1, Good)), Field,
+                                              Wrong), self())})
+     || {Start, Inst, Good} <- Starts, Field <- record_fields(element(1, Good))].
+
+instance_config() ->
+    element(1, split(config(1))).
+
+sns_options() ->
+    (config(1))#{sns_host => <<"http://127.0.0.1:1">>, region => <<"eu-west-1">>,
+                 access_key_id => <<"AK">>, secret_access_key => <<"secret">>,
+                 request_timeout_ms => 100, connect_timeout_ms => 100, batching => true}.
+
+%% A broker that cannot be reached: the instance starts disconnected.
+rabbit_config() ->
+    {ok, Socket} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(Socket),
+    gen_tcp:close(Socket),
+    Exchange = fun(Name) -> #rabbit_exchange{name = Name, type = <<"topic">>, durable = false,
+                                             persistent = false, sent_topic = <<"s">>,
+                                             recv_topic = <<"r">>} end,
+    #rabbit_config{host = <<"127.0.0.1">>, port = Port, username = <<"guest">>,
+                   password = <<"guest">>, virtual_host = <<"/">>, tls = false,
+                   presence_exchange = Exchange(<<"p">>), chat_msg_exchange = Exchange(<<"c">>),
+                   groupchat_msg_exchange = Exchange(<<"g">>), confirms_enabled = true,
+                   confirm_timeout_ms = 1000, connect_timeout_ms = 100,
+                   reconnect_base_delay_ms = 100, reconnect_max_delay_ms = 1000,
+                   max_message_bytes = 1000000}.
+
+record_fields(http_event) -> record_info(fields, http_event);
+record_fields(rabbit_presence) -> record_info(fields, rabbit_presence);
+record_fields(rabbit_chat) -> record_info(fields, rabbit_chat);
+record_fields(sns_presence) -> record_info(fields, sns_presence);
+record_fields(sns_message) -> record_info(fields, sns_message);
+record_fields(push_publish) -> record_info(fields, push_publish);
+record_fields(Config) -> fields(Config).
