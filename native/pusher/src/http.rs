@@ -92,7 +92,7 @@ impl std::fmt::Debug for Chunk {
 #[derive(Debug, Clone)]
 pub enum Body {
     Raw(Chunk),
-    Form(SmallVec<[(Chunk, Chunk); 4]>),
+    Form(Vec<(Chunk, Chunk)>),
 }
 
 impl Body {
@@ -680,7 +680,7 @@ mod tests {
     #[test]
     fn a_form_body_is_encoded_when_read_and_sized_without_encoding() {
         let shared: SharedBytes = Arc::new(b"a b~".to_vec());
-        let fields: SmallVec<[(Chunk, Chunk); 4]> = smallvec::smallvec![
+        let fields = vec![
             (Chunk::from(&b"author"[..]), Chunk::from(&b"al ice"[..])),
             (Chunk::from(&b"message"[..]), Chunk::Shared(shared)),
         ];
@@ -689,7 +689,7 @@ mod tests {
         assert_eq!(&*event.body(), b"author=al+ice&message=a+b%7E");
         // 6 + 6 + 7 + 4 name and value bytes, two "=" and one "&", and the path.
         assert_eq!(event.size(), 1 + 23 + 3);
-        let empty = HttpEvent::with_body("", &[], Body::Form(SmallVec::new()))
+        let empty = HttpEvent::with_body("", &[], Body::Form(Vec::new()))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((empty.size(), &*empty.body()), (0, &b""[..]));
     }

@@ -229,7 +229,7 @@ pub(crate) mod events {
         let body = match event.body {
             contract::HttpBody::Raw(raw) => Body::Raw(chunk(raw).ok_or_else(|| bad("body"))?),
             contract::HttpBody::Form(fields) => {
-                let mut encoded = SmallVec::new();
+                let mut encoded = Vec::with_capacity(fields.0.len());
                 for (name, value) in fields.0 {
                     encoded.push((
                         chunk(name).ok_or_else(|| bad("body"))?,
