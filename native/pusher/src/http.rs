@@ -689,8 +689,8 @@ mod tests {
         assert_eq!(&*event.body(), b"author=al+ice&message=a+b%7E");
         // 6 + 6 + 7 + 4 name and value bytes, two "=" and one "&", and the path.
         assert_eq!(event.size(), 1 + 23 + 3);
-        let empty = HttpEvent::with_body("", &[], Body::Form(Vec::new()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let empty =
+            HttpEvent::with_body("", &[], Body::Form(Vec::new())).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((empty.size(), &*empty.body()), (0, &b""[..]));
     }
 

@@ -4,11 +4,12 @@
 //! `{error, Reason}` (`errors`) instead of an exception, and nothing here can panic
 //! across the boundary on bad input.
 //!
-//! Here: the runtime (built at load) and the NIFs. `contract`: the event records of
-//! mod_event_pusher_nif.hrl; `resource`: the instance Erlang holds, the one place
-//! backends are told apart; `decode`: configurations and records to the core's types;
-//! `encode`: reports and stats to terms; `push_router`: publishes back to the process
-//! that routes them; `reporter`: report batches to the reporter process.
+//! Here: the runtime (built at load) and the NIFs. `contract`: the event and
+//! configuration records of mod_event_pusher_nif.hrl; `errors`: the one error type;
+//! `resource`: the instance Erlang holds, the one place backends are told apart;
+//! `decode`: records to the core's types; `encode`: reports, reasons and stats to terms;
+//! `push_router`: publishes back to the process that routes them; `reporter`: report
+//! batches to the reporter process (the core's `handover` holds what it cannot take).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
@@ -46,7 +47,6 @@ pub(crate) mod atoms {
     rustler::atoms! {
         ok, error, badarg, bad_config, bad_event, queue_full, stopped, too_large, undefined, no_runtime,
         dropped_too_large, last_too_large_bytes, max_bytes, form,
-        peer, none, drop_newest, drop_oldest,
         mod_event_pusher_nif, report,
         worker_threads,
         accepted, delivered, retried, failed, dropped, queued, queued_bytes, in_flight,
@@ -54,7 +54,7 @@ pub(crate) mod atoms {
         latency_p50_us, latency_p99_us, lost,
         attempts, failures, counters, connections, reports_lost,
         published, confirmed, nacked, timeout, opened, closed,
-        stop_failed, minus_base,
+        stop_failed,
         route, result, error_reply, unknown_request,
     }
 }
