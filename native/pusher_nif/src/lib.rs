@@ -6,10 +6,11 @@
 //!
 //! Here: the runtime (built at load) and the NIFs. `contract`: the event and
 //! configuration records of mod_event_pusher_nif.hrl; `errors`: the one error type;
-//! `resource`: the instance Erlang holds, the one place backends are told apart;
-//! `decode`: records to the core's types; `encode`: reports, reasons and stats to terms;
-//! `push_router`: publishes back to the process that routes them; `reporter`: report
-//! batches to the reporter process (the core's `handover` holds what it cannot take).
+//! `resource`: the instance Erlang holds and each backend's `Boundary` impl, the one
+//! place backends are told apart; `decode`: records to the core's types; `encode`:
+//! reports, reasons and stats to terms; `push_router`: publishes back to the process
+//! that routes them; `reporter`: report batches to the reporter process (the core's
+//! `handover` holds what it cannot take).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
@@ -40,7 +41,7 @@ use encode::{handed_over_term, outcome_term, stats_term};
 use errors::{Answer, BoundaryError, Done, Returned};
 use push_router::PidRouter;
 use reporter::ReportTarget;
-use resource::{InstanceResource, Pusher};
+use resource::{Boundary, InstanceResource};
 use tokio::runtime::Runtime;
 
 pub(crate) mod atoms {
@@ -101,7 +102,7 @@ type Started = Returned<ResourceArc<InstanceResource>>;
 /// client reads certificates.
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_http<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> Started {
-    start(instance, reporter, Pusher::Http, |_, instance, _| {
+    start(instance, reporter, |_, instance, _| {
         let http = http_config(config, instance.concurrency)?;
         HttpBackend::new(&http).map_err(|e| BoundaryError::Start("http_config", e.0))
     })
@@ -115,7 +116,7 @@ fn start_http<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> S
 /// (connect_timeout_ms).
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_rabbit<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> Started {
-    start(instance, reporter, Pusher::Rabbit, |runtime, _, _| {
+    start(instance, reporter, |runtime, _, _| {
         let rabbit = rabbit_config(config)?;
         // A dirty scheduler thread is not a runtime thread: blocking here is allowed.
         runtime
@@ -130,7 +131,7 @@ fn start_rabbit<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) ->
 /// system's root certificates.
 #[rustler::nif(schedule = "DirtyIo")]
 fn start_sns<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> Started {
-    start(instance, reporter, Pusher::Sns, |runtime, _, _| {
+    start(instance, reporter, |runtime, _, _| {
         let sns = sns_config(config)?;
         // The SDK's client wants a runtime context to be built in.
         let _guard = runtime.enter();
@@ -143,7 +144,7 @@ fn start_sns<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> St
 /// routes the publishes.
 #[rustler::nif]
 fn start_push<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> Started {
-    start(instance, reporter, Pusher::Push, |_, _, target| {
+    start(instance, reporter, |_, _, target| {
         let router = PidRouter {
             target: target.clone(),
         };
@@ -154,10 +155,9 @@ fn start_push<'a>(instance: Term<'a>, config: Term<'a>, reporter: Term<'a>) -> S
 
 /// What every start does: the runtime, the reporter's pid (badarg: not a pid) and the
 /// instance settings, then the backend `build` makes, running as an instance.
-fn start<B: pusher::Backend>(
+fn start<B: Boundary>(
     instance: Term,
     reporter: Term,
-    wrap: fn(Instance<B>) -> Pusher,
     build: impl FnOnce(&'static Runtime, &InstanceConfig, &Arc<ReportTarget>) -> Answer<B>,
 ) -> Answer<ResourceArc<InstanceResource>> {
     let runtime = runtime()?;
@@ -169,7 +169,7 @@ fn start<B: pusher::Backend>(
     let backend = build(runtime, &config, &target)?;
     let instance = Instance::start(runtime.handle(), backend, config, target.clone());
     Ok(ResourceArc::new(InstanceResource {
-        pusher: wrap(instance),
+        instance: Box::new(instance),
         target,
     }))
 }
@@ -183,10 +183,10 @@ fn push_reply<'a>(instance: Term<'a>, id: Term<'a>, reply: Term<'a>) -> Done {
 
 fn answer_publish(instance: Term, id: Term, reply: Term) -> Answer<()> {
     let resource = self::instance(instance)?;
-    let (Pusher::Push(push), Ok(id)) = (&resource.pusher, id.decode::<u64>()) else {
+    let (Some(push), Ok(id)) = (resource.instance.publisher(), id.decode::<u64>()) else {
         return Err(BoundaryError::Badarg);
     };
-    match push.backend().reply(id, publish_reply(reply)?) {
+    match push.reply(id, publish_reply(reply)?) {
         true => Ok(()),
         false => Err(BoundaryError::UnknownRequest),
     }
@@ -197,7 +197,7 @@ fn answer_publish(instance: Term, id: Term, reply: Term) -> Answer<()> {
 #[rustler::nif]
 fn push<'a>(instance: Term<'a>, event: Term<'a>) -> Done {
     self::instance(instance)
-        .and_then(|resource| resource.pusher.push(event))
+        .and_then(|resource| resource.instance.push(event))
         .into()
 }
 
@@ -207,9 +207,9 @@ fn stats<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
     match self::instance(instance) {
         Ok(resource) => stats_term(
             env,
-            &resource.pusher.stats(),
+            &resource.instance.stats(),
             None,
-            resource.pusher.connection_status(),
+            resource.instance.connection_status(),
         ),
         Err(error) => Done(Err(error)).encode(env),
     }
@@ -232,7 +232,7 @@ fn stop<'a>(env: Env<'a>, instance: Term<'a>, drain_ms: Term<'a>, tag: Term<'a>)
     // Capped so that no deadline arithmetic can overflow: a day is "forever" here.
     let drain = Duration::from_millis(drain_ms.min(86_400_000));
     runtime.spawn(async move {
-        let stopping = resource.pusher.stop(drain);
+        let stopping = resource.instance.stop(drain);
         // The caller waits for this message: it must come even if stopping panics.
         let summary: Option<StopSummary> = AssertUnwindSafe(stopping).catch_unwind().await.ok();
         let mut owned = owned;

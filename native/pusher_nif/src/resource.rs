@@ -1,6 +1,9 @@
-//! The instance resource Erlang holds. What differs between backends is matched here
-//! once: the NIFs call `Pusher`'s methods and never look at the backend.
+//! The instance resource Erlang holds. Each backend says once, in its `Boundary`
+//! impl here, which records are its events and how they are queued; the NIFs only see
+//! `dyn AnyInstance`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,17 +21,10 @@ use crate::errors::{Answer, BoundaryError};
 use crate::push_router::{held_publish, publish_size, PidRouter};
 use crate::reporter::ReportTarget;
 
-pub(crate) enum Pusher {
-    Http(Instance<HttpBackend>),
-    Rabbit(Instance<RabbitBackend>),
-    Sns(Instance<SnsBackend>),
-    Push(Instance<PushBackend<PidRouter>>),
-}
-
 /// One backend instance as Erlang holds it; dropping the last reference drops the
 /// instance, which aborts its tasks.
 pub(crate) struct InstanceResource {
-    pub(crate) pusher: Pusher,
+    pub(crate) instance: Box<dyn AnyInstance>,
     /// Where its reports go; replaced when a restarted reporter takes over.
     pub(crate) target: Arc<ReportTarget>,
 }
@@ -36,97 +32,134 @@ pub(crate) struct InstanceResource {
 #[rustler::resource_impl]
 impl rustler::Resource for InstanceResource {}
 
-/// Calls `$body` with the instance, whatever its backend.
-macro_rules! with_instance {
-    ($pusher:expr, $instance:ident => $body:expr) => {
-        match $pusher {
-            Pusher::Http($instance) => $body,
-            Pusher::Rabbit($instance) => $body,
-            Pusher::Sns($instance) => $body,
-            Pusher::Push($instance) => $body,
-        }
-    };
-}
-
-impl Pusher {
+/// What the NIFs ask of an instance, whatever its backend.
+pub(crate) trait AnyInstance: Send + Sync + 'static {
     /// Queues the event record. A record of this backend (by its tag) that meets a full
     /// queue or a stopping instance is refused and counted before it is decoded; the
     /// size of the others is read off the decoded record, before anything is copied.
-    pub(crate) fn push(&self, event: Term) -> Answer<()> {
-        let tag = record_tag(event);
-        let refused = with_instance!(self, instance => {
-            self.is_own(tag).then(|| instance.refusal(0)).flatten()
-        });
-        if let Some(refused) = refused {
-            return Err(BoundaryError::Refused(refused));
-        }
-        match self {
-            Pusher::Http(i) => {
-                let http = record(event)?;
-                let size = events::http_size(&http);
-                enqueue(i, size, || events::http(http, size))
-            }
-            Pusher::Rabbit(i) => match one_of(event)? {
-                Either::First(presence) => {
-                    let size = events::rabbit_presence_size(&presence);
-                    enqueue(i, size, || Ok(events::rabbit_presence(presence, size)))
-                }
-                Either::Second(chat) => {
-                    let size = events::rabbit_chat_size(&chat);
-                    enqueue(i, size, || Ok(events::rabbit_chat(chat, size)))
-                }
-            },
-            Pusher::Sns(i) => match one_of(event)? {
-                Either::First(presence) => {
-                    let size = events::sns_presence_size(&presence);
-                    enqueue(i, size, || Ok(events::sns_presence(presence, size)))
-                }
-                Either::Second(message) => {
-                    let size = events::sns_message_size(&message);
-                    enqueue(i, size, || Ok(events::sns_message(message, size)))
-                }
-            },
-            Pusher::Push(i) => {
-                let publish = record(event)?;
-                let size = publish_size(&publish);
-                enqueue(i, size, || Ok(held_publish(event, publish, size)))
-            }
-        }
-    }
-
-    /// Whether `tag` is the tag of one of this backend's event records.
-    fn is_own(&self, tag: Option<Atom>) -> bool {
-        let Some(tag) = tag else {
-            return false;
-        };
-        let own: &[Atom] = match self {
-            Pusher::Http(_) => &[event_tags::http_event()],
-            Pusher::Rabbit(_) => &[event_tags::rabbit_presence(), event_tags::rabbit_chat()],
-            Pusher::Sns(_) => &[event_tags::sns_presence(), event_tags::sns_message()],
-            Pusher::Push(_) => &[event_tags::push_publish()],
-        };
-        own.contains(&tag)
-    }
-
-    pub(crate) fn stats(&self) -> StatsSnapshot {
-        with_instance!(self, instance => instance.stats())
-    }
-
+    fn push(&self, event: Term) -> Answer<()>;
+    fn stats(&self) -> StatsSnapshot;
     /// The connection of a backend that keeps one (rabbit).
-    pub(crate) fn connection_status(&self) -> Option<StatusSnapshot> {
-        match self {
-            Pusher::Rabbit(instance) => Some(instance.backend().connection_status()),
-            _ => None,
-        }
-    }
+    fn connection_status(&self) -> Option<StatusSnapshot>;
+    fn stop(&self, drain: Duration) -> Pin<Box<dyn Future<Output = StopSummary> + Send + '_>>;
+    /// The push backend, which takes the replies to its publishes.
+    fn publisher(&self) -> Option<&PushBackend<PidRouter>>;
+}
 
-    pub(crate) async fn stop(&self, drain: Duration) -> StopSummary {
-        with_instance!(self, instance => instance.stop(drain).await)
+/// A backend as the boundary sees it.
+pub(crate) trait Boundary: Backend + Sized {
+    /// The tags of its event records (mod_event_pusher_nif.hrl).
+    fn is_own(tag: Atom) -> bool;
+    /// Decodes `event`, one of its records, and queues it on `instance`.
+    fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()>;
+    fn connection_status(&self) -> Option<StatusSnapshot> {
+        None
+    }
+    fn publisher(&self) -> Option<&PushBackend<PidRouter>> {
+        None
     }
 }
 
-mod event_tags {
+impl<B: Boundary> AnyInstance for Instance<B> {
+    fn push(&self, event: Term) -> Answer<()> {
+        let own = record_tag(event).is_some_and(B::is_own);
+        if let Some(refused) = own.then(|| self.refusal(0)).flatten() {
+            return Err(BoundaryError::Refused(refused));
+        }
+        B::enqueue(self, event)
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        Instance::stats(self)
+    }
+
+    fn connection_status(&self) -> Option<StatusSnapshot> {
+        self.backend().connection_status()
+    }
+
+    fn stop(&self, drain: Duration) -> Pin<Box<dyn Future<Output = StopSummary> + Send + '_>> {
+        Box::pin(Instance::stop(self, drain))
+    }
+
+    fn publisher(&self) -> Option<&PushBackend<PidRouter>> {
+        self.backend().publisher()
+    }
+}
+
+mod tags {
     rustler::atoms! { http_event, rabbit_presence, rabbit_chat, sns_presence, sns_message, push_publish }
+}
+
+impl Boundary for HttpBackend {
+    fn is_own(tag: Atom) -> bool {
+        tag == tags::http_event()
+    }
+
+    fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()> {
+        let http = record(event)?;
+        let size = events::http_size(&http);
+        enqueue(instance, size, || events::http(http, size))
+    }
+}
+
+impl Boundary for RabbitBackend {
+    fn is_own(tag: Atom) -> bool {
+        tag == tags::rabbit_presence() || tag == tags::rabbit_chat()
+    }
+
+    fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()> {
+        match one_of(event)? {
+            Either::First(presence) => {
+                let size = events::rabbit_presence_size(&presence);
+                enqueue(instance, size, || {
+                    Ok(events::rabbit_presence(presence, size))
+                })
+            }
+            Either::Second(chat) => {
+                let size = events::rabbit_chat_size(&chat);
+                enqueue(instance, size, || Ok(events::rabbit_chat(chat, size)))
+            }
+        }
+    }
+
+    fn connection_status(&self) -> Option<StatusSnapshot> {
+        Some(RabbitBackend::connection_status(self))
+    }
+}
+
+impl Boundary for SnsBackend {
+    fn is_own(tag: Atom) -> bool {
+        tag == tags::sns_presence() || tag == tags::sns_message()
+    }
+
+    fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()> {
+        match one_of(event)? {
+            Either::First(presence) => {
+                let size = events::sns_presence_size(&presence);
+                enqueue(instance, size, || Ok(events::sns_presence(presence, size)))
+            }
+            Either::Second(message) => {
+                let size = events::sns_message_size(&message);
+                enqueue(instance, size, || Ok(events::sns_message(message, size)))
+            }
+        }
+    }
+}
+
+impl Boundary for PushBackend<PidRouter> {
+    fn is_own(tag: Atom) -> bool {
+        tag == tags::push_publish()
+    }
+
+    fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()> {
+        let publish = record(event)?;
+        let size = publish_size(&publish);
+        enqueue(instance, size, || Ok(held_publish(event, publish, size)))
+    }
+
+    fn publisher(&self) -> Option<&PushBackend<PidRouter>> {
+        Some(self)
+    }
 }
 
 /// The first element of a tuple, when it is an atom.
@@ -138,6 +171,7 @@ fn record_tag(term: Term) -> Option<Atom> {
         .ok()
 }
 
+/// Queues the event `build` makes, unless its size alone refuses it.
 fn enqueue<B: Backend>(
     instance: &Instance<B>,
     size: usize,
