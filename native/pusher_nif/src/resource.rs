@@ -13,7 +13,7 @@ use pusher::push::PushBackend;
 use pusher::rabbit::RabbitBackend;
 use pusher::sns::SnsBackend;
 use pusher::{Backend, Envelope, Instance, StatsSnapshot, StopSummary};
-use rustler::{Atom, Term};
+use rustler::{Atom, Decoder, Term};
 
 use crate::contract::{one_of, record, Either};
 use crate::decode::events;
@@ -108,18 +108,9 @@ impl Boundary for RabbitBackend {
     }
 
     fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()> {
-        match one_of(event)? {
-            Either::First(presence) => {
-                let size = events::rabbit_presence_size(&presence);
-                enqueue(instance, size, || {
-                    Ok(events::rabbit_presence(presence, size))
-                })
-            }
-            Either::Second(chat) => {
-                let size = events::rabbit_chat_size(&chat);
-                enqueue(instance, size, || Ok(events::rabbit_chat(chat, size)))
-            }
-        }
+        let presence = (events::rabbit_presence_size, events::rabbit_presence);
+        let chat = (events::rabbit_chat_size, events::rabbit_chat);
+        enqueue_one_of(instance, event, presence, chat)
     }
 
     fn connection_status(&self) -> Option<StatusSnapshot> {
@@ -133,16 +124,9 @@ impl Boundary for SnsBackend {
     }
 
     fn enqueue(instance: &Instance<Self>, event: Term) -> Answer<()> {
-        match one_of(event)? {
-            Either::First(presence) => {
-                let size = events::sns_presence_size(&presence);
-                enqueue(instance, size, || Ok(events::sns_presence(presence, size)))
-            }
-            Either::Second(message) => {
-                let size = events::sns_message_size(&message);
-                enqueue(instance, size, || Ok(events::sns_message(message, size)))
-            }
-        }
+        let presence = (events::sns_presence_size, events::sns_presence);
+        let message = (events::sns_message_size, events::sns_message);
+        enqueue_one_of(instance, event, presence, message)
     }
 }
 
@@ -169,6 +153,32 @@ fn record_tag(term: Term) -> Option<Atom> {
         .first()?
         .decode()
         .ok()
+}
+
+/// Queues a backend's event that is one of two records, each with its size (read off
+/// the record) and its conversion to the event.
+fn enqueue_one_of<'a, B: Backend, P: Decoder<'a>, Q: Decoder<'a>>(
+    instance: &Instance<B>,
+    event: Term<'a>,
+    (first_size, first): (
+        impl Fn(&P) -> usize,
+        impl Fn(P, usize) -> Envelope<B::Event>,
+    ),
+    (second_size, second): (
+        impl Fn(&Q) -> usize,
+        impl Fn(Q, usize) -> Envelope<B::Event>,
+    ),
+) -> Answer<()> {
+    match one_of(event)? {
+        Either::First(record) => {
+            let size = first_size(&record);
+            enqueue(instance, size, || Ok(first(record, size)))
+        }
+        Either::Second(record) => {
+            let size = second_size(&record);
+            enqueue(instance, size, || Ok(second(record, size)))
+        }
+    }
 }
 
 /// Queues the event `build` makes, unless its size alone refuses it.
