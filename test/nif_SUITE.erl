@@ -186,8 +186,8 @@ wrong_sns_and_push_terms_give_errors_not_crashes(_Config) ->
      || {E, Field} <- BadSns],
     Publish = #push_publish{user = jid:make_noprep(<<"bob">>, <<"localhost">>, <<>>),
                             pubsub = jid:make_noprep(<<>>, <<"pubsub.example">>, <<>>),
-                            node = <<"n">>, packet = {xmlel, <<"pubsub">>, #{}, []},
-                            tag = <<"t">>},
+                            node = <<"n">>, payload = [{<<"message-count">>, <<"1">>}],
+                            options = #{}, tag = <<"t">>},
     PushPublish = fun(F, V) -> with(Publish, record_info(fields, push_publish), F, V) end,
     BadPush = [{x, shape}, {{push_publish, <<"d">>, <<"p">>, <<"n">>, <<"t">>}, shape},
                {PushPublish(node, [<<"n">>]), node},
@@ -425,7 +425,7 @@ every_outcome_the_nif_reports_has_the_erlang_type(_Config) ->
 %% The records of mod_event_pusher_nif.hrl and their mirrors in contract.rs: each field
 %% given a value of no field's type is refused naming that very field, so a field
 %% renamed, moved or missing on one side fails here. (Fields Rust holds as any term,
-%% the push publish's user, pubsub and packet, take anything.)
+%% the push publish's user, pubsub, payload and options, take anything.)
 every_record_field_has_the_same_name_and_place_on_both_sides(Config) ->
     Wrong = {no, field, takes, this},
     Instance = start(Config),
@@ -443,9 +443,9 @@ every_record_field_has_the_same_name_and_place_on_both_sides(Config) ->
                                   attributes = []}},
               {Sns, #sns_message{topic_arn = <<"arn">>, from_user_id = <<"a">>,
                                  to_user_id = <<"b">>, message = <<"m">>, attributes = []}},
-              {Push, #push_publish{user = x, pubsub = x, node = <<"n">>, packet = x,
-                                   tag = <<"t">>}}],
-    Held = [user, pubsub, packet],
+              {Push, #push_publish{user = x, pubsub = x, node = <<"n">>, payload = x,
+                                   options = x, tag = <<"t">>}}],
+    Held = [user, pubsub, payload, options],
     [?assertEqual({Record, Field, {error, {bad_event, Field}}},
                   {Record, Field, mod_event_pusher_nif:push(I, with(Good, record_fields(Record),
                                                                    Field, Wrong))})

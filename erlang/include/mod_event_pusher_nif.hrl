@@ -31,13 +31,16 @@
 -record(sns_message, {topic_arn :: binary(), from_user_id :: binary(), to_user_id :: binary(),
                       message :: binary(), attributes :: [sns_attribute()]}).
 
-%% XEP-0357: the publish of a notification for user to the pubsub service's node; the
-%% packet is the IQ's pubsub element, built once by mod_event_pusher_push and handed
-%% back whole, as {mod_event_pusher_nif, route, Id, #push_publish{}}, to be routed.
+%% XEP-0357: the publish of a notification for user to the pubsub service's node, with
+%% the summary fields and the publish-options the registration gave. Held whole by the
+%% instance and handed back, as {mod_event_pusher_nif, route, Id, #push_publish{}},
+%% when its turn comes: mod_event_pusher_push builds the IQ then, once, off the hook
+%% path, and routes it.
 -record(push_publish, {user :: jid:jid(),
                        pubsub :: jid:jid(),
                        node :: binary(),
-                       packet :: exml:element(),
+                       payload :: [{binary(), binary()}],
+                       options :: #{binary() => binary()},
                        tag :: binary()}).
 
 %% The configurations a start takes: mod_event_pusher_nif:start_<backend>/3 with

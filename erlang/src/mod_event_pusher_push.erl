@@ -139,8 +139,8 @@ do_push_event(Acc, Event, BareRecipient) ->
     end.
 
 %% @doc Queues the publish of Payload to a real pubsub service for User; a full queue
-%% or a stopped instance is counted by the instance. The publish IQ's element is built
-%% here, once: the instance holds the record and hands it back whole to be routed.
+%% or a stopped instance is counted by the instance. The instance holds the record and
+%% hands it back whole when its turn comes; its IQ is built then (handle_route/4).
 -spec publish_to_pubsub(host_type(), jid:jid(), publish_service(), [{binary(), binary()}]) -> ok.
 publish_to_pubsub(HostType, User, {PubSub, Node, Form}, Payload) ->
     case mod_event_pusher_instance:instance(HostType, ?KEY) of
@@ -148,7 +148,7 @@ publish_to_pubsub(HostType, User, {PubSub, Node, Form}, Payload) ->
             ok;
         Instance ->
             Publish = #push_publish{user = User, pubsub = PubSub, node = Node,
-                                    packet = pubsub_element(Node, Payload, Form),
+                                    payload = Payload, options = Form,
                                     tag = jid:to_bare_binary(User)},
             _ = mod_event_pusher_nif:push(Instance, Publish),
             ok
@@ -265,15 +265,17 @@ remove_user(Acc, #{jid := User}, #{host_type := HostType}) ->
 
 %% Routing publishes and their replies, in the reporter process
 
-%% @doc A publish whose turn has come: its IQ is routed from the recipient's domain to
-%% the pubsub service; the reply (or timeout) goes back to the instance. An error reply
-%% of type cancel means the registration will never work again: it is disabled.
+%% @doc A publish whose turn has come: its IQ, built here, is routed from the
+%% recipient's domain to the pubsub service; the reply (or timeout) goes back to the
+%% instance. An error reply of type cancel means the registration will never work
+%% again: it is disabled.
 -spec handle_route(host_type(), push, mod_event_pusher_nif:instance(),
                    {non_neg_integer(), mod_event_pusher_nif:push_publish()}) -> ok.
 handle_route(HostType, ?KEY, Instance,
-             {Id, #push_publish{user = User, pubsub = PubSub, node = Node, packet = Packet}}) ->
+             {Id, #push_publish{user = User, pubsub = PubSub, node = Node, payload = Payload,
+                                options = Options}}) ->
     From = jid:make_noprep(<<>>, jid_server(User), <<>>),
-    IQ = #iq{type = set, sub_el = [Packet]},
+    IQ = #iq{type = set, sub_el = [pubsub_element(Node, Payload, Options)]},
     Acc = mongoose_acc:new(#{location => #{mfa => {?MODULE, ?FUNCTION_NAME, ?FUNCTION_ARITY},
                                            file => ?FILE, line => ?LINE},
                              host_type => HostType,

@@ -126,8 +126,8 @@ pub(crate) struct SnsMessage<'a> {
     pub(crate) attributes: Attributes<'a>,
 }
 
-/// `#push_publish{}`: built and routed by Erlang; held here as the term it is, and
-/// handed back whole when its turn to be routed comes.
+/// `#push_publish{}`: held here as the term it is, and handed back whole when its
+/// turn to be routed comes (Erlang builds its IQ then).
 #[derive(NifRecord)]
 #[rustler(decode)]
 #[tag = "push_publish"]
@@ -138,7 +138,8 @@ pub(crate) struct PushPublish<'a> {
     #[allow(dead_code)]
     pub(crate) pubsub: Term<'a>,
     pub(crate) node: Binary<'a>,
-    pub(crate) packet: Term<'a>,
+    pub(crate) payload: Term<'a>,
+    pub(crate) options: Term<'a>,
     pub(crate) tag: Binary<'a>,
 }
 

@@ -1,6 +1,6 @@
-//! The push backend's publishes: Erlang built each `#push_publish{}` (with its IQ)
-//! once; it is held here as that term and handed back whole to the process that
-//! routes it, with the id its reply must carry.
+//! The push backend's publishes: each `#push_publish{}` is held here as the term it
+//! is and handed back whole to the process that builds its IQ and routes it, with the
+//! id its reply must carry.
 
 use std::sync::{Arc, Mutex};
 
@@ -43,8 +43,8 @@ impl Router for PidRouter {
     }
 }
 
-/// Bytes of the binaries in a term, for the queue's byte cap; bounded in depth (an
-/// IQ is a few levels deep).
+/// Bytes of the binaries in a term, for the queue's byte cap; bounded in depth (the
+/// summary fields and the options are two levels deep).
 fn term_bytes(term: Term, depth: u8) -> usize {
     if depth == 0 {
         return 0;
@@ -69,7 +69,8 @@ fn term_bytes(term: Term, depth: u8) -> usize {
 }
 
 pub(crate) fn publish_size(publish: &PushPublish) -> usize {
-    publish.node.len() + publish.tag.len() + term_bytes(publish.packet, 16)
+    let fields = term_bytes(publish.payload, 4) + term_bytes(publish.options, 4);
+    publish.node.len() + publish.tag.len() + fields
 }
 
 pub(crate) fn held_publish(term: Term, publish: PushPublish, size: usize) -> Envelope<HeldPublish> {
