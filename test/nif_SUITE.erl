@@ -140,10 +140,15 @@ wrong_terms_give_errors_not_crashes(Config) ->
     [?assertEqual({error, badarg}, mod_event_pusher_nif:stop(I, 0, tag)) || I <- NotInstances],
     ?assertEqual({error, badarg}, mod_event_pusher_nif:stop(Instance, -1, tag)),
     ?assertEqual({error, badarg}, mod_event_pusher_nif:stop(Instance, infinity, tag)),
+    [?assertEqual({error, badarg}, mod_event_pusher_nif:F(P))
+     || F <- [form_urlencode, form_urlencode_dirty],
+        P <- [x, [x], [{<<"a">>}], [{a, <<"b">>}], [{<<"a">>, <<"b">>} | c]]],
     %% Rejected terms were neither accepted nor counted; the instance still works.
     ?assertMatch(#{accepted := 0}, mod_event_pusher_nif:stats(Instance)),
     ok = mod_event_pusher_nif:push(Instance, event(1)),
-    {ok, [_]} = test_http_listener:wait_for_requests(?config(listener, Config), 1, 5000).
+    {ok, [_]} = test_http_listener:wait_for_requests(?config(listener, Config), 1, 5000),
+    ?assertEqual(<<"a=b+c">>, mod_event_pusher_nif:form_urlencode([{<<"a">>, <<"b c">>}])),
+    ?assertEqual(<<"a=b+c">>, mod_event_pusher_nif:form_urlencode_dirty([{<<"a">>, <<"b c">>}])).
 
 %% The sns and push NIFs: bad start configs, events and replies are refused; push
 %% events go to the right kind of instance only; the instances still work after.

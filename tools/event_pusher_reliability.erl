@@ -482,7 +482,8 @@ scenario(nif_fuzz) ->
           done => fmt("~ts calls with malformed arguments: push/2 of malformed events to "
                       "the running instance, every NIF with things that are not "
                       "instances, start_http/sns/rabbit/push with mutated configurations, "
-                      "stop/3 of the running instance with bad drain times; then ~ts chat events through the hooks",
+                      "stop/3 of the running instance with bad drain times, form encoding "
+                      "of garbage; then ~ts chat events through the hooks",
                       [thousands(Total), thousands(N)]),
           counts => C,
           checks => checks(C, [{"no call raised", Raised =:= 0},
@@ -773,7 +774,8 @@ nif_fuzz(Instance, Port) ->
         #{push => fuzz(500000, fun() -> mod_event_pusher_nif:push(Instance, bad_http_event()) end),
           not_an_instance => fuzz(30000, fun() -> not_an_instance_call(Stale) end),
           stop_live => fuzz(2000, LiveBadStop),
-          start => fuzz(20000, fun bad_start/0)},
+          start => fuzz(20000, fun bad_start/0),
+          form => fuzz(20000, fun() -> mod_event_pusher_nif:form_urlencode(garbage(3)) end)},
     flush_nif_messages(),
     Results.
 

@@ -3,12 +3,14 @@
 -module(mod_event_pusher_nif).
 
 -export([start_http/3, start_rabbit/3, start_sns/3, start_push/3, push_reply/3, push/2, stats/1,
-         stop/3, set_reporter/2, reports_sent/1, noop/0]).
+         stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1,
+         noop/0]).
 %% Test control: what the NIF can report, for the contract test
 -export([attempt_outcomes/0]).
 
 -nifs([start_http/3, start_rabbit/3, start_sns/3, start_push/3, push_reply/3, push/2, stats/1,
-       stop/3, set_reporter/2, reports_sent/1, noop/0, attempt_outcomes/0]).
+       stop/3, set_reporter/2, reports_sent/1, form_urlencode/1, form_urlencode_dirty/1,
+       noop/0, attempt_outcomes/0]).
 -on_load(load/0).
 
 -include("mod_event_pusher_nif.hrl").
@@ -147,6 +149,17 @@ set_reporter(_Instance, _Pid) -> erlang:nif_error(nif_not_loaded).
 %% wait for a live reporter.
 -spec reports_sent(instance()) -> reports_sent() | {error, badarg}.
 reports_sent(_Instance) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc application/x-www-form-urlencoded encoding of binary pairs, byte for byte as
+%% cow_qs:qs/1 (cowlib 2.14) writes it: the delivery worker's own encoder. On a normal
+%% scheduler: for small inputs only (mod_event_pusher_http_defaults sends larger ones to
+%% form_urlencode_dirty/1).
+-spec form_urlencode([{binary(), binary()}]) -> binary() | {error, badarg}.
+form_urlencode(_Fields) -> erlang:nif_error(nif_not_loaded).
+
+%% @doc form_urlencode/1 on a dirty CPU scheduler, for large inputs.
+-spec form_urlencode_dirty([{binary(), binary()}]) -> binary() | {error, badarg}.
+form_urlencode_dirty(_Fields) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc The cheapest NIF call: the benchmark's yardstick.
 -spec noop() -> ok.

@@ -277,6 +277,33 @@ fn reports_sent<'a>(env: Env<'a>, instance: Term<'a>) -> Term<'a> {
     }
 }
 
+/// `form_urlencode([{Name, Value}])` -> binary | `{error, badarg}`: `pusher::form`'s
+/// encoding (as cow_qs:qs/1 writes it), for `prepare_body/7`. On a normal scheduler:
+/// small inputs only (mod_event_pusher_http_defaults sends larger ones to the dirty one).
+#[rustler::nif]
+fn form_urlencode<'a>(env: Env<'a>, fields: Term<'a>) -> Term<'a> {
+    urlencode_fields(env, fields)
+}
+
+/// `form_urlencode/1` on a dirty CPU scheduler, for large inputs.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn form_urlencode_dirty<'a>(env: Env<'a>, fields: Term<'a>) -> Term<'a> {
+    urlencode_fields(env, fields)
+}
+
+fn urlencode_fields<'a>(env: Env<'a>, fields: Term<'a>) -> Term<'a> {
+    let Ok(contract::List(fields)) = fields.decode::<contract::Pairs>() else {
+        return Done(Err(BoundaryError::Badarg)).encode(env);
+    };
+    let slices: Vec<(&[u8], &[u8])> = fields
+        .iter()
+        .map(|(name, value)| (name.as_slice(), value.as_slice()))
+        .collect();
+    let mut out = rustler::NewBinary::new(env, pusher::form::urlencoded_len(&slices));
+    pusher::form::urlencode_into(out.as_mut_slice(), &slices);
+    out.into()
+}
+
 /// One outcome of each kind a report can carry, encoded as in reports (test control:
 /// the contract test holds them to the Erlang type).
 #[rustler::nif]
